@@ -1,0 +1,632 @@
+"""The llama.cpp engine of an agent: one model, one context, batched slots.
+
+Every slot is a llama.cpp sequence with its own KV cache and sampler chain.  One
+``llama_decode`` per step carries the next token of every generating slot plus
+prompt chunks of newly started ones (continuous batching), so a new request
+joins at the next step instead of waiting for the others to finish.
+
+The engine runs in a thread of its own (``run``); other threads talk to it
+through ``submit`` and ``cancel``, and it hands its output, once per step, to
+the ``on_output`` callback it was built with.  It knows nothing of Redis or
+Django.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+
+from inference.chat_template import ChatTemplate, ChatTemplateError, message_text
+from inference.desired_state import InferenceParameters
+
+logger = logging.getLogger(__name__)
+
+_CACHE_TYPES = {
+    "F32": 0,
+    "F16": 1,
+    "Q4_0": 2,
+    "Q4_1": 3,
+    "Q5_0": 6,
+    "Q5_1": 7,
+    "Q8_0": 8,
+    "IQ4_NL": 20,
+    "BF16": 30,
+}
+
+_backend_ready = False
+_backend_lock = threading.Lock()
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            llama_cpp.llama_log_set(_silent_log, ctypes.c_void_p(0))
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _silent_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # llama.cpp logs every tensor it loads; keep warnings and errors only.
+    if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+        logger.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+@dataclass
+class Generation:
+    """What a client asked an agent to generate."""
+
+    request_id: str
+    max_tokens: int
+    raw_prompt: str | None = None
+    conversation: list[dict[str, Any]] | None = None
+    add_generation_prompt: bool = True
+    enable_thinking: bool = False
+    tools: list[dict[str, Any]] | None = None
+    grammar: str | None = None
+    grammar_root: str = "root"
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    # Opaque to the engine: handed back with every output item.
+    destination: Any = None
+
+
+@dataclass
+class Output:
+    """One item of a request's output: a Paddler response payload or an error."""
+
+    request_id: str
+    destination: Any
+    response: dict[str, Any] | str | None = None
+    error: dict[str, Any] | None = None
+    final: bool = False
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    # Tokens whose keys and values the sequence holds, in order.
+    cache: list[int] = field(default_factory=list)
+    job: Generation | None = None
+    sampler: Any = None
+    pending: list[int] = field(default_factory=list)  # prompt not yet evaluated
+    next_token: int = -1
+    batch_index: int = -1
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated: int = 0
+    decoder: Any = None
+    held_text: str = ""
+    started_at: float = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+
+def grammar_to_gbnf(grammar: dict[str, str]) -> tuple[str, str]:
+    """(GBNF text, root rule) for a request's grammar; ValueError if malformed."""
+    if grammar.get("type") == "json_schema":
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        try:
+            return json_schema_to_gbnf(grammar["schema"]), "root"
+        except Exception as error:  # the converter raises many kinds
+            raise ValueError(f"the JSON schema cannot be used: {error}") from None
+    return grammar["grammar"], grammar.get("root") or "root"
+
+
+def common_prefix_length(left: list[int], right: list[int]) -> int:
+    length = min(len(left), len(right))
+    for index in range(length):
+        if left[index] != right[index]:
+            return index
+    return length
+
+
+def _split_on_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:
+    """Split ``text`` into what may be sent now and what must be held back.
+
+    Returns (sendable, held, stopped).  Text that could be the start of a stop
+    sequence is held until the next token tells whether it is one.
+    """
+    if not stops:
+        return text, "", False
+    first = -1
+    for stop in stops:
+        position = text.find(stop)
+        if position != -1 and (first == -1 or position < first):
+            first = position
+    if first != -1:
+        return text[:first], "", True
+    hold = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:size]):
+                hold = max(hold, size)
+                break
+    return text[: len(text) - hold], text[len(text) - hold :], False
+
+
+class Engine:
+    """A loaded model with ``slots`` batched sequences."""
+
+    def __init__(
+        self,
+        *,
+        model_path: str,
+        slots: int,
+        parameters: InferenceParameters,
+        chat_template_override: str | None,
+        on_output: Callable[[list[Output]], None],
+        n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
+    ) -> None:
+        _init_backend()
+        self.model_path = model_path
+        self.parameters = parameters
+        self.n_slots = slots
+        self._on_output = on_output
+        self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._waiting: list[Generation] = []
+        self._stopped = threading.Event()
+        threads = n_threads or os.cpu_count() or 1
+
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = (
+            parameters.n_gpu_layers if n_gpu_layers is None else n_gpu_layers
+        )
+        self._model = llama_cpp.llama_model_load_from_file(
+            model_path.encode(), model_params
+        )
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp could not load {model_path}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.metadata = self._read_metadata()
+        self.context_per_slot = parameters.context_size
+
+        context_params = llama_cpp.llama_context_default_params()
+        context_params.n_ctx = parameters.context_size * slots
+        context_params.n_batch = parameters.n_batch
+        context_params.n_ubatch = min(parameters.n_batch, 512)
+        context_params.n_seq_max = slots
+        context_params.n_threads = threads
+        context_params.n_threads_batch = threads
+        context_params.type_k = _CACHE_TYPES[parameters.k_cache_dtype]
+        context_params.type_v = _CACHE_TYPES[parameters.v_cache_dtype]
+        # A full-size sliding-window cache keeps every position of a sequence,
+        # so a slot can reuse any prefix of what it holds (Gemma 3 uses SWA).
+        context_params.swa_full = True
+        context_params.no_perf = True
+        self._context = llama_cpp.llama_init_from_model(self._model, context_params)
+        if not self._context:
+            llama_cpp.llama_model_free(self._model)
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {context_params.n_ctx} "
+                f"tokens for {slots} slots"
+            )
+        self._memory = llama_cpp.llama_get_memory(self._context)
+        self._n_batch = parameters.n_batch
+        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        self._slots = [_Slot(seq_id=index) for index in range(slots)]
+        self._piece = ctypes.create_string_buffer(256)
+
+        own_template = self.metadata.get("tokenizer.chat_template")
+        source = chat_template_override if chat_template_override else own_template
+        self.chat_template = (
+            None
+            if source is None
+            else ChatTemplate(
+                source=source,
+                bos_token=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
+                eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
+            )
+        )
+
+    # ----------------------------------------------------------- public API
+    def submit(self, job: Generation) -> None:
+        self._commands.put(("submit", job))
+
+    def cancel(self, request_id: str) -> None:
+        self._commands.put(("cancel", request_id))
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._commands.put(("wake", None))
+
+    @property
+    def slots_processing(self) -> int:
+        return sum(1 for slot in self._slots if slot.busy) + len(self._waiting)
+
+    def slot_fingerprints(self) -> list[list[int]]:
+        """The first tokens each slot's cache holds (for prefix-aware routing)."""
+        return [list(slot.cache) for slot in self._slots]
+
+    def close(self) -> None:
+        for slot in self._slots:
+            self._free_sampler(slot)
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._context)
+        llama_cpp.llama_model_free(self._model)
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        tokens = (llama_cpp.llama_token * capacity)()
+        count = llama_cpp.llama_tokenize(
+            self._vocab, data, len(data), tokens, capacity, add_special, True
+        )
+        if count < 0:
+            capacity = -count
+            tokens = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), tokens, capacity, add_special, True
+            )
+        result = list(tokens[:count])
+        bos = llama_cpp.llama_vocab_bos(self._vocab)
+        # A template that writes {{ bos_token }} itself must not get a second one.
+        if len(result) >= 2 and result[0] == bos and result[1] == bos:
+            result = result[1:]
+        return result
+
+    # ------------------------------------------------------------ main loop
+    def run(self) -> None:
+        """Serve until ``stop``; then fail whatever is still in flight."""
+        try:
+            while not self._stopped.is_set():
+                idle = not any(slot.busy for slot in self._slots)
+                self._drain_commands(block=idle)
+                if self._stopped.is_set():
+                    break
+                self._admit_waiting()
+                if any(slot.busy for slot in self._slots):
+                    self._step()
+        finally:
+            outputs: list[Output] = []
+            for slot in self._slots:
+                if slot.job is not None:
+                    outputs.append(self._error(slot.job, 503, "agent is shutting down"))
+                    self._release(slot, keep_cache=False)
+            for job in self._waiting:
+                outputs.append(self._error(job, 503, "agent is shutting down"))
+            self._waiting.clear()
+            if outputs:
+                self._on_output(outputs)
+
+    def _drain_commands(self, *, block: bool) -> None:
+        try:
+            command = self._commands.get(timeout=0.5) if block else None
+        except queue.Empty:
+            return
+        while True:
+            if command is not None:
+                self._handle(*command)
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "submit":
+            self._waiting.append(payload)
+        elif kind == "cancel":
+            self._waiting = [j for j in self._waiting if j.request_id != payload]
+            for slot in self._slots:
+                if slot.job is not None and slot.job.request_id == payload:
+                    self._release(slot, keep_cache=True)
+
+    # ------------------------------------------------------------ admission
+    def _admit_waiting(self) -> None:
+        outputs: list[Output] = []
+        while self._waiting:
+            free = [slot for slot in self._slots if not slot.busy]
+            if not free:
+                break
+            job = self._waiting.pop(0)
+            try:
+                prompt = self._prompt_tokens(job)
+            except ChatTemplateError as error:
+                outputs.append(
+                    self._response(
+                        job, {"GeneratedToken": {"ChatTemplateError": str(error)}}, True
+                    )
+                )
+                continue
+            if not prompt:
+                outputs.append(self._error(job, 400, "the prompt is empty"))
+                continue
+            if len(prompt) >= self.context_per_slot:
+                outputs.append(
+                    self._error(
+                        job,
+                        400,
+                        f"the prompt is {len(prompt)} tokens, but a slot's context "
+                        f"holds {self.context_per_slot}",
+                    )
+                )
+                continue
+            # The free slot whose cache shares the longest prefix with this prompt.
+            slot = max(free, key=lambda s: common_prefix_length(s.cache, prompt))
+            try:
+                sampler = self._make_sampler(job, prompt)
+            except ValueError as error:
+                outputs.append(
+                    self._response(
+                        job,
+                        {"GeneratedToken": {"GrammarSyntaxError": str(error)}},
+                        True,
+                    )
+                )
+                continue
+            self._start(slot, job, prompt, sampler)
+        if outputs:
+            self._on_output(outputs)
+
+    def _prompt_tokens(self, job: Generation) -> list[int]:
+        if job.raw_prompt is not None:
+            return self.tokenize(job.raw_prompt, add_special=True)
+        if self.chat_template is None:
+            raise ChatTemplateError(
+                "the model has no chat template and no override is set"
+            )
+        messages = [
+            {**message, "content": message_text(message.get("content", ""))}
+            for message in job.conversation or []
+        ]
+        text = self.chat_template.render(
+            messages,
+            add_generation_prompt=job.add_generation_prompt,
+            tools=job.tools,
+            enable_thinking=job.enable_thinking,
+        )
+        return self.tokenize(text, add_special=True)
+
+    def _start(
+        self, slot: _Slot, job: Generation, prompt: list[int], sampler: Any
+    ) -> None:
+        keep = common_prefix_length(slot.cache, prompt)
+        # At least one token must be evaluated to get logits for the first sample.
+        keep = min(keep, len(prompt) - 1)
+        if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+            keep = 0
+        slot.cache = prompt[:keep]
+        slot.pending = prompt[keep:]
+        slot.job = job
+        slot.sampler = sampler
+        slot.prompt_tokens = len(prompt)
+        slot.cached_tokens = keep
+        slot.generated = 0
+        slot.held_text = ""
+        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.started_at = time.monotonic()
+
+    def _make_sampler(self, job: Generation, prompt: list[int]) -> Any:
+        p = self.parameters
+        chain = llama_cpp.llama_sampler_chain_init(
+            llama_cpp.llama_sampler_chain_default_params()
+        )
+        add = llama_cpp.llama_sampler_chain_add
+        last_n = self.context_per_slot if p.penalty_last_n == -1 else p.penalty_last_n
+        if (
+            p.penalty_repeat != 1.0
+            or p.penalty_frequency != 0.0
+            or p.penalty_presence != 0.0
+        ):
+            add(
+                chain,
+                llama_cpp.llama_sampler_init_penalties(
+                    llama_cpp.llama_vocab_n_tokens(self._vocab),
+                    last_n,
+                    p.penalty_repeat,
+                    p.penalty_frequency,
+                    p.penalty_presence,
+                ),
+            )
+            # The prompt goes into the penalty window, as llama.cpp's server
+            # does.  This happens before the grammar joins the chain: the
+            # grammar constrains the output only, and would reject the prompt.
+            for token in prompt:
+                llama_cpp.llama_sampler_accept(chain, token)
+        if job.grammar:
+            grammar = llama_cpp.llama_sampler_init_grammar(
+                self._vocab, job.grammar.encode(), job.grammar_root.encode()
+            )
+            if not grammar:
+                llama_cpp.llama_sampler_free(chain)
+                raise ValueError("the grammar does not parse")
+            add(chain, grammar)
+        temperature = p.temperature if job.temperature is None else job.temperature
+        if temperature <= 0.0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        top_p = p.top_p if job.top_p is None else job.top_p
+        if p.top_k > 0:
+            add(chain, llama_cpp.llama_sampler_init_top_k(p.top_k))
+        add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_min_p(p.min_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_temp(temperature))
+        seed = job.seed if job.seed is not None else 0xFFFFFFFF  # random seed
+        add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        return chain
+
+    # ---------------------------------------------------------------- steps
+    def _step(self) -> None:
+        batch = self._batch
+        count = 0
+
+        def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
+            nonlocal count
+            batch.token[count] = token
+            batch.pos[count] = pos
+            batch.n_seq_id[count] = 1
+            batch.seq_id[count][0] = seq_id
+            batch.logits[count] = logits
+            count += 1
+
+        for slot in self._slots:
+            slot.batch_index = -1
+            if slot.job is not None and not slot.pending:
+                slot.batch_index = count
+                add(slot.next_token, len(slot.cache), slot.seq_id, True)
+                slot.cache.append(slot.next_token)
+        for slot in self._slots:
+            if slot.job is None or not slot.pending or count >= self._n_batch:
+                continue
+            take = min(len(slot.pending), self._n_batch - count)
+            chunk, slot.pending = slot.pending[:take], slot.pending[take:]
+            for offset, token in enumerate(chunk):
+                last = not slot.pending and offset == take - 1
+                if last:
+                    slot.batch_index = count
+                add(token, len(slot.cache), slot.seq_id, last)
+                slot.cache.append(token)
+        batch.n_tokens = count
+        status = llama_cpp.llama_decode(self._context, batch)
+        outputs: list[Output] = []
+        if status != 0:
+            # The step's tokens are not in the cache: fail every request of it.
+            for slot in self._slots:
+                if slot.job is not None:
+                    outputs.append(
+                        self._error(slot.job, 500, f"llama_decode failed ({status})")
+                    )
+                    self._release(slot, keep_cache=False)
+            self._on_output(outputs)
+            return
+        for slot in self._slots:
+            if slot.job is not None and slot.batch_index >= 0:
+                self._sample(slot, outputs)
+        if outputs:
+            self._on_output(outputs)
+
+    def _sample(self, slot: _Slot, outputs: list[Output]) -> None:
+        job = slot.job
+        assert job is not None
+        token = llama_cpp.llama_sampler_sample(
+            slot.sampler, self._context, slot.batch_index
+        )
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._finish(slot, outputs)
+            return
+        slot.generated += 1
+        slot.next_token = token
+        text = slot.held_text + slot.decoder.decode(self._piece_bytes(token))
+        sendable, slot.held_text, stopped = _split_on_stop(text, job.stop)
+        if sendable:
+            outputs.append(
+                self._response(job, {"GeneratedToken": {"ContentToken": sendable}})
+            )
+        if (
+            stopped
+            or slot.generated >= job.max_tokens
+            # The next token would not fit in the slot's context.
+            or len(slot.cache) + 1 >= self.context_per_slot
+        ):
+            if stopped:
+                slot.held_text = ""
+            self._finish(slot, outputs)
+
+    def _finish(self, slot: _Slot, outputs: list[Output]) -> None:
+        job = slot.job
+        assert job is not None
+        rest = slot.held_text + slot.decoder.decode(b"", final=True)
+        if rest:
+            outputs.append(
+                self._response(job, {"GeneratedToken": {"ContentToken": rest}})
+            )
+        usage = {
+            "prompt_tokens": slot.prompt_tokens,
+            "cached_prompt_tokens": slot.cached_tokens,
+            "input_image_tokens": 0,
+            "input_audio_tokens": 0,
+            "content_tokens": slot.generated,
+            "reasoning_tokens": 0,
+            "tool_call_tokens": 0,
+            "undeterminable_tokens": 0,
+        }
+        outputs.append(
+            self._response(job, {"GeneratedToken": {"Done": {"usage": usage}}}, True)
+        )
+        self._release(slot, keep_cache=True)
+
+    def _release(self, slot: _Slot, *, keep_cache: bool) -> None:
+        if not keep_cache or slot.pending:
+            # A half-evaluated prompt leaves the cache in an unknown state.
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+            slot.cache = []
+        slot.pending = []
+        slot.job = None
+        self._free_sampler(slot)
+
+    def _free_sampler(self, slot: _Slot) -> None:
+        if slot.sampler is not None:
+            llama_cpp.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+
+    # -------------------------------------------------------------- helpers
+    def _piece_bytes(self, token: int) -> bytes:
+        size = llama_cpp.llama_token_to_piece(
+            self._vocab, token, self._piece, len(self._piece), 0, False
+        )
+        if size < 0:
+            buffer = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(
+                self._vocab, token, buffer, -size, 0, False
+            )
+            return buffer.raw[:size]
+        return self._piece.raw[:size]
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        size = llama_cpp.llama_token_to_piece(
+            self._vocab, token, self._piece, len(self._piece), 0, True
+        )
+        return self._piece.raw[: max(size, 0)].decode("utf-8", "replace")
+
+    def _read_metadata(self) -> dict[str, str]:
+        metadata: dict[str, str] = {}
+        buffer = ctypes.create_string_buffer(1 << 20)
+        for index in range(llama_cpp.llama_model_meta_count(self._model)):
+            size = llama_cpp.llama_model_meta_key_by_index(
+                self._model, index, buffer, len(buffer)
+            )
+            key = buffer.raw[: max(size, 0)].decode("utf-8", "replace")
+            size = llama_cpp.llama_model_meta_val_str_by_index(
+                self._model, index, buffer, len(buffer)
+            )
+            metadata[key] = buffer.raw[: max(min(size, len(buffer) - 1), 0)].decode(
+                "utf-8", "replace"
+            )
+        return metadata
+
+    def _response(
+        self, job: Generation, response: dict[str, Any], final: bool = False
+    ) -> Output:
+        return Output(job.request_id, job.destination, response=response, final=final)
+
+    def _error(self, job: Generation, code: int, description: str) -> Output:
+        return Output(
+            job.request_id,
+            job.destination,
+            error={"code": code, "description": description},
+            final=True,
+        )

@@ -1,0 +1,475 @@
+"""The agent process: hosts an engine and talks to the web tier through Redis.
+
+Control messages (inference requests, cancellations, desired-state changes)
+arrive on the agent's own channel of the Channels layer.  Output goes back on a
+Redis list per web process, one push per destination and decode step.  Status
+goes to Redis as a heartbeat with a TTL: an agent that stops beating disappears
+from the registry by itself.  The agent never touches the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from channels.layers import BaseChannelLayer, get_channel_layer
+from django.conf import settings
+
+from agents.model_source import ModelSourceError, resolve_model_path
+from agents.runtime import (
+    Engine,
+    Generation,
+    ModelLoadError,
+    Output,
+    grammar_to_gbnf,
+)
+from balancer import keys
+from balancer.events import OutputBatch, OutputItem
+from inference.chat_template import ChatTemplateError, compile_template
+from inference.desired_state import DesiredState, DesiredStateError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Download:
+    current: int = 0
+    total: int = 0
+    filename: str | None = None
+    indeterminate: bool = False
+
+
+@dataclass
+class AgentStatus:
+    state_application_status: str = "Fresh"
+    issues: list[Any] = field(default_factory=list)
+    model_path: str | None = None
+    uses_chat_template_override: bool = False
+    download: Download = field(default_factory=Download)
+
+
+class AgentWorker:
+    def __init__(
+        self,
+        *,
+        name: str,
+        slots: int,
+        n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
+        shutdown_grace_s: float = 10.0,
+    ) -> None:
+        self.agent_id = uuid.uuid4().hex
+        self.name = name
+        self.slots = slots
+        self.n_threads = n_threads
+        self.n_gpu_layers = n_gpu_layers
+        self.shutdown_grace_s = shutdown_grace_s
+        self.status = AgentStatus()
+        self.engine: Engine | None = None
+        self._engine_thread: threading.Thread | None = None
+        self._accepting = False
+        self._applied_key: str | None = None
+        self._system_prompt = ""
+        self._latest_state: dict[str, Any] | None = None
+        self._apply_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._status_changed = asyncio.Event()
+        self._outputs: asyncio.Queue[list[Output]] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._redis: aioredis.Redis | None = None
+        self._layer: BaseChannelLayer | None = None
+        self.channel = ""
+
+    # ------------------------------------------------------------- lifetime
+    def request_stop(self) -> None:
+        """Thread- and signal-safe: ask the agent to drain and exit."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._redis = aioredis.Redis.from_url(settings.REDIS_URL)
+        layer = get_channel_layer()
+        assert layer is not None, "CHANNEL_LAYERS is not configured"
+        self._layer = layer
+        self.channel = await layer.new_channel("paddler.agent.")
+        await layer.group_add(keys.AGENTS_GROUP, self.channel)
+        logger.info("agent %s (%s) registered", self.name, self.agent_id)
+        tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._receive_loop(), name="receive"),
+            asyncio.create_task(self._output_loop(), name="output"),
+        ]
+        raw = await self._redis.get(keys.desired_state())
+        if raw is not None:
+            self._schedule_apply(json.loads(raw))
+        try:
+            await self._stop.wait()
+            await self._shutdown()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._deregister()
+            await self._redis.aclose()
+
+    async def _shutdown(self) -> None:
+        """Stop taking work, let in-flight requests finish, fail the rest."""
+        self._accepting = False
+        await self._publish_status()
+        deadline = time.monotonic() + self.shutdown_grace_s
+        while (
+            self.engine is not None
+            and self.engine.slots_processing > 0
+            and time.monotonic() < deadline
+        ):
+            await asyncio.sleep(0.05)
+        await self._stop_engine()
+        await self._flush_outputs()
+
+    async def _deregister(self) -> None:
+        assert self._redis is not None
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(keys.agent_status(self.agent_id))
+                pipe.delete(keys.agent_slots(self.agent_id))
+                pipe.delete(keys.agent_metadata(self.agent_id))
+                pipe.srem(keys.agents_set(), self.agent_id)
+                await pipe.execute()
+        except Exception:
+            logger.warning("could not deregister from Redis", exc_info=True)
+        if self._layer is not None:
+            try:
+                await self._layer.group_discard(keys.AGENTS_GROUP, self.channel)
+            except Exception:
+                logger.debug("could not leave the agents group", exc_info=True)
+
+    # --------------------------------------------------------------- status
+    def snapshot(self) -> dict[str, Any]:
+        slots_total = self.slots if self._accepting and self.engine else 0
+        return {
+            "id": self.agent_id,
+            "name": self.name,
+            "channel": self.channel,
+            "slots_total": slots_total,
+            "desired_slots_total": self.slots,
+            "slots_processing": self.engine.slots_processing if self.engine else 0,
+            "model_path": self.status.model_path,
+            "download_current": self.status.download.current,
+            "download_total": self.status.download.total,
+            "download_filename": self.status.download.filename,
+            "download_indeterminate": self.status.download.indeterminate,
+            "issues": self.status.issues,
+            "state_application_status": self.status.state_application_status,
+            "uses_chat_template_override": self.status.uses_chat_template_override,
+        }
+
+    async def _publish_status(self) -> None:
+        assert self._redis is not None
+        snapshot = self.snapshot()
+        ttl = settings.PADDLER_AGENT_TTL_MS
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.agent_status(self.agent_id), json.dumps(snapshot), px=ttl)
+            pipe.set(keys.agent_slots(self.agent_id), snapshot["slots_total"], px=ttl)
+            pipe.pexpire(keys.agent_metadata(self.agent_id), ttl)
+            pipe.sadd(keys.agents_set(), self.agent_id)
+            await pipe.execute()
+
+    def _mark_changed(self) -> None:
+        self._status_changed.set()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = min(1.0, settings.PADDLER_AGENT_TTL_MS / 3000)
+        backoff = 0.1
+        while True:
+            try:
+                await self._publish_status()
+                backoff = 0.1
+            except Exception:
+                # Redis is away: keep trying; the registry drops us meanwhile.
+                logger.warning("heartbeat failed; retrying in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self._status_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_changed.wait(), interval)
+
+    # ------------------------------------------------------------- messages
+    async def _receive_loop(self) -> None:
+        assert self._layer is not None
+        while True:
+            try:
+                message = await self._layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("channel layer receive failed", exc_info=True)
+                await asyncio.sleep(0.5)
+                with contextlib.suppress(Exception):
+                    await self._layer.group_add(keys.AGENTS_GROUP, self.channel)
+                continue
+            try:
+                self.handle_message(message)
+            except Exception:
+                logger.exception("could not handle %s", message.get("type"))
+
+    def handle_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "inference.request":
+            self._handle_request(message)
+        elif kind == "inference.cancel":
+            if self.engine is not None:
+                self.engine.cancel(message["request_id"])
+        elif kind == "desired_state.changed":
+            self._schedule_apply(message["state"])
+
+    def _handle_request(self, message: dict[str, Any]) -> None:
+        request_id = message["request_id"]
+        reply_to = message["reply_to"]
+        if self.engine is None or not self._accepting:
+            self._outputs.put_nowait(
+                [
+                    Output(
+                        request_id,
+                        reply_to,
+                        error={"code": 503, "description": "agent has no model loaded"},
+                        final=True,
+                    )
+                ]
+            )
+            return
+        params = message["params"]
+        job = Generation(
+            request_id=request_id,
+            destination=reply_to,
+            max_tokens=int(params.get("max_tokens", 256)),
+            temperature=params.get("temperature"),
+            top_p=params.get("top_p"),
+            seed=params.get("seed"),
+            stop=list(params.get("stop") or []),
+        )
+        grammar = params.get("grammar")
+        if grammar:
+            try:
+                job.grammar, job.grammar_root = grammar_to_gbnf(grammar)
+            except ValueError as error:
+                self._outputs.put_nowait(
+                    [
+                        Output(
+                            request_id,
+                            reply_to,
+                            response={
+                                "GeneratedToken": {"GrammarSyntaxError": str(error)}
+                            },
+                            final=True,
+                        )
+                    ]
+                )
+                return
+        if message["kind"] == "raw_prompt":
+            job.raw_prompt = params["raw_prompt"]
+        else:
+            history = list(params["conversation_history"])
+            if self._system_prompt and not any(
+                m.get("role") == "system" for m in history
+            ):
+                history.insert(0, {"role": "system", "content": self._system_prompt})
+            job.conversation = history
+            job.add_generation_prompt = bool(params.get("add_generation_prompt", True))
+            job.enable_thinking = bool(params.get("enable_thinking", False))
+            job.tools = params.get("tools") or None
+        self.engine.submit(job)
+        self._mark_changed()
+
+    # --------------------------------------------------------------- output
+    def _on_engine_output(self, outputs: list[Output]) -> None:
+        """Called from the engine thread once per step."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._outputs.put_nowait, outputs)
+
+    async def _output_loop(self) -> None:
+        while True:
+            outputs = await self._outputs.get()
+            # Steps that piled up while Redis was busy go out together.
+            while not self._outputs.empty():
+                outputs.extend(self._outputs.get_nowait())
+            await self._send_outputs(outputs)
+
+    async def _flush_outputs(self) -> None:
+        outputs: list[Output] = []
+        while not self._outputs.empty():
+            outputs.extend(self._outputs.get_nowait())
+        if outputs:
+            await self._send_outputs(outputs)
+
+    async def _send_outputs(self, outputs: list[Output]) -> None:
+        assert self._redis is not None
+        by_destination: dict[str, list[OutputItem]] = {}
+        any_final = False
+        for output in outputs:
+            any_final = any_final or output.final
+            by_destination.setdefault(output.destination, []).append(
+                {
+                    "request_id": output.request_id,
+                    "response": output.response,
+                    "error": output.error,
+                    "final": output.final,
+                }
+            )
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for destination, items in by_destination.items():
+                    batch: OutputBatch = {
+                        "agent_id": self.agent_id,
+                        "agent_name": self.name,
+                        "items": items,
+                    }
+                    pipe.rpush(destination, json.dumps(batch))
+                    # A web process that died leaves no list behind for long.
+                    pipe.expire(destination, 60)
+                await pipe.execute()
+        except Exception:
+            # Lost output ends those streams with a 504 on the web side (item
+            # timeout) or a 502 once this agent's heartbeat lapses; no hang.
+            logger.warning("could not deliver output", exc_info=True)
+        if any_final:
+            self._mark_changed()
+
+    # -------------------------------------------------------- desired state
+    def _schedule_apply(self, state: dict[str, Any]) -> None:
+        self._latest_state = state
+        asyncio.get_running_loop().create_task(self._apply_latest())
+
+    async def _apply_latest(self) -> None:
+        async with self._apply_lock:
+            state_json = self._latest_state
+            if state_json is None:
+                return
+            try:
+                await self.apply_state(state_json)
+            except Exception:
+                logger.exception("applying the desired state failed")
+                self.status.state_application_status = "AttemptedAndRetrying"
+                self._mark_changed()
+
+    async def apply_state(self, state_json: dict[str, Any]) -> None:
+        fingerprint = json.dumps(state_json, sort_keys=True)
+        if fingerprint == self._applied_key and self.engine is not None:
+            return
+        try:
+            state = DesiredState.from_json(state_json)
+        except DesiredStateError as error:
+            self._set_issues(
+                [{"DesiredStateIsInvalid": str(error)}], "AttemptedAndNotAppliable"
+            )
+            return
+        template = (
+            state.chat_template_override if state.use_chat_template_override else None
+        )
+        if template is not None:
+            try:
+                compile_template(template)
+            except ChatTemplateError as error:
+                self._set_issues(
+                    [
+                        {
+                            "ChatTemplateDoesNotCompile": {
+                                "error": str(error),
+                                "template_content": template,
+                            }
+                        }
+                    ],
+                    "AttemptedAndNotAppliable",
+                )
+                return
+        self._system_prompt = state.default_system_prompt
+        # Stop taking work and drain what is in flight before swapping.
+        self._accepting = False
+        self.status.state_application_status = "Fresh"
+        await self._publish_status()
+        while self.engine is not None and self.engine.slots_processing > 0:
+            await asyncio.sleep(0.05)
+        await self._stop_engine()
+        self.status.model_path = None
+        self.status.uses_chat_template_override = template is not None
+        if state.model.kind == "None":
+            self._applied_key = fingerprint
+            self._set_issues([], "Applied")
+            return
+        try:
+            path = await resolve_model_path(
+                state.model, self.status.download, self._mark_changed
+            )
+        except ModelSourceError as error:
+            self._set_issues([error.issue], "AttemptedAndNotAppliable")
+            return
+        parameters = state.inference_parameters
+        try:
+            engine = await asyncio.to_thread(
+                Engine,
+                model_path=path,
+                slots=self.slots,
+                parameters=parameters,
+                chat_template_override=template,
+                on_output=self._on_engine_output,
+                n_threads=self.n_threads,
+                n_gpu_layers=self.n_gpu_layers,
+            )
+        except ModelLoadError as error:
+            self._set_issues(
+                [{"ModelCannotBeLoaded": str(error)}], "AttemptedAndNotAppliable"
+            )
+            return
+        self.engine = engine
+        self._engine_thread = threading.Thread(
+            target=engine.run, name="paddler-engine", daemon=True
+        )
+        self._engine_thread.start()
+        await self._store_metadata(engine)
+        self.status.model_path = path
+        issues: list[Any] = []
+        if engine.chat_template is None:
+            issues.append("UnableToFindChatTemplate")
+        self._applied_key = fingerprint
+        self._accepting = True
+        self._set_issues(issues, "Applied")
+        logger.info("agent %s serves %s with %d slots", self.name, path, self.slots)
+
+    async def _stop_engine(self) -> None:
+        engine, thread = self.engine, self._engine_thread
+        self.engine = None
+        self._engine_thread = None
+        if engine is None:
+            return
+        engine.stop()
+        if thread is not None:
+            await asyncio.to_thread(thread.join)
+        await asyncio.to_thread(engine.close)
+
+    async def _store_metadata(self, engine: Engine) -> None:
+        assert self._redis is not None
+        payload = {
+            "metadata": engine.metadata,
+            "chat_template": engine.chat_template.source
+            if engine.chat_template
+            else None,
+        }
+        await self._redis.set(
+            keys.agent_metadata(self.agent_id),
+            json.dumps(payload),
+            px=settings.PADDLER_AGENT_TTL_MS,
+        )
+
+    def _set_issues(self, issues: list[Any], status: str) -> None:
+        self.status.issues = issues
+        self.status.state_application_status = status
+        self._mark_changed()

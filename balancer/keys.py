@@ -1,0 +1,51 @@
+"""Every Redis key and channel-layer group name shared by the web tier and agents.
+
+One function per name, so that both sides always agree on the spelling.
+"""
+
+from __future__ import annotations
+
+PREFIX = "paddler:"
+
+# Channel-layer group every agent joins; desired-state changes go to it.
+AGENTS_GROUP = "paddler.agents"
+
+
+def agents_set() -> str:
+    """Ids of the agents that have registered (members may be stale)."""
+    return f"{PREFIX}agents"
+
+
+def agent_status(agent_id: str) -> str:
+    """The agent's latest status report (JSON); expires without a heartbeat."""
+    return f"{PREFIX}agent:{agent_id}:status"
+
+
+def agent_slots(agent_id: str) -> str:
+    """How many slots the agent accepts work for now; expires with the status."""
+    return f"{PREFIX}agent:{agent_id}:slots"
+
+
+def agent_claims(agent_id: str) -> str:
+    """Sorted set of request ids holding a slot on the agent, scored by lease end."""
+    return f"{PREFIX}agent:{agent_id}:claims"
+
+
+def agent_metadata(agent_id: str) -> str:
+    """The GGUF metadata and chat template of the agent's model (JSON)."""
+    return f"{PREFIX}agent:{agent_id}:metadata"
+
+
+def buffer() -> str:
+    """Sorted set of buffered request ids, scored by the time they arrived."""
+    return f"{PREFIX}buffer"
+
+
+def desired_state() -> str:
+    """The applicable desired state (JSON), read by agents when they start."""
+    return f"{PREFIX}desired_state"
+
+
+def web_inbox(web_id: str) -> str:
+    """List the agents push token batches to, read by one web process."""
+    return f"{PREFIX}web:{web_id}:inbox"

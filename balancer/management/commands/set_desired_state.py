@@ -1,0 +1,55 @@
+"""``manage.py set_desired_state``: change the desired state from a shell."""
+
+from __future__ import annotations
+
+import json
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from balancer.services import desired_state_current, desired_state_update
+from inference.chat_template import GEMMA_CHAT_TEMPLATE
+from inference.desired_state import DesiredState, DesiredStateError
+
+
+class Command(BaseCommand):
+    help = "Set the desired state (model, chat template, parameters) and push it."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("--local-model", help="absolute GGUF path on the agents")
+        parser.add_argument(
+            "--gemma-template",
+            action="store_true",
+            help="use Gemma's turn format as the chat template override",
+        )
+        parser.add_argument("--system-prompt", help="default system prompt")
+        parser.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="NAME=JSON",
+            help="an inference parameter, e.g. --param temperature=0.2",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        state = desired_state_current().to_json()
+        if options["local_model"]:
+            state["model"] = {"LocalToAgent": options["local_model"]}
+        if options["gemma_template"]:
+            state["chat_template_override"] = {"content": GEMMA_CHAT_TEMPLATE}
+            state["use_chat_template_override"] = True
+        if options["system_prompt"] is not None:
+            state["default_system_prompt"] = options["system_prompt"]
+        for assignment in options["param"]:
+            name, _, raw = assignment.partition("=")
+            try:
+                state["inference_parameters"][name] = json.loads(raw)
+            except json.JSONDecodeError:
+                state["inference_parameters"][name] = raw
+        try:
+            desired = DesiredState.from_json(state)
+        except DesiredStateError as error:
+            raise CommandError(str(error)) from None
+        revision = desired_state_update(state=desired, note="set_desired_state")
+        self.stdout.write(f"desired state saved as {revision}")

@@ -1,0 +1,198 @@
+"""The agent registry, slot claims and the buffer, all kept in Redis.
+
+Several web replicas share one Redis, so every decision that could over-commit
+an agent runs as one Lua script: Redis runs scripts one at a time, so two
+replicas can never both take an agent's last free slot.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from balancer import keys
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """What an agent last reported about itself."""
+
+    id: str
+    name: str
+    channel: str
+    slots_total: int
+    slots_processing: int
+    report: dict[str, Any]
+
+    def public_snapshot(self) -> dict[str, Any]:
+        """The agent as the management API shows it (Paddler's fields)."""
+        fields = (
+            "id",
+            "name",
+            "slots_total",
+            "slots_processing",
+            "desired_slots_total",
+            "model_path",
+            "download_current",
+            "download_total",
+            "download_filename",
+            "download_indeterminate",
+            "issues",
+            "state_application_status",
+            "uses_chat_template_override",
+        )
+        return {name: self.report.get(name) for name in fields}
+
+
+async def list_agents(redis: aioredis.Redis) -> list[AgentRecord]:
+    members = await redis.smembers(keys.agents_set())
+    ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+    if not ids:
+        return []
+    raw_reports = await redis.mget([keys.agent_status(agent_id) for agent_id in ids])
+    agents: list[AgentRecord] = []
+    gone: list[str] = []
+    for agent_id, raw in zip(ids, raw_reports, strict=True):
+        if raw is None:
+            gone.append(agent_id)
+            continue
+        report = json.loads(raw)
+        agents.append(
+            AgentRecord(
+                id=agent_id,
+                name=report.get("name", ""),
+                channel=report.get("channel", ""),
+                slots_total=int(report.get("slots_total", 0)),
+                slots_processing=int(report.get("slots_processing", 0)),
+                report=report,
+            )
+        )
+    if gone:
+        await forget_agents(redis, gone)
+    return agents
+
+
+async def forget_agents(redis: aioredis.Redis, agent_ids: list[str]) -> None:
+    """Drop agents whose heartbeat lapsed, with the claims they held."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.srem(keys.agents_set(), *agent_ids)
+        for agent_id in agent_ids:
+            pipe.delete(keys.agent_claims(agent_id))
+        await pipe.execute()
+
+
+async def agent_is_alive(redis: aioredis.Redis, agent_id: str) -> bool:
+    return bool(await redis.exists(keys.agent_status(agent_id)))
+
+
+# KEYS[1] = buffer, then per candidate agent: slots key, claims key.
+# ARGV = request id, now (ms), lease end (ms), max buffered, buffer cut-off (ms),
+#        then the candidate agent ids, in order of preference.
+# Returns {"claimed", agent id} | {"buffered"} | {"waiting"} | {"overflow"}.
+_ACQUIRE = """
+local buffer = KEYS[1]
+local request_id = ARGV[1]
+local now = tonumber(ARGV[2])
+local lease_end = tonumber(ARGV[3])
+local max_buffered = tonumber(ARGV[4])
+local cutoff = tonumber(ARGV[5])
+-- Entries of replicas that died while buffering age out.
+redis.call('ZREMRANGEBYSCORE', buffer, '-inf', cutoff)
+local free_total = 0
+local first_free = nil
+local candidates = #ARGV - 5
+for i = 1, candidates do
+  local slots = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
+  local claims = KEYS[2 * i + 1]
+  redis.call('ZREMRANGEBYSCORE', claims, '-inf', now)
+  local free = slots - redis.call('ZCARD', claims)
+  if free > 0 then
+    free_total = free_total + free
+    if first_free == nil then first_free = i end
+  end
+end
+-- First come, first served: only as many of the oldest waiters as there are
+-- free slots may claim; a newcomer counts as behind every buffered request.
+local position = redis.call('ZRANK', buffer, request_id)
+local in_buffer = position ~= false
+if not in_buffer then position = redis.call('ZCARD', buffer) end
+if first_free ~= nil and position < free_total then
+  redis.call('ZADD', KEYS[2 * first_free + 1], lease_end, request_id)
+  redis.call('ZREM', buffer, request_id)
+  return {'claimed', ARGV[5 + first_free]}
+end
+if in_buffer then return {'waiting'} end
+if redis.call('ZCARD', buffer) >= max_buffered then return {'overflow'} end
+redis.call('ZADD', buffer, now, request_id)
+return {'buffered'}
+"""
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    outcome: str  # "claimed", "buffered", "waiting" or "overflow"
+    agent_id: str | None = None
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def acquire_slot(
+    redis: aioredis.Redis,
+    *,
+    request_id: str,
+    candidates: list[str],
+    lease_ms: int,
+    max_buffered: int,
+    buffer_timeout_ms: int,
+) -> Acquisition:
+    now = now_ms()
+    script_keys = [keys.buffer()]
+    for agent_id in candidates:
+        script_keys += [keys.agent_slots(agent_id), keys.agent_claims(agent_id)]
+    result = await redis.eval(
+        _ACQUIRE,
+        len(script_keys),
+        *script_keys,
+        request_id,
+        now,
+        now + lease_ms,
+        max_buffered,
+        now - buffer_timeout_ms - 5_000,
+        *candidates,
+    )
+    outcome: str = result[0].decode()
+    if len(result) > 1:
+        return Acquisition(outcome, result[1].decode())
+    return Acquisition(outcome)
+
+
+async def leave_buffer(redis: aioredis.Redis, request_id: str) -> None:
+    await redis.zrem(keys.buffer(), request_id)
+
+
+async def release_slot(redis: aioredis.Redis, agent_id: str, request_id: str) -> None:
+    await redis.zrem(keys.agent_claims(agent_id), request_id)
+
+
+async def renew_claims(
+    redis: aioredis.Redis, claims: dict[str, str], lease_ms: int
+) -> None:
+    """Extend the leases of the claims this replica holds (request -> agent)."""
+    if not claims:
+        return
+    lease_end = now_ms() + lease_ms
+    async with redis.pipeline(transaction=False) as pipe:
+        for request_id, agent_id in claims.items():
+            pipe.zadd(keys.agent_claims(agent_id), {request_id: lease_end}, xx=True)
+        await pipe.execute()
+
+
+async def buffered_count(redis: aioredis.Redis, buffer_timeout_ms: int) -> int:
+    cutoff = now_ms() - buffer_timeout_ms - 5_000
+    return int(await redis.zcount(keys.buffer(), cutoff, "+inf"))

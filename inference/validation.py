@@ -1,0 +1,132 @@
+"""Validation of inference request bodies, before any slot is taken.
+
+Framework-free.  Every rejection names the field, so a client can fix its call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_TOKENS_LIMIT = 1_000_000
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class InvalidRequest(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _require_keys(body: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("body", "must be a JSON object")
+    for key in body:
+        if key not in allowed:
+            raise InvalidRequest(key, "unknown field")
+    for key in sorted(required):
+        if key not in body:
+            raise InvalidRequest(key, "is required")
+    return body
+
+
+def _max_tokens(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest("max_tokens", "must be an integer")
+    if not 1 <= value <= MAX_TOKENS_LIMIT:
+        raise InvalidRequest("max_tokens", f"must be between 1 and {MAX_TOKENS_LIMIT}")
+    return value
+
+
+def validate_grammar(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest("grammar", "must be an object")
+    kind = value.get("type")
+    if kind == "gbnf":
+        _require_keys(value, {"type", "grammar", "root"}, {"grammar"})
+        if not isinstance(value["grammar"], str) or not value["grammar"].strip():
+            raise InvalidRequest("grammar.grammar", "must be a non-empty string")
+        root = value.get("root", "root")
+        if not isinstance(root, str) or not root:
+            raise InvalidRequest("grammar.root", "must be a rule name")
+        return {"type": "gbnf", "grammar": value["grammar"], "root": root}
+    if kind == "json_schema":
+        _require_keys(value, {"type", "schema"}, {"schema"})
+        if not isinstance(value["schema"], str):
+            raise InvalidRequest(
+                "grammar.schema", "must be the schema as a JSON string"
+            )
+        return {"type": "json_schema", "schema": value["schema"]}
+    raise InvalidRequest("grammar.type", 'must be "gbnf" or "json_schema"')
+
+
+def validate_raw_prompt(body: Any) -> dict[str, Any]:
+    body = _require_keys(
+        body, {"raw_prompt", "max_tokens", "grammar"}, {"raw_prompt", "max_tokens"}
+    )
+    if not isinstance(body["raw_prompt"], str):
+        raise InvalidRequest("raw_prompt", "must be a string")
+    if not body["raw_prompt"]:
+        raise InvalidRequest("raw_prompt", "must not be empty")
+    return {
+        "raw_prompt": body["raw_prompt"],
+        "max_tokens": _max_tokens(body["max_tokens"]),
+        "grammar": validate_grammar(body.get("grammar")),
+    }
+
+
+def _message(index: int, value: Any) -> dict[str, Any]:
+    where = f"conversation_history[{index}]"
+    if not isinstance(value, dict):
+        raise InvalidRequest(where, "must be an object")
+    role = value.get("role")
+    if not isinstance(role, str):
+        raise InvalidRequest(f"{where}.role", "is required and must be a string")
+    if role not in ROLES:
+        raise InvalidRequest(f"{where}.role", f"must be one of {', '.join(ROLES)}")
+    content = value.get("content")
+    if isinstance(content, list):
+        for part_index, part in enumerate(content):
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise InvalidRequest(
+                    f"{where}.content[{part_index}]", "must be a typed content part"
+                )
+    elif not isinstance(content, str):
+        raise InvalidRequest(f"{where}.content", "must be a string or a list of parts")
+    return dict(value)
+
+
+def validate_conversation(body: Any) -> dict[str, Any]:
+    body = _require_keys(
+        body,
+        {
+            "add_generation_prompt",
+            "conversation_history",
+            "enable_thinking",
+            "max_tokens",
+            "grammar",
+            "tools",
+        },
+        {"conversation_history", "max_tokens"},
+    )
+    history = body["conversation_history"]
+    if not isinstance(history, list):
+        raise InvalidRequest("conversation_history", "must be a list of messages")
+    if not history:
+        raise InvalidRequest("conversation_history", "must not be empty")
+    for name in ("add_generation_prompt", "enable_thinking"):
+        if name in body and not isinstance(body[name], bool):
+            raise InvalidRequest(name, "must be true or false")
+    tools = body.get("tools", [])
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise InvalidRequest("tools", "must be a list of tool objects")
+    return {
+        "conversation_history": [_message(i, m) for i, m in enumerate(history)],
+        "add_generation_prompt": body.get("add_generation_prompt", True),
+        "enable_thinking": body.get("enable_thinking", False),
+        "max_tokens": _max_tokens(body["max_tokens"]),
+        "grammar": validate_grammar(body.get("grammar")),
+        "tools": tools,
+    }

@@ -1,0 +1,153 @@
+"""Settings for every process of the platform: web tier (daphne) and agents.
+
+Everything deploy-specific comes from the environment (``PADDLER_*``,
+``DATABASE_URL``, ``REDIS_URL``); the defaults run locally.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+import django_stubs_ext
+from django.core.exceptions import ImproperlyConfigured
+
+from paddler_project.env import (
+    env_bool,
+    env_int,
+    env_list,
+    env_redis_url,
+    env_str,
+)
+
+# Lets classes like ModelAdmin be subscripted for the type checker.
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("PADDLER_DEBUG", False)
+# Without a configured key every process makes its own: sessions then do not
+# survive a restart nor work across replicas, which is fine for a laptop only.
+SECRET_KEY = env_str("PADDLER_SECRET_KEY", "") or secrets.token_urlsafe(50)
+ALLOWED_HOSTS = env_list("PADDLER_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("PADDLER_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "channels",
+    "inference",
+    "balancer",
+    "agents",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "paddler_project.urls"
+ASGI_APPLICATION = "paddler_project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}"),
+            conn_max_age=0,
+        )
+    }
+except ValueError as error:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid URL: {error}") from None
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+
+LOGIN_URL = "/admin/login/"
+
+REDIS_URL = env_redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "paddler:layer:"},
+    }
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+}
+
+# Management API: a bearer token, or a logged-in staff session.
+PADDLER_MANAGEMENT_TOKEN = env_str("PADDLER_MANAGEMENT_TOKEN", "")
+# Buffer of requests that wait for a free slot (global across web replicas).
+PADDLER_MAX_BUFFERED_REQUESTS = env_int("PADDLER_MAX_BUFFERED_REQUESTS", 30, minimum=0)
+PADDLER_BUFFERED_REQUEST_TIMEOUT_MS = env_int(
+    "PADDLER_BUFFERED_REQUEST_TIMEOUT_MS", 10_000, minimum=1
+)
+# Longest wait for the next token of a stream before it ends with 504.
+PADDLER_INFERENCE_ITEM_TIMEOUT_MS = env_int(
+    "PADDLER_INFERENCE_ITEM_TIMEOUT_MS", 30_000, minimum=1
+)
+# An agent whose heartbeat is older than this is dropped from the registry.
+PADDLER_AGENT_TTL_MS = env_int("PADDLER_AGENT_TTL_MS", 3_000, minimum=500)
+# Largest accepted request body, in bytes.
+PADDLER_MAX_REQUEST_BYTES = env_int(
+    "PADDLER_MAX_REQUEST_BYTES", 4 * 1024 * 1024, minimum=1024
+)
+PADDLER_CACHE_DIR = env_str(
+    "PADDLER_CACHE_DIR", str(Path.home() / ".cache" / "paddler")
+)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("PADDLER_LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}

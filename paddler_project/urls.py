@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path
+
+from balancer import views as management
+from inference import views as inference
+
+urlpatterns = [
+    path("health", inference.health),
+    path(
+        "api/v1/continue_from_raw_prompt",
+        inference.continue_from_raw_prompt,
+    ),
+    path(
+        "api/v1/continue_from_conversation_history",
+        inference.continue_from_conversation_history,
+    ),
+    path("api/v1/agents", management.agents),
+    path("api/v1/agents/stream", management.agents_stream),
+    path("api/v1/buffered_requests", management.buffered_requests),
+    path("api/v1/buffered_requests/stream", management.buffered_requests_stream),
+    path("api/v1/balancer_desired_state", management.balancer_desired_state),
+    path("api/v1/balancer_applicable_state", management.balancer_applicable_state),
+    path(
+        "api/v1/agent/<str:agent_id>/chat_template_override",
+        management.agent_chat_template_override,
+    ),
+    path(
+        "api/v1/agent/<str:agent_id>/model_metadata",
+        management.agent_model_metadata,
+    ),
+    path("metrics", management.metrics),
+    path("admin/", admin.site.urls),
+]

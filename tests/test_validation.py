@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+
+from inference.validation import (
+    InvalidRequest,
+    validate_conversation,
+    validate_grammar,
+    validate_raw_prompt,
+)
+
+
+def test_raw_prompt_is_accepted_with_its_grammar() -> None:
+    params = validate_raw_prompt(
+        {
+            "raw_prompt": "hi",
+            "max_tokens": 3,
+            "grammar": {"type": "gbnf", "grammar": "root ::= [a-z]+"},
+        }
+    )
+    assert params["grammar"] == {
+        "type": "gbnf",
+        "grammar": "root ::= [a-z]+",
+        "root": "root",
+    }
+
+
+def test_conversation_defaults_add_generation_prompt() -> None:
+    params = validate_conversation(
+        {"conversation_history": [{"role": "user", "content": "hi"}], "max_tokens": 3}
+    )
+    assert params["add_generation_prompt"] is True
+    assert params["enable_thinking"] is False
+
+
+@pytest.mark.parametrize(
+    ("grammar", "field"),
+    [
+        ("root ::= x", "grammar"),
+        ({"type": "regex"}, "grammar.type"),
+        ({"type": "gbnf", "grammar": ""}, "grammar.grammar"),
+        ({"type": "json_schema", "schema": {"type": "object"}}, "grammar.schema"),
+    ],
+)
+def test_malformed_grammar_names_the_field(grammar: object, field: str) -> None:
+    with pytest.raises(InvalidRequest) as error:
+        validate_grammar(grammar)
+    assert error.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ([], "body"),
+        ({"raw_prompt": "x", "max_tokens": True}, "max_tokens"),
+        ({"raw_prompt": 5, "max_tokens": 1}, "raw_prompt"),
+        ({"raw_prompt": "", "max_tokens": 1}, "raw_prompt"),
+    ],
+)
+def test_raw_prompt_rejections(body: object, field: str) -> None:
+    with pytest.raises(InvalidRequest) as error:
+        validate_raw_prompt(body)
+    assert error.value.field == field
+
+
+def test_message_content_must_be_text_or_parts() -> None:
+    with pytest.raises(InvalidRequest) as error:
+        validate_conversation(
+            {"conversation_history": [{"role": "user", "content": 3}], "max_tokens": 1}
+        )
+    assert error.value.field == "conversation_history[0].content"
