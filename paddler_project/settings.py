@@ -109,7 +109,12 @@ REDIS_URL = env_redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "paddler:layer:"},
+        "CONFIG": {
+            # The layer's blocking reads wait up to 5 s; redis-py's default
+            # socket timeout is also 5 s, which would cut them off.
+            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            "prefix": "paddler:layer:",
+        },
     }
 }
 
