@@ -25,6 +25,7 @@ from django.conf import settings
 
 from agents.model_source import ModelSourceError, resolve_model_path
 from agents.runtime import (
+    EmbeddingJob,
     Engine,
     Generation,
     ModelLoadError,
@@ -248,6 +249,17 @@ class AgentWorker:
             )
             return
         params = message["params"]
+        if message["kind"] == "embeddings":
+            self.engine.submit_embeddings(
+                EmbeddingJob(
+                    request_id=request_id,
+                    destination=reply_to,
+                    documents=[(d["id"], d["content"]) for d in params["input_batch"]],
+                    normalization=params["normalization_method"],
+                )
+            )
+            self._mark_changed()
+            return
         job = Generation(
             request_id=request_id,
             destination=reply_to,

@@ -130,3 +130,54 @@ def validate_conversation(body: Any) -> dict[str, Any]:
         "grammar": validate_grammar(body.get("grammar")),
         "tools": tools,
     }
+
+
+MAX_EMBEDDING_DOCUMENTS = 10_000
+
+
+def validate_normalization(value: Any) -> Any:
+    if value in ("L2", "None"):
+        return value
+    if isinstance(value, dict) and set(value) == {"RmsNorm"}:
+        inner = value["RmsNorm"]
+        if isinstance(inner, dict) and set(inner) == {"epsilon"}:
+            epsilon = inner["epsilon"]
+            number = isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)
+            if number and epsilon > 0:
+                return {"RmsNorm": {"epsilon": float(epsilon)}}
+        raise InvalidRequest(
+            "normalization_method.RmsNorm.epsilon", "must be a positive number"
+        )
+    raise InvalidRequest(
+        "normalization_method", 'must be "L2", "None" or {"RmsNorm": {"epsilon": e}}'
+    )
+
+
+def validate_embedding_batch(body: Any) -> dict[str, Any]:
+    body = _require_keys(body, {"input_batch", "normalization_method"}, {"input_batch"})
+    batch = body["input_batch"]
+    if not isinstance(batch, list) or not batch:
+        raise InvalidRequest("input_batch", "must be a non-empty list of documents")
+    if len(batch) > MAX_EMBEDDING_DOCUMENTS:
+        raise InvalidRequest(
+            "input_batch", f"must hold at most {MAX_EMBEDDING_DOCUMENTS} documents"
+        )
+    documents = []
+    seen: set[str] = set()
+    for index, document in enumerate(batch):
+        where = f"input_batch[{index}]"
+        _require_keys(document, {"id", "content"}, {"id", "content"})
+        if not isinstance(document["id"], str):
+            raise InvalidRequest(f"{where}.id", "must be a string")
+        if not isinstance(document["content"], str):
+            raise InvalidRequest(f"{where}.content", "must be a string")
+        if document["id"] in seen:
+            raise InvalidRequest(f"{where}.id", "is used by another document")
+        seen.add(document["id"])
+        documents.append({"id": document["id"], "content": document["content"]})
+    return {
+        "input_batch": documents,
+        "normalization_method": validate_normalization(
+            body.get("normalization_method", "None")
+        ),
+    }

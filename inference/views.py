@@ -22,6 +22,7 @@ from balancer.events import OutputItem
 from inference.validation import (
     InvalidRequest,
     validate_conversation,
+    validate_embedding_batch,
     validate_raw_prompt,
 )
 
@@ -102,3 +103,15 @@ async def continue_from_conversation_history(request: HttpRequest) -> HttpRespon
     except InvalidRequest as error:
         return error_response(400, str(error))
     return await _stream("conversation", params)
+
+
+@csrf_exempt
+@require_POST
+async def generate_embedding_batch(request: HttpRequest) -> HttpResponseBase:
+    if (response := _too_large(request)) is not None:
+        return response
+    try:
+        params = validate_embedding_batch(read_json(request))
+    except InvalidRequest as error:
+        return error_response(400, str(error))
+    return await _stream("embeddings", params)

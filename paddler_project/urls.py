@@ -16,6 +16,10 @@ urlpatterns = [
         "api/v1/continue_from_conversation_history",
         inference.continue_from_conversation_history,
     ),
+    path(
+        "api/v1/generate_embedding_batch",
+        inference.generate_embedding_batch,
+    ),
     path("api/v1/agents", management.agents),
     path("api/v1/agents/stream", management.agents_stream),
     path("api/v1/buffered_requests", management.buffered_requests),
