@@ -26,6 +26,7 @@ from typing import Any
 
 import llama_cpp
 
+from balancer.routing import request_prefix, served_prefix
 from inference.chat_template import ChatTemplate, ChatTemplateError, message_text
 from inference.desired_state import InferenceParameters
 
@@ -86,6 +87,18 @@ class Generation:
     stop: list[str] = field(default_factory=list)
     # Opaque to the engine: handed back with every output item.
     destination: Any = None
+    # The conversation as the client sent it (before a default system prompt
+    # was put first): routing hashes are computed on this on both sides.
+    original_conversation: list[dict[str, Any]] | None = None
+
+    @property
+    def kind(self) -> str:
+        return "raw_prompt" if self.raw_prompt is not None else "conversation"
+
+    def prefix_params(self) -> dict[str, Any]:
+        if self.raw_prompt is not None:
+            return {"raw_prompt": self.raw_prompt}
+        return {"conversation_history": self.original_conversation or []}
 
 
 @dataclass
@@ -108,6 +121,8 @@ class Output:
     response: dict[str, Any] | str | None = None
     error: dict[str, Any] | None = None
     final: bool = False
+    # For the web tier only (never sent to clients): which slot served it.
+    meta: dict[str, Any] | None = None
 
 
 @dataclass
@@ -125,6 +140,9 @@ class _Slot:
     generated: int = 0
     decoder: Any = None
     held_text: str = ""
+    text: str = ""
+    # Routing hashes of what the cache holds (see balancer.routing).
+    prefix: list[str] = field(default_factory=list)
     started_at: float = 0.0
 
     @property
@@ -303,9 +321,11 @@ class Engine:
         busy = sum(1 for slot in self._slots if slot.busy) + len(self._waiting)
         return busy + (self._embedder.pending if self._embedder else 0)
 
-    def slot_fingerprints(self) -> list[list[int]]:
-        """The first tokens each slot's cache holds (for prefix-aware routing)."""
-        return [list(slot.cache) for slot in self._slots]
+    def slot_states(self) -> list[dict[str, Any]]:
+        """Per slot: busy or not, and the routing hashes of what it holds."""
+        return [
+            {"busy": slot.busy, "prefix": list(slot.prefix)} for slot in self._slots
+        ]
 
     def close(self) -> None:
         for slot in self._slots:
@@ -467,6 +487,8 @@ class Engine:
         slot.cached_tokens = keep
         slot.generated = 0
         slot.held_text = ""
+        slot.text = ""
+        slot.prefix = request_prefix(job.kind, job.prefix_params())
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.started_at = time.monotonic()
 
@@ -583,6 +605,7 @@ class Engine:
         text = slot.held_text + slot.decoder.decode(self._piece_bytes(token))
         sendable, slot.held_text, stopped = _split_on_stop(text, job.stop)
         if sendable:
+            slot.text += sendable
             outputs.append(
                 self._response(job, {"GeneratedToken": {"ContentToken": sendable}})
             )
@@ -601,6 +624,7 @@ class Engine:
         assert job is not None
         rest = slot.held_text + slot.decoder.decode(b"", final=True)
         if rest:
+            slot.text += rest
             outputs.append(
                 self._response(job, {"GeneratedToken": {"ContentToken": rest}})
             )
@@ -614,9 +638,10 @@ class Engine:
             "tool_call_tokens": 0,
             "undeterminable_tokens": 0,
         }
-        outputs.append(
-            self._response(job, {"GeneratedToken": {"Done": {"usage": usage}}}, True)
-        )
+        done = self._response(job, {"GeneratedToken": {"Done": {"usage": usage}}}, True)
+        done.meta = {"slot": slot.seq_id}
+        outputs.append(done)
+        slot.prefix = served_prefix(job.kind, job.prefix_params(), slot.text)
         self._release(slot, keep_cache=True)
 
     def _release(self, slot: _Slot, *, keep_cache: bool) -> None:
@@ -624,6 +649,7 @@ class Engine:
             # A half-evaluated prompt leaves the cache in an unknown state.
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
             slot.cache = []
+            slot.prefix = []
         slot.pending = []
         slot.job = None
         self._free_sampler(slot)

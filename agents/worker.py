@@ -163,6 +163,7 @@ class AgentWorker:
             "slots_total": slots_total,
             "desired_slots_total": self.slots,
             "slots_processing": self.engine.slots_processing if self.engine else 0,
+            "slots": self.engine.slot_states() if self.engine else [],
             "model_path": self.status.model_path,
             "download_current": self.status.download.current,
             "download_total": self.status.download.total,
@@ -290,6 +291,7 @@ class AgentWorker:
         if message["kind"] == "raw_prompt":
             job.raw_prompt = params["raw_prompt"]
         else:
+            job.original_conversation = params["conversation_history"]
             history = list(params["conversation_history"])
             if self._system_prompt and not any(
                 m.get("role") == "system" for m in history
@@ -335,6 +337,7 @@ class AgentWorker:
                     "response": output.response,
                     "error": output.error,
                     "final": output.final,
+                    "meta": output.meta,
                 }
             )
         try:

@@ -1,9 +1,12 @@
 """Sends requests to agents and relays their output, inside one web process.
 
-Each web process has one ``Dispatcher`` (per event loop).  It claims a slot
-(buffering while none is free), sends the request to the agent's channel, and
-reads the process's own Redis inbox, where agents push the output of every
-stream bound here, one batch per decode step.
+Each web process has one ``Dispatcher`` (per event loop).  It picks an agent
+(``routing``), claims one of its slots in Redis (``registry``; buffering while
+none is free anywhere), sends the request to the agent's channel, and reads the
+process's own Redis inbox, where agents push the output of every stream bound
+here, one batch per decode step.  When a request ends, a record of it (where it
+went and why, how long it waited, how fast it ran, how it ended) goes to the
+request log.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from django.conf import settings
 
 from balancer import keys, registry
 from balancer.events import InferenceCancelEvent, InferenceRequestEvent, OutputItem
-from balancer.routing import Candidate, order_candidates
+from balancer.routing import Candidate, Decision, decide, request_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -46,63 +49,179 @@ class InferenceFailure(Exception):
         self.description = description
 
 
+def _outcome(item: OutputItem) -> str:
+    """How a request ended, from its final item: done, a status, or a variant."""
+    if item["error"] is not None:
+        return str(item["error"].get("code", "error"))
+    response = item["response"]
+    if isinstance(response, dict):
+        generated = response.get("GeneratedToken")
+        if isinstance(generated, dict):
+            return "done" if "Done" in generated else next(iter(generated), "error")
+        if response.get("Embedding") == "Done":
+            return "done"
+    return "error"
+
+
 @dataclass
 class Stream:
-    """The output of one request on one agent."""
+    """The output of one request, on the agent that serves it."""
 
     request_id: str
-    agent_id: str
-    agent_name: str
+    kind: str
+    params: dict[str, Any]
     dispatcher: Dispatcher
+    agent_id: str = ""
+    agent_name: str = ""
+    decision: Decision | None = None
     queue: asyncio.Queue[OutputItem] = field(default_factory=asyncio.Queue)
     finished: bool = False
+    outcome: str = "cancelled"
+    retried: bool = False
+    received: int = 0
+    created_at: float = field(default_factory=time.monotonic)
+    claimed_at: float = 0.0
+    first_item_at: float = 0.0
+    ended_at: float = 0.0
+    slot: int | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
 
     async def items(self) -> AsyncIterator[OutputItem]:
         """Yield the output until its final item; never hangs.
 
         No output for ``PADDLER_INFERENCE_ITEM_TIMEOUT_MS`` ends the stream
-        with a 504 item; an agent whose heartbeat lapsed ends it with a 502.
+        with a 504 item; an agent whose heartbeat lapsed ends it with a 502,
+        unless it had sent nothing yet: then the request moves, once, to
+        another agent, and the client does not notice.
         """
         timeout_s = settings.PADDLER_INFERENCE_ITEM_TIMEOUT_MS / 1000
         last_item_at = time.monotonic()
         try:
             while True:
-                wait = min(LIVENESS_CHECK_S, timeout_s)
                 try:
-                    item = await asyncio.wait_for(self.queue.get(), wait)
+                    item = await asyncio.wait_for(
+                        self.queue.get(), min(LIVENESS_CHECK_S, timeout_s)
+                    )
                 except TimeoutError:
                     if time.monotonic() - last_item_at >= timeout_s:
-                        yield self._failure(504, "Timed out waiting for the next token")
-                        return
-                    if not await registry.agent_is_alive(
-                        self.dispatcher.redis, self.agent_id
-                    ):
-                        yield self._failure(
-                            502, f"Agent {self.agent_name} disappeared mid-stream"
+                        yield self._end_with(
+                            504, "Timed out waiting for the next token"
                         )
-                        self.finished = True  # nobody is left to cancel
+                        return
+                    redis = self.dispatcher.redis
+                    if await registry.agent_is_alive(redis, self.agent_id):
+                        continue
+                    failure = await self._move_or_fail(
+                        f"Agent {self.agent_name} disappeared mid-stream"
+                    )
+                    if failure is not None:
+                        yield failure
+                        return
+                    last_item_at = time.monotonic()
+                    continue
+                if self._refused_before_start(item):
+                    failure = await self._move_or_fail(None)
+                    if failure is not None:
+                        yield failure
                         return
                     continue
                 last_item_at = time.monotonic()
-                if item["final"]:
-                    self.finished = True
+                self._note(item)
                 yield item
                 if item["final"]:
                     return
         finally:
             await self.close()
 
-    def _failure(self, code: int, description: str) -> OutputItem:
-        return {
+    def _refused_before_start(self, item: OutputItem) -> bool:
+        """The agent turned the request away (no model, shutting down)."""
+        error = item["error"]
+        return (
+            self.received == 0
+            and not self.retried
+            and error is not None
+            and error.get("code") == 503
+        )
+
+    async def _move_or_fail(self, description: str | None) -> OutputItem | None:
+        """Move to another agent if nothing was sent yet; else a 502 item."""
+        if self.received == 0 and not self.retried:
+            self.retried = True
+            try:
+                await self.dispatcher.reroute(self)
+                return None
+            except InferenceFailure as failure:
+                return self._end_with(failure.code, failure.description)
+        self.finished = True  # nobody is left to cancel
+        return self._end_with(502, description or "Agent refused the request")
+
+    def _note(self, item: OutputItem) -> None:
+        now = time.monotonic()
+        if self.received == 0:
+            self.first_item_at = now
+        self.received += 1
+        meta = item.get("meta")
+        item["meta"] = None  # for this process only, not for clients
+        if meta:
+            self.slot = meta.get("slot")
+        if item["final"]:
+            self.finished = True
+            self.ended_at = now
+            self.outcome = _outcome(item)
+            response = item["response"]
+            if isinstance(response, dict):
+                done = response.get("GeneratedToken", {})
+                if isinstance(done, dict) and "Done" in done:
+                    self.usage = done["Done"].get("usage", {})
+
+    def _end_with(self, code: int, description: str) -> OutputItem:
+        item: OutputItem = {
             "request_id": self.request_id,
             "response": None,
             "error": {"code": code, "description": description},
             "final": True,
+            "meta": None,
         }
+        self.outcome = str(code)
+        self.ended_at = time.monotonic()
+        return item
 
     async def close(self) -> None:
         """Release the slot; cancel on the agent if the output is unfinished."""
         await self.dispatcher.finish(self)
+
+    def record(self) -> dict[str, Any]:
+        """The request log record: where it went, why, and how it went."""
+        end = self.ended_at or time.monotonic()
+        generated = int(self.usage.get("content_tokens", 0))
+        generating_s = end - self.first_item_at if self.first_item_at else 0.0
+        return {
+            "id": self.request_id,
+            "kind": self.kind,
+            "agent_id": self.agent_id,
+            "agent": self.agent_name,
+            "slot": self.slot,
+            "matched_prefix_blocks": self.decision.matched if self.decision else 0,
+            "why": self.decision.why if self.decision else "",
+            "retried": self.retried,
+            "prompt_tokens": int(self.usage.get("prompt_tokens", 0)),
+            "cached_prompt_tokens": int(self.usage.get("cached_prompt_tokens", 0)),
+            "generated_tokens": generated,
+            "queue_wait_ms": round(
+                ((self.claimed_at or end) - self.created_at) * 1000, 1
+            ),
+            "time_to_first_token_ms": (
+                round((self.first_item_at - self.created_at) * 1000, 1)
+                if self.first_item_at
+                else None
+            ),
+            "tokens_per_second": (
+                round(generated / generating_s, 1) if generating_s > 0 else None
+            ),
+            "duration_ms": round((end - self.created_at) * 1000, 1),
+            "outcome": self.outcome,
+            "finished_at": time.time(),
+        }
 
 
 class Dispatcher:
@@ -113,6 +232,7 @@ class Dispatcher:
         self._streams: dict[str, Stream] = {}
         self._slot_freed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._turn = 0
 
     def _ensure_started(self) -> None:
         if not self._tasks:
@@ -128,16 +248,39 @@ class Dispatcher:
         Raises ``InferenceFailure`` (503 buffer full, 504 waited too long).
         """
         self._ensure_started()
-        request_id = uuid.uuid4().hex
-        agent = await self._claim(request_id)
-        stream = Stream(request_id, agent.id, agent.name, self)
-        self._streams[request_id] = stream
+        stream = Stream(uuid.uuid4().hex, kind, params, self)
+        try:
+            await self._place(stream, exclude=set())
+        except InferenceFailure as failure:
+            stream.outcome = str(failure.code)
+            stream.ended_at = time.monotonic()
+            await self._log(stream)
+            raise
+        return stream
+
+    async def reroute(self, stream: Stream) -> None:
+        """Move a request that got no output to another agent."""
+        self._streams.pop(stream.request_id, None)
+        await registry.release_slot(self.redis, stream.agent_id, stream.request_id)
+        logger.warning(
+            "request %s: agent %s lost before the first token; moving it",
+            stream.request_id,
+            stream.agent_name,
+        )
+        await self._place(stream, exclude={stream.agent_id})
+
+    async def _place(self, stream: Stream, exclude: set[str]) -> None:
+        agent, decision = await self._claim(stream, exclude)
+        stream.agent_id, stream.agent_name = agent.id, agent.name
+        stream.decision = decision
+        stream.claimed_at = time.monotonic()
+        self._streams[stream.request_id] = stream
         event: InferenceRequestEvent = {
             "type": "inference.request",
-            "request_id": request_id,
+            "request_id": stream.request_id,
             "reply_to": self.inbox,
-            "kind": kind,
-            "params": params,
+            "kind": stream.kind,
+            "params": stream.params,
         }
         layer = get_channel_layer()
         assert layer is not None
@@ -146,25 +289,47 @@ class Dispatcher:
         except BaseException:
             await self.finish(stream)
             raise
-        return stream
 
-    async def _claim(self, request_id: str) -> registry.AgentRecord:
+    def _decide(
+        self, agents: list[registry.AgentRecord], prefix: list[str]
+    ) -> Decision:
+        candidates = [
+            Candidate(
+                agent.id,
+                agent.slots_total,
+                agent.slots_busy,
+                [s["prefix"] for s in agent.report.get("slots", []) if not s["busy"]],
+            )
+            for agent in agents
+        ]
+        self._turn += 1
+        return decide(
+            candidates,
+            prefix,
+            policy=settings.PADDLER_ROUTING_POLICY,
+            max_load_gap=settings.PADDLER_ROUTING_MAX_LOAD_GAP,
+            turn=self._turn,
+        )
+
+    async def _claim(
+        self, stream: Stream, exclude: set[str]
+    ) -> tuple[registry.AgentRecord, Decision]:
         timeout_ms = settings.PADDLER_BUFFERED_REQUEST_TIMEOUT_MS
         deadline = time.monotonic() + timeout_ms / 1000
+        prefix = request_prefix(stream.kind, stream.params)
         buffered = False
         try:
             while True:
-                agents = {a.id: a for a in await registry.list_agents(self.redis)}
-                candidates = order_candidates(
-                    [
-                        Candidate(a.id, a.slots_total, a.slots_processing)
-                        for a in agents.values()
-                    ]
-                )
+                agents = {
+                    a.id: a
+                    for a in await registry.list_agents(self.redis)
+                    if a.id not in exclude
+                }
+                decision = self._decide(list(agents.values()), prefix)
                 acquisition = await registry.acquire_slot(
                     self.redis,
-                    request_id=request_id,
-                    candidates=candidates,
+                    request_id=stream.request_id,
+                    candidates=decision.order,
                     lease_ms=CLAIM_LEASE_MS,
                     max_buffered=settings.PADDLER_MAX_BUFFERED_REQUESTS,
                     buffer_timeout_ms=timeout_ms,
@@ -172,7 +337,11 @@ class Dispatcher:
                 if acquisition.outcome == "claimed":
                     assert acquisition.agent_id is not None
                     buffered = False
-                    return agents[acquisition.agent_id]
+                    if acquisition.agent_id != decision.order[0]:
+                        decision = Decision(
+                            decision.order, 0, "first free slot (preferred was full)"
+                        )
+                    return agents[acquisition.agent_id], decision
                 if acquisition.outcome == "overflow":
                     raise InferenceFailure(503, "Buffered requests overflow")
                 buffered = True
@@ -187,24 +356,57 @@ class Dispatcher:
         finally:
             if buffered:
                 # Timed out, or the client went away while waiting.
-                await registry.leave_buffer(self.redis, request_id)
+                await registry.leave_buffer(self.redis, stream.request_id)
 
     async def finish(self, stream: Stream) -> None:
         if self._streams.pop(stream.request_id, None) is None:
             return
         if not stream.finished:
-            cancel: InferenceCancelEvent = {
-                "type": "inference.cancel",
-                "request_id": stream.request_id,
-            }
-            layer = get_channel_layer()
-            assert layer is not None
-            agents = {a.id: a for a in await registry.list_agents(self.redis)}
-            agent = agents.get(stream.agent_id)
-            if agent is not None:
-                await layer.send(agent.channel, dict(cancel))
+            stream.ended_at = stream.ended_at or time.monotonic()
+            await self._cancel_on_agent(stream)
         await registry.release_slot(self.redis, stream.agent_id, stream.request_id)
         self._slot_freed.set()
+        await self._log(stream)
+
+    async def _cancel_on_agent(self, stream: Stream) -> None:
+        cancel: InferenceCancelEvent = {
+            "type": "inference.cancel",
+            "request_id": stream.request_id,
+        }
+        layer = get_channel_layer()
+        assert layer is not None
+        agents = {a.id: a for a in await registry.list_agents(self.redis)}
+        agent = agents.get(stream.agent_id)
+        if agent is not None:
+            # If this message is lost, the agent generates up to max_tokens for
+            # nobody; its slot comes back then, and the claim is already free.
+            await layer.send(agent.channel, dict(cancel))
+
+    async def _log(self, stream: Stream) -> None:
+        record = stream.record()
+        logger.info(
+            "request %s %s -> agent %s slot %s (%s); cached %s/%s prompt tokens; "
+            "waited %sms; outcome %s",
+            record["id"],
+            record["kind"],
+            record["agent"] or "-",
+            record["slot"],
+            record["why"] or "-",
+            record["cached_prompt_tokens"],
+            record["prompt_tokens"],
+            record["queue_wait_ms"],
+            record["outcome"],
+        )
+        size = settings.PADDLER_REQUEST_LOG_SIZE
+        if size <= 0:
+            return
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.lpush(keys.request_log(), json.dumps(record))
+                pipe.ltrim(keys.request_log(), 0, size - 1)
+                await pipe.execute()
+        except Exception:
+            logger.warning("could not write the request log", exc_info=True)
 
     # ------------------------------------------------------ background work
     async def _read_inbox(self) -> None:

@@ -45,6 +45,8 @@ class OutputItem(TypedDict):
     response: dict[str, Any] | str | None
     error: dict[str, Any] | None
     final: bool
+    # For the web tier only, never sent to clients: e.g. {"slot": 1}.
+    meta: dict[str, Any] | None
 
 
 class OutputBatch(TypedDict):

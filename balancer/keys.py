@@ -49,3 +49,8 @@ def desired_state() -> str:
 def web_inbox(web_id: str) -> str:
     """List the agents push token batches to, read by one web process."""
     return f"{PREFIX}web:{web_id}:inbox"
+
+
+def request_log() -> str:
+    """List of the most recent finished requests (JSON records), newest first."""
+    return f"{PREFIX}requests"

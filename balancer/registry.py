@@ -26,7 +26,14 @@ class AgentRecord:
     channel: str
     slots_total: int
     slots_processing: int
+    # Requests the web tier has put on the agent: ahead of its own report,
+    # which is up to a heartbeat old.
+    slots_claimed: int
     report: dict[str, Any]
+
+    @property
+    def slots_busy(self) -> int:
+        return max(self.slots_processing, self.slots_claimed)
 
     def public_snapshot(self) -> dict[str, Any]:
         """The agent as the management API shows it (Paddler's fields)."""
@@ -53,10 +60,14 @@ async def list_agents(redis: aioredis.Redis) -> list[AgentRecord]:
     ids = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
     if not ids:
         return []
-    raw_reports = await redis.mget([keys.agent_status(agent_id) for agent_id in ids])
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.mget([keys.agent_status(agent_id) for agent_id in ids])
+        for agent_id in ids:
+            pipe.zcard(keys.agent_claims(agent_id))
+        raw_reports, *claims = await pipe.execute()
     agents: list[AgentRecord] = []
     gone: list[str] = []
-    for agent_id, raw in zip(ids, raw_reports, strict=True):
+    for agent_id, raw, claimed in zip(ids, raw_reports, claims, strict=True):
         if raw is None:
             gone.append(agent_id)
             continue
@@ -68,6 +79,7 @@ async def list_agents(redis: aioredis.Redis) -> list[AgentRecord]:
                 channel=report.get("channel", ""),
                 slots_total=int(report.get("slots_total", 0)),
                 slots_processing=int(report.get("slots_processing", 0)),
+                slots_claimed=int(claimed),
                 report=report,
             )
         )

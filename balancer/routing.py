@@ -1,12 +1,88 @@
-"""Which agents a request should try, best first.  Framework-free.
+"""Which agent a request should go to, best first.  Framework-free.
+
+Conversation-aware routing: every request is summarised as a chain of prefix
+hashes (one per message of a conversation, one per 256-character block of a
+raw prompt).  An agent reports, for each of its slots, the chain of what that
+slot's KV cache holds (the request it served plus the answer it generated).
+The longer the common chain, the more of the prompt the slot can reuse instead
+of evaluating it again.  Both sides compute the chains with the functions
+below, so they agree.
 
 The Lua claim in ``registry`` takes the first candidate that still has a free
-slot, so this order is a preference, and the claim is the authority.
+slot, so the order returned here is a preference, and the claim the authority.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference.chat_template import message_text
+
+TEXT_BLOCK = 256
+# Slots report at most this many hashes: enough to tell conversations apart.
+MAX_PREFIX_HASHES = 64
+
+POLICIES = ("prefix", "least_busy", "round_robin")
+
+
+def _chain(previous: str, payload: str) -> str:
+    return hashlib.blake2b(
+        f"{previous}\x00{payload}".encode(), digest_size=8
+    ).hexdigest()
+
+
+def conversation_prefix(messages: list[dict[str, Any]]) -> list[str]:
+    """One hash per message, each covering every message before it too."""
+    hashes: list[str] = []
+    previous = "conversation"
+    for message in messages[:MAX_PREFIX_HASHES]:
+        role = str(message.get("role", ""))
+        content = message_text(message.get("content", "")).strip()
+        previous = _chain(previous, f"{role}\x00{content}")
+        hashes.append(previous)
+    return hashes
+
+
+def text_prefix(text: str) -> list[str]:
+    """One hash per whole block of ``TEXT_BLOCK`` characters of a raw prompt."""
+    hashes: list[str] = []
+    previous = "text"
+    blocks = min(len(text) // TEXT_BLOCK, MAX_PREFIX_HASHES)
+    for index in range(blocks):
+        previous = _chain(previous, text[index * TEXT_BLOCK : (index + 1) * TEXT_BLOCK])
+        hashes.append(previous)
+    return hashes
+
+
+def request_prefix(kind: str, params: dict[str, Any]) -> list[str]:
+    if kind == "conversation":
+        return conversation_prefix(params.get("conversation_history", []))
+    if kind == "raw_prompt":
+        return text_prefix(params.get("raw_prompt", ""))
+    return []
+
+
+def served_prefix(kind: str, params: dict[str, Any], generated: str) -> list[str]:
+    """What a slot holds after serving a request: the prompt and its answer."""
+    if kind == "conversation":
+        history = list(params.get("conversation_history", []))
+        return conversation_prefix(
+            [*history, {"role": "assistant", "content": generated}]
+        )
+    if kind == "raw_prompt":
+        return text_prefix(params.get("raw_prompt", "") + generated)
+    return []
+
+
+def matched_length(left: list[str], right: list[str]) -> int:
+    length = 0
+    for a, b in zip(left, right, strict=False):
+        if a != b:
+            break
+        length += 1
+    return length
 
 
 @dataclass(frozen=True)
@@ -14,14 +90,75 @@ class Candidate:
     agent_id: str
     slots_total: int
     slots_busy: int
+    # Prefix chains of the agent's idle slots.
+    idle_prefixes: list[list[str]] = field(default_factory=list)
 
     @property
     def load(self) -> float:
         return self.slots_busy / self.slots_total if self.slots_total else 1.0
 
 
-def order_candidates(candidates: list[Candidate]) -> list[str]:
-    """Least busy first; among equals, the agent with more free slots."""
+@dataclass(frozen=True)
+class Decision:
+    """The routing choice, for the request's log record."""
+
+    order: list[str]
+    matched: int  # prefix hashes the preferred agent's best slot shares
+    why: str
+
+
+def _least_busy(candidates: list[Candidate]) -> list[Candidate]:
+    return sorted(
+        candidates,
+        key=lambda c: (c.load, -(c.slots_total - c.slots_busy), c.agent_id),
+    )
+
+
+def decide(
+    candidates: list[Candidate],
+    prefix: list[str],
+    *,
+    policy: str = "prefix",
+    max_load_gap: float = 0.5,
+    turn: int = 0,
+) -> Decision:
+    """Order the agents for a request.
+
+    ``prefix``: the request's chain.  ``max_load_gap``: a cache match loses
+    when the matching agent's load (busy slots / slots) exceeds the least busy
+    agent's by more than this, so one popular conversation cannot pile work
+    onto one agent.  With 0.5, an agent of 2 slots with one busy still gets
+    its conversation back; one of 8 slots with 5 busy does not, while another
+    agent idles.
+    ``turn``: a counter for round-robin.
+    """
     usable = [c for c in candidates if c.slots_total > 0]
-    usable.sort(key=lambda c: (c.load, -(c.slots_total - c.slots_busy), c.agent_id))
-    return [c.agent_id for c in usable]
+    if not usable:
+        return Decision([], 0, "no agent has slots")
+    by_load = _least_busy(usable)
+    if policy == "round_robin":
+        ring = sorted(usable, key=lambda c: c.agent_id)
+        start = turn % len(ring)
+        rotated = ring[start:] + ring[:start]
+        return Decision([c.agent_id for c in rotated], 0, "round robin")
+    if policy == "least_busy" or not prefix:
+        return Decision([c.agent_id for c in by_load], 0, "least busy")
+    best, best_match = by_load[0], 0
+    for candidate in by_load:
+        match = max(
+            (matched_length(prefix, cached) for cached in candidate.idle_prefixes),
+            default=0,
+        )
+        if match > best_match:
+            best, best_match = candidate, match
+    if best_match == 0:
+        return Decision([c.agent_id for c in by_load], 0, "least busy (no cache match)")
+    if best.load - by_load[0].load > max_load_gap:
+        return Decision(
+            [c.agent_id for c in by_load],
+            0,
+            f"least busy (cache match on {best.agent_id} skipped: load "
+            f"{best.load:.2f} vs {by_load[0].load:.2f})",
+        )
+    order = [best.agent_id] + [c.agent_id for c in by_load if c is not best]
+    return Decision(order, best_match, f"cache match of {best_match} prefix blocks")

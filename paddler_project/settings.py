@@ -15,6 +15,8 @@ from django.core.exceptions import ImproperlyConfigured
 
 from paddler_project.env import (
     env_bool,
+    env_choice,
+    env_float,
     env_int,
     env_list,
     env_redis_url,
@@ -133,6 +135,17 @@ PADDLER_BUFFERED_REQUEST_TIMEOUT_MS = env_int(
 PADDLER_INFERENCE_ITEM_TIMEOUT_MS = env_int(
     "PADDLER_INFERENCE_ITEM_TIMEOUT_MS", 30_000, minimum=1
 )
+# Routing: "prefix" (conversation-aware), "least_busy" or "round_robin".
+PADDLER_ROUTING_POLICY = env_choice(
+    "PADDLER_ROUTING_POLICY", "prefix", ("prefix", "least_busy", "round_robin")
+)
+# A cache match is ignored when its agent's load (busy slots / slots) exceeds
+# the least busy agent's by this much or more.
+PADDLER_ROUTING_MAX_LOAD_GAP = env_float(
+    "PADDLER_ROUTING_MAX_LOAD_GAP", 0.5, minimum=0.0
+)
+# How many finished requests the request log keeps (for the panel).
+PADDLER_REQUEST_LOG_SIZE = env_int("PADDLER_REQUEST_LOG_SIZE", 1000, minimum=0)
 # An agent whose heartbeat is older than this is dropped from the registry.
 PADDLER_AGENT_TTL_MS = env_int("PADDLER_AGENT_TTL_MS", 3_000, minimum=500)
 # Largest accepted request body, in bytes.

@@ -209,10 +209,8 @@ def drop_web_database(url: str) -> None:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def start_web(
-    redis_url: str, tmp_path: Path, port: int | None = None, **extra_env: str
-) -> WebServer:
-    port = port or free_port()
+def start_web(redis_url: str, tmp_path: Path, **extra_env: str) -> WebServer:
+    port = free_port()
     env = service_env(redis_url, DATABASE_URL=web_database(tmp_path, port), **extra_env)
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
