@@ -586,8 +586,20 @@ class Engine:
             self._on_output(outputs)
             return
         for slot in self._slots:
-            if slot.job is not None and slot.batch_index >= 0:
+            if slot.job is None:
+                continue
+            if slot.batch_index >= 0:
                 self._sample(slot, outputs)
+            elif slot.pending:
+                # A long prompt takes several steps before its first token:
+                # tell the web tier the request is alive (it is not forwarded).
+                outputs.append(
+                    Output(
+                        slot.job.request_id,
+                        slot.job.destination,
+                        meta={"evaluated_prompt_tokens": len(slot.cache)},
+                    )
+                )
         if outputs:
             self._on_output(outputs)
 

@@ -78,12 +78,14 @@ class AgentWorker:
         self._engine_thread: threading.Thread | None = None
         self._accepting = False
         self._applied_key: str | None = None
+        self._lost_redis = False
         self._system_prompt = ""
         self._latest_state: dict[str, Any] | None = None
         self._apply_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._status_changed = asyncio.Event()
-        self._outputs: asyncio.Queue[list[Output]] = asyncio.Queue()
+        # None is the sentinel that ends the output loop at shutdown.
+        self._outputs: asyncio.Queue[list[Output] | None] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._redis: aioredis.Redis | None = None
         self._layer: BaseChannelLayer | None = None
@@ -97,7 +99,9 @@ class AgentWorker:
 
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._redis = aioredis.Redis.from_url(settings.REDIS_URL)
+        self._redis = aioredis.Redis.from_url(
+            settings.REDIS_URL, **settings.REDIS_OPTIONS
+        )
         layer = get_channel_layer()
         assert layer is not None, "CHANNEL_LAYERS is not configured"
         self._layer = layer
@@ -107,8 +111,8 @@ class AgentWorker:
         tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._receive_loop(), name="receive"),
-            asyncio.create_task(self._output_loop(), name="output"),
         ]
+        output_task = asyncio.create_task(self._output_loop(), name="output")
         raw = await self._redis.get(keys.desired_state())
         if raw is not None:
             self._schedule_apply(json.loads(raw))
@@ -119,6 +123,9 @@ class AgentWorker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            # Everything the engine said before it stopped goes out first.
+            self._outputs.put_nowait(None)
+            await asyncio.gather(output_task, return_exceptions=True)
             await self._deregister()
             await self._redis.aclose()
 
@@ -134,7 +141,6 @@ class AgentWorker:
         ):
             await asyncio.sleep(0.05)
         await self._stop_engine()
-        await self._flush_outputs()
 
     async def _deregister(self) -> None:
         assert self._redis is not None
@@ -194,8 +200,13 @@ class AgentWorker:
         while True:
             try:
                 await self._publish_status()
+                if self._lost_redis:
+                    # Redis came back (maybe empty): join the group again.
+                    await self._rejoin()
+                    self._lost_redis = False
                 backoff = 0.1
             except Exception:
+                self._lost_redis = True
                 # Redis is away: keep trying; the registry drops us meanwhile.
                 logger.warning("heartbeat failed; retrying in %.1fs", backoff)
                 await asyncio.sleep(backoff)
@@ -204,6 +215,13 @@ class AgentWorker:
             self._status_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._status_changed.wait(), interval)
+
+    async def _rejoin(self) -> None:
+        assert self._layer is not None
+        await self._layer.group_add(keys.AGENTS_GROUP, self.channel)
+        if self.engine is not None:
+            await self._store_metadata(self.engine)
+        logger.info("agent %s registered again after losing Redis", self.name)
 
     # ------------------------------------------------------------- messages
     async def _receive_loop(self) -> None:
@@ -214,10 +232,10 @@ class AgentWorker:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.warning("channel layer receive failed", exc_info=True)
+                # The heartbeat loop rejoins the group once Redis answers.
+                self._lost_redis = True
+                logger.warning("channel layer receive failed; retrying")
                 await asyncio.sleep(0.5)
-                with contextlib.suppress(Exception):
-                    await self._layer.group_add(keys.AGENTS_GROUP, self.channel)
                 continue
             try:
                 self.handle_message(message)
@@ -311,18 +329,19 @@ class AgentWorker:
         self._loop.call_soon_threadsafe(self._outputs.put_nowait, outputs)
 
     async def _output_loop(self) -> None:
-        while True:
-            outputs = await self._outputs.get()
+        finished = False
+        while not finished:
+            first = await self._outputs.get()
+            if first is None:
+                break
+            outputs = list(first)
             # Steps that piled up while Redis was busy go out together.
             while not self._outputs.empty():
-                outputs.extend(self._outputs.get_nowait())
-            await self._send_outputs(outputs)
-
-    async def _flush_outputs(self) -> None:
-        outputs: list[Output] = []
-        while not self._outputs.empty():
-            outputs.extend(self._outputs.get_nowait())
-        if outputs:
+                more = self._outputs.get_nowait()
+                if more is None:
+                    finished = True
+                    break
+                outputs.extend(more)
             await self._send_outputs(outputs)
 
     async def _send_outputs(self, outputs: list[Output]) -> None:

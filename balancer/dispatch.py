@@ -38,6 +38,8 @@ CLAIM_LEASE_MS = 15_000
 BUFFER_POLL_S = 0.05
 # How often a stream waiting for output checks that its agent is alive.
 LIVENESS_CHECK_S = 1.0
+# How often a web process checks that Redis still holds the desired state.
+DESIRED_STATE_CHECK_S = 2.0
 
 
 class InferenceFailure(Exception):
@@ -117,6 +119,10 @@ class Stream:
                     if failure is not None:
                         yield failure
                         return
+                    last_item_at = time.monotonic()
+                    continue
+                if item["response"] is None and item["error"] is None:
+                    # Progress on a long prompt: alive, nothing for the client.
                     last_item_at = time.monotonic()
                     continue
                 if self._refused_before_start(item):
@@ -228,7 +234,9 @@ class Dispatcher:
     def __init__(self) -> None:
         self.web_id = uuid.uuid4().hex
         self.inbox = keys.web_inbox(self.web_id)
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(settings.REDIS_URL)
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            settings.REDIS_URL, **settings.REDIS_OPTIONS
+        )
         self._streams: dict[str, Stream] = {}
         self._slot_freed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -239,6 +247,9 @@ class Dispatcher:
             self._tasks = [
                 asyncio.create_task(self._read_inbox(), name="paddler-inbox"),
                 asyncio.create_task(self._renew_leases(), name="paddler-leases"),
+                asyncio.create_task(
+                    self._keep_desired_state(), name="paddler-desired-state"
+                ),
             ]
 
     # ------------------------------------------------------------- requests
@@ -247,7 +258,6 @@ class Dispatcher:
 
         Raises ``InferenceFailure`` (503 buffer full, 504 waited too long).
         """
-        self._ensure_started()
         stream = Stream(uuid.uuid4().hex, kind, params, self)
         try:
             await self._place(stream, exclude=set())
@@ -411,7 +421,7 @@ class Dispatcher:
     # ------------------------------------------------------ background work
     async def _read_inbox(self) -> None:
         # A dedicated connection: BLPOP holds it while it waits.
-        reader = aioredis.Redis.from_url(settings.REDIS_URL)
+        reader = aioredis.Redis.from_url(settings.REDIS_URL, **settings.REDIS_OPTIONS)
         while True:
             try:
                 popped = await reader.blpop([self.inbox], timeout=1)
@@ -428,6 +438,27 @@ class Dispatcher:
                 stream = self._streams.get(item["request_id"])
                 if stream is not None:
                     stream.queue.put_nowait(item)
+
+    async def _keep_desired_state(self) -> None:
+        """Put the desired state back into Redis if Redis lost it (a restart).
+
+        Agents read it from there when they start; the database stays the
+        source of truth.  SET NX: a newer state written meanwhile wins.
+        """
+        from asgiref.sync import sync_to_async
+
+        from balancer.services import desired_state_revision_current
+
+        while True:
+            try:
+                if not await self.redis.exists(keys.desired_state()):
+                    revision = await sync_to_async(desired_state_revision_current)()
+                    if revision is not None:
+                        state = json.dumps(revision.to_state().to_json())
+                        await self.redis.set(keys.desired_state(), state, nx=True)
+            except Exception:
+                logger.warning("could not check the desired state", exc_info=True)
+            await asyncio.sleep(DESIRED_STATE_CHECK_S)
 
     async def _renew_leases(self) -> None:
         while True:
@@ -451,4 +482,5 @@ def get_dispatcher() -> Dispatcher:
     if dispatcher is None:
         dispatcher = Dispatcher()
         _dispatchers[loop] = dispatcher
+    dispatcher._ensure_started()
     return dispatcher

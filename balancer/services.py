@@ -11,6 +11,10 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from balancer import keys
 from balancer.events import DesiredStateChangedEvent
@@ -24,11 +28,22 @@ def sync_redis() -> redis.Redis:
 
 @lru_cache(maxsize=4)
 def _sync_redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
+    # As settings.REDIS_OPTIONS, with redis-py's synchronous retry.
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=30,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
+def desired_state_revision_current() -> DesiredStateRevision | None:
+    return DesiredStateRevision.objects.newest_first().first()
 
 
 def desired_state_current() -> DesiredState:
-    revision = DesiredStateRevision.objects.newest_first().first()
+    revision = desired_state_revision_current()
     return DesiredState() if revision is None else revision.to_state()
 
 

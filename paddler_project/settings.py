@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from paddler_project.env import (
     env_bool,
@@ -108,13 +113,22 @@ LOGIN_URL = "/admin/login/"
 
 REDIS_URL = env_redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
 
+# Options of every Redis connection (ours and the channel layer's).  After a
+# Redis restart a pooled connection is dead: the command is retried on a new
+# one instead of failing the request.  The socket timeout is above the 5 s
+# blocking reads of the channel layer (redis-py's default is also 5 s).
+REDIS_OPTIONS: dict[str, Any] = {
+    "socket_timeout": 30,
+    "health_check_interval": 15,
+    "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
+    "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+}
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            # The layer's blocking reads wait up to 5 s; redis-py's default
-            # socket timeout is also 5 s, which would cut them off.
-            "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+            "hosts": [{"address": REDIS_URL, **REDIS_OPTIONS}],
             "prefix": "paddler:layer:",
         },
     }

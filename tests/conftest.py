@@ -21,6 +21,9 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
+
+from balancer import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_PATH = ROOT / "var" / "models" / "gemma3-270m-q4_k_m.gguf"
@@ -109,8 +112,6 @@ def start_redis(port: int | None = None) -> RedisServer:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    import redis
-
     client = redis.Redis(port=port)
     wait_until(client.ping, 10, "redis-server")
     client.close()
@@ -255,7 +256,12 @@ class Agent:
 
 
 def start_agent(
-    redis_url: str, tmp_path: Path, name: str, slots: int = 2, *args: str
+    redis_url: str,
+    tmp_path: Path,
+    name: str,
+    slots: int = 2,
+    *args: str,
+    env: dict[str, str] | None = None,
 ) -> Agent:
     log = tmp_path / f"agent-{name}.log"
     process = subprocess.Popen(
@@ -270,7 +276,7 @@ def start_agent(
             *args,
         ],
         cwd=ROOT,
-        env=service_env(redis_url),
+        env=service_env(redis_url, **(env or {})),
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
@@ -317,6 +323,55 @@ def platform(
         raise RuntimeError(agent.log.read_text()[-3000:]) from None
     yield web
     agent.stop()
+
+
+class Fleet:
+    """A Redis, web servers and agents, all stopped at the end."""
+
+    def __init__(self, tmp_path: Path, state: dict[str, Any]) -> None:
+        self.tmp_path = tmp_path
+        self.state = state
+        self.redis: RedisServer = start_redis()
+        self.webs: list[WebServer] = []
+        self.agents: list[Agent] = []
+
+    def web(self, **env: str) -> WebServer:
+        server = start_web(self.redis.url, self.tmp_path, **env)
+        if not self.webs:
+            server.put_desired_state(self.state)
+        self.webs.append(server)
+        return server
+
+    def agent(
+        self, name: str, slots: int = 2, *args: str, env: dict[str, str] | None = None
+    ) -> Agent:
+        agent = start_agent(self.redis.url, self.tmp_path, name, slots, *args, env=env)
+        self.agents.append(agent)
+        return agent
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.redis.port)
+
+    def stop(self) -> None:
+        for agent in self.agents:
+            agent.stop(signal.SIGKILL)
+        for server in self.webs:
+            server.stop()
+        stop_process(self.redis.process)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, greedy_state: dict[str, Any]) -> Iterator[Fleet]:
+    built = Fleet(tmp_path, greedy_state)
+    yield built
+    built.stop()
+
+
+def request_log(fleet: Fleet) -> list[dict[str, Any]]:
+    client = fleet.client()
+    records = [json.loads(raw) for raw in client.lrange(keys.request_log(), 0, -1)]
+    client.close()
+    return records
 
 
 def read_ndjson(response: httpx.Response) -> list[dict[str, Any]]:

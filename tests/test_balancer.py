@@ -12,74 +12,19 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import redis
 
 from balancer import keys
 from tests.conftest import (
     AUTH,
-    Agent,
-    RedisServer,
+    Fleet,
     WebServer,
     read_ndjson,
-    start_agent,
-    start_redis,
-    start_web,
-    stop_process,
+    request_log,
     wait_until,
 )
-
-
-class Fleet:
-    """A Redis, web servers and agents, all stopped at the end."""
-
-    def __init__(self, tmp_path: Path, state: dict[str, Any]) -> None:
-        self.tmp_path = tmp_path
-        self.state = state
-        self.redis: RedisServer = start_redis()
-        self.webs: list[WebServer] = []
-        self.agents: list[Agent] = []
-
-    def web(self, **env: str) -> WebServer:
-        server = start_web(self.redis.url, self.tmp_path, **env)
-        if not self.webs:
-            server.put_desired_state(self.state)
-        self.webs.append(server)
-        return server
-
-    def agent(self, name: str, slots: int = 2) -> Agent:
-        agent = start_agent(self.redis.url, self.tmp_path, name, slots)
-        self.agents.append(agent)
-        return agent
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.redis.port)
-
-    def stop(self) -> None:
-        for agent in self.agents:
-            agent.stop(signal.SIGKILL)
-        for server in self.webs:
-            server.stop()
-        stop_process(self.redis.process)
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, greedy_state: dict[str, Any]) -> Iterator[Fleet]:
-    built = Fleet(tmp_path, greedy_state)
-    yield built
-    built.stop()
-
-
-def request_log(fleet: Fleet) -> list[dict[str, Any]]:
-    client = fleet.client()
-    records = [json.loads(raw) for raw in client.lrange(keys.request_log(), 0, -1)]
-    client.close()
-    return records
 
 
 def briefing(topic: str) -> str:
@@ -375,3 +320,50 @@ def test_ndjson_stream_of_a_finished_request_has_no_internal_fields(
     ) as response:
         lines = read_ndjson(response)
     assert "meta" not in json.dumps(lines)
+
+
+def test_no_output_for_the_item_timeout_ends_the_stream_with_504(fleet: Fleet) -> None:
+    web = fleet.web(PADDLER_INFERENCE_ITEM_TIMEOUT_MS="1500")
+    stalled = fleet.agent("stalled")
+    web.wait_for_ready_agents(1)
+    lines: list[dict[str, Any]] = []
+    with httpx.stream(
+        "POST",
+        f"{web.url}/api/v1/continue_from_raw_prompt",
+        json={"raw_prompt": "Write a very long story:", "max_tokens": 2000},
+        timeout=30,
+    ) as response:
+        for raw in response.iter_lines():
+            lines.append(json.loads(raw))
+            if len(lines) == 2:
+                # Alive (its heartbeat key has not lapsed yet) but silent.
+                stalled.process.send_signal(signal.SIGSTOP)
+    stalled.process.send_signal(signal.SIGCONT)
+    error = lines[-1]["Error"]["error"]
+    assert error["code"] == 504
+    assert error["description"] == "Timed out waiting for the next token"
+
+
+def test_a_long_prompt_outlasts_the_item_timeout_while_it_is_evaluated(
+    fleet: Fleet,
+) -> None:
+    """Each prompt chunk tells the web tier the request is alive."""
+    fleet.state = {
+        **fleet.state,
+        "inference_parameters": {**fleet.state["inference_parameters"], "n_batch": 64},
+    }
+    # Evaluating the whole prompt takes longer than this (about 6 s on 2
+    # cores), each 64-token chunk much less.
+    web = fleet.web(PADDLER_INFERENCE_ITEM_TIMEOUT_MS="4000")
+    fleet.agent("patient")
+    web.wait_for_ready_agents(1)
+    with httpx.stream(
+        "POST",
+        f"{web.url}/api/v1/continue_from_raw_prompt",
+        json={"raw_prompt": "a " * 1900, "max_tokens": 3},
+        timeout=60,
+    ) as response:
+        lines = read_ndjson(response)
+    usage = lines[-1]["Response"]["response"]["GeneratedToken"]["Done"]["usage"]
+    assert usage["prompt_tokens"] > 1900
+    assert all("Response" in line for line in lines)

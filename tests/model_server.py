@@ -1,0 +1,132 @@
+"""A local HTTP server that serves the demo model as Hugging Face and as a URL.
+
+Nothing may be downloaded from the internet here, so the Hugging Face and URL
+model sources are tested against this: ``HF_ENDPOINT`` points huggingface_hub
+at it.  It speaks just enough of the Hub's protocol (the ``resolve`` route, the
+commit and ETag headers, ``X-Error-Code`` on a missing repository) and honours
+``Range`` requests, so resumed downloads can be checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+_RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
+
+
+class ModelServer:
+    def __init__(self, model_path: Path, repo_id: str = "paddler/demo-gguf") -> None:
+        self.model_path = model_path
+        self.repo_id = repo_id
+        self.filename = model_path.name
+        self.size = model_path.stat().st_size
+        self.etag = hashlib.sha256(str(model_path).encode()).hexdigest()
+        self.ranges: list[str] = []
+        # Bytes per second for GET bodies; 0 means as fast as possible.
+        self.throttle = 0
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def __enter__(self) -> ModelServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                self._serve(body=False)
+
+            def do_GET(self) -> None:
+                self._serve(body=True)
+
+            def _serve(self, body: bool) -> None:
+                match = _RESOLVE.match(self.path.split("?")[0])
+                if match:
+                    if match["repo"] != server.repo_id:
+                        self.send_response(404)
+                        self.send_header("X-Error-Code", "RepoNotFound")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    if match["file"] != server.filename:
+                        self.send_response(404)
+                        self.send_header("X-Error-Code", "EntryNotFound")
+                        self.send_header("X-Repo-Commit", COMMIT)
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self._send_file(body, hub=True)
+                    return
+                if self.path == f"/files/{server.filename}":
+                    self._send_file(body, hub=False)
+                    return
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def _send_file(self, body: bool, hub: bool) -> None:
+                start, end = 0, server.size - 1
+                requested = self.headers.get("Range")
+                if requested:
+                    server.ranges.append(requested)
+                    first, _, last = requested.removeprefix("bytes=").partition("-")
+                    start = int(first)
+                    end = int(last) if last else end
+                    if start >= server.size:
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{server.size}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header(
+                        "Content-Range", f"bytes {start}-{end}/{server.size}"
+                    )
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(end - start + 1))
+                self.send_header("Accept-Ranges", "bytes")
+                if hub:
+                    self.send_header("X-Repo-Commit", COMMIT)
+                    self.send_header("ETag", f'"{server.etag}"')
+                self.end_headers()
+                if not body:
+                    return
+                with server.model_path.open("rb") as handle:
+                    handle.seek(start)
+                    remaining = end - start + 1
+                    chunk = 1 << 20
+                    while remaining > 0:
+                        data = handle.read(min(chunk, remaining))
+                        if not data:
+                            break
+                        try:
+                            self.wfile.write(data)
+                        except (BrokenPipeError, ConnectionResetError):
+                            return
+                        remaining -= len(data)
+                        if server.throttle:
+                            time.sleep(len(data) / server.throttle)
+
+        return Handler

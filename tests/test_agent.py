@@ -1,0 +1,351 @@
+"""Agents end to end: model sources, issues, state changes, life cycle, limits."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from agents.model_source import cached_path_for_url
+from tests.conftest import (
+    Fleet,
+    WebServer,
+    read_ndjson,
+    start_redis,
+    stop_process,
+    stream_text,
+    wait_until,
+)
+from tests.model_server import ModelServer
+
+
+def agent_report(web: WebServer, name: str) -> dict[str, Any] | None:
+    for agent in web.agents():
+        if agent["name"] == name:
+            return agent
+    return None
+
+
+def wait_for_status(
+    web: WebServer, name: str, status: str, timeout: float = 60
+) -> dict[str, Any]:
+    def reached() -> dict[str, Any] | None:
+        report = agent_report(web, name)
+        if report and report["state_application_status"] == status:
+            return report
+        return None
+
+    result: dict[str, Any] = wait_until(reached, timeout, f"{name} {status}")
+    return result
+
+
+def with_model(state: dict[str, Any], model: Any, **parameters: Any) -> dict[str, Any]:
+    return {
+        **state,
+        "model": model,
+        "inference_parameters": {**state["inference_parameters"], **parameters},
+    }
+
+
+def generate(web: WebServer, prompt: str, max_tokens: int) -> list[dict[str, Any]]:
+    with httpx.stream(
+        "POST",
+        f"{web.url}/api/v1/continue_from_raw_prompt",
+        json={"raw_prompt": prompt, "max_tokens": max_tokens},
+        timeout=120,
+    ) as response:
+        assert response.status_code == 200
+        return read_ndjson(response)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_model_from_hugging_face_is_downloaded_and_served(
+    fleet: Fleet, model_path: Path, tmp_path: Path
+) -> None:
+    with ModelServer(model_path) as hub:
+        web = fleet.web()
+        web.put_desired_state(
+            with_model(
+                fleet.state,
+                {
+                    "HuggingFace": {
+                        "repo_id": hub.repo_id,
+                        "filename": hub.filename,
+                        "revision": "main",
+                    }
+                },
+            )
+        )
+        fleet.agent(
+            "hf",
+            env={"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")},
+        )
+        report = wait_for_status(web, "hf", "Applied")
+        downloaded = Path(report["model_path"])
+        assert str(tmp_path / "hf-home") in str(downloaded)
+        assert sha256(downloaded) == sha256(model_path)
+        assert stream_text(generate(web, "Hello", 4))
+
+
+def test_unknown_hugging_face_repo_is_an_issue_and_the_agent_keeps_running(
+    fleet: Fleet, model_path: Path, tmp_path: Path
+) -> None:
+    with ModelServer(model_path) as hub:
+        web = fleet.web()
+        missing = {
+            "repo_id": "nobody/nothing",
+            "filename": "x.gguf",
+            "revision": "main",
+        }
+        web.put_desired_state(with_model(fleet.state, {"HuggingFace": missing}))
+        fleet.agent(
+            "hf-missing",
+            env={"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")},
+        )
+        report = wait_for_status(web, "hf-missing", "AttemptedAndNotAppliable")
+        assert report["issues"] == [{"HuggingFaceModelDoesNotExist": missing}]
+        assert report["slots_total"] == 0
+        # A corrected state is applied by the same, still running, agent.
+        web.put_desired_state(
+            with_model(fleet.state, {"LocalToAgent": str(model_path)})
+        )
+        report = wait_for_status(web, "hf-missing", "Applied")
+        assert report["issues"] == []
+        assert report["slots_total"] == 2
+
+
+def test_model_from_a_url_resumes_reports_progress_and_lands_atomically(
+    fleet: Fleet, model_path: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    with ModelServer(model_path) as server:
+        url = f"{server.url}/files/{server.filename}"
+        with override_cache(cache):
+            target = cached_path_for_url(url)
+        # An interrupted earlier download left the first 100 MB behind.
+        target.parent.mkdir(parents=True)
+        partial = target.with_name(target.name + ".part")
+        with model_path.open("rb") as source:
+            partial.write_bytes(source.read(100_000_000))
+        server.throttle = 60_000_000  # bytes/s: about 2.5 s for the rest
+        web = fleet.web()
+        web.put_desired_state(with_model(fleet.state, {"Url": {"url": url}}))
+        fleet.agent("url", env={"PADDLER_CACHE_DIR": str(cache)})
+        seen: list[tuple[int, int, str | None]] = []
+
+        def downloading() -> bool:
+            report = agent_report(web, "url")
+            if report and report["download_total"]:
+                seen.append(
+                    (
+                        report["download_current"],
+                        report["download_total"],
+                        report["download_filename"],
+                    )
+                )
+            return bool(report and report["state_application_status"] == "Applied")
+
+        wait_until(downloading, 60, "the download")
+        assert server.ranges == ["bytes=100000000-"]
+        assert seen, "no download progress was reported"
+        current, total, filename = seen[0]
+        assert total == model_path.stat().st_size
+        assert 100_000_000 <= current < total
+        assert filename == target.name
+        assert not partial.exists()
+        assert sha256(target) == sha256(model_path)
+        report = agent_report(web, "url")
+        assert report is not None
+        assert report["model_path"] == str(target)
+        assert report["download_total"] == 0
+
+
+class override_cache:
+    """PADDLER_CACHE_DIR for code run in this test process."""
+
+    def __init__(self, path: Path) -> None:
+        from django.test import override_settings
+
+        self._override = override_settings(PADDLER_CACHE_DIR=str(path))
+
+    def __enter__(self) -> None:
+        self._override.enable()
+
+    def __exit__(self, *args: object) -> None:
+        self._override.disable()
+
+
+@pytest.mark.parametrize(
+    ("model", "issue_kind"),
+    [
+        ({"LocalToAgent": "/nonexistent/model.gguf"}, "ModelFileDoesNotExist"),
+        ({"Url": {"url": "http://127.0.0.1:9/missing.gguf"}}, "ModelDownloadFailed"),
+    ],
+)
+def test_unusable_model_source_is_reported_as_an_issue(
+    fleet: Fleet, model: Any, issue_kind: str
+) -> None:
+    web = fleet.web()
+    web.put_desired_state(with_model(fleet.state, model))
+    fleet.agent("troubled")
+    report = wait_for_status(web, "troubled", "AttemptedAndNotAppliable")
+    (issue,) = report["issues"]
+    assert issue_kind in issue
+
+
+def test_chat_template_that_does_not_compile_is_an_issue(fleet: Fleet) -> None:
+    web = fleet.web()
+    web.put_desired_state(
+        {
+            **fleet.state,
+            "chat_template_override": {"content": "{% for %}"},
+            "use_chat_template_override": True,
+        }
+    )
+    fleet.agent("templated")
+    report = wait_for_status(web, "templated", "AttemptedAndNotAppliable")
+    (issue,) = report["issues"]
+    assert "ChatTemplateDoesNotCompile" in issue
+
+
+def test_new_state_drains_in_flight_requests_then_swaps(fleet: Fleet) -> None:
+    web = fleet.web()
+    fleet.agent("swapper")
+    wait_for_status(web, "swapper", "Applied")
+    results: dict[str, Any] = {}
+
+    def long_request() -> None:
+        results["lines"] = generate(web, "Tell a long story:", 80)
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    wait_until(lambda: web.agents()[0]["slots_processing"] == 1, 10, "busy slot")
+    new_state = with_model(fleet.state, fleet.state["model"], context_size=1024)
+    web.put_desired_state(new_state)
+    # While it drains, the agent takes no new work.
+    wait_until(lambda: web.agents()[0]["slots_total"] == 0, 5, "draining")
+    thread.join()
+    done = results["lines"][-1]["Response"]["response"]["GeneratedToken"]
+    assert done["Done"]["usage"]["content_tokens"] == 80  # finished, not cut off
+    wait_for_status(web, "swapper", "Applied")
+    assert web.agents()[0]["slots_total"] == 2
+
+
+def test_sigterm_finishes_in_flight_work_then_deregisters(fleet: Fleet) -> None:
+    web = fleet.web()
+    agent = fleet.agent("graceful", 2, "--shutdown-grace", "30")
+    wait_for_status(web, "graceful", "Applied")
+    results: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: results.update(lines=generate(web, "Count slowly:", 40))
+    )
+    thread.start()
+    wait_until(lambda: web.agents()[0]["slots_processing"] == 1, 10, "busy slot")
+    agent.process.send_signal(signal.SIGTERM)
+    thread.join()
+    assert "Done" in results["lines"][-1]["Response"]["response"]["GeneratedToken"]
+    assert agent.process.wait(timeout=30) == 0
+    assert web.agents() == []
+
+
+def test_sigterm_past_the_grace_period_fails_what_is_left_with_an_error(
+    fleet: Fleet,
+) -> None:
+    web = fleet.web()
+    agent = fleet.agent("hasty", 2, "--shutdown-grace", "0.5")
+    wait_for_status(web, "hasty", "Applied")
+    results: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: results.update(lines=generate(web, "Write a saga:", 1000))
+    )
+    thread.start()
+    wait_until(lambda: web.agents()[0]["slots_processing"] == 1, 10, "busy slot")
+    agent.process.send_signal(signal.SIGTERM)
+    thread.join()
+    error = results["lines"][-1]["Error"]["error"]
+    assert error["code"] == 503
+    assert "shutting down" in error["description"]
+    assert agent.process.wait(timeout=30) == 0
+
+
+def test_agent_reregisters_after_redis_restarts(fleet: Fleet) -> None:
+    web = fleet.web()
+    fleet.agent("phoenix")
+    wait_for_status(web, "phoenix", "Applied")
+    port = fleet.redis.port
+    stop_process(fleet.redis.process)
+    time.sleep(1)
+    fleet.redis = start_redis(port)
+    # The desired state lived in Redis too; the web tier puts it back, and the
+    # agent registers again with the state it has.
+    report = wait_for_status(web, "phoenix", "Applied", timeout=30)
+    assert report["slots_total"] == 2
+    assert stream_text(generate(web, "Hello again", 4))
+
+
+def test_prompt_longer_than_the_context_gets_a_clear_error(platform: WebServer) -> None:
+    lines = generate(platform, "word " * 2100, 4)
+    error = lines[-1]["Error"]["error"]
+    assert error["code"] == 400
+    assert "slot's context holds 2048" in error["description"]
+    # The agent is unharmed.
+    assert stream_text(generate(platform, "Still there?", 3))
+
+
+def test_generation_ends_cleanly_at_the_end_of_the_context(platform: WebServer) -> None:
+    lines = generate(platform, "a " * 1990, 500)
+    usage = lines[-1]["Response"]["response"]["GeneratedToken"]["Done"]["usage"]
+    assert usage["prompt_tokens"] + usage["content_tokens"] <= 2048
+    assert usage["content_tokens"] < 500
+
+
+def test_same_slot_reuses_the_cached_prefix_exactly(platform: WebServer) -> None:
+    prompt = "The history of the printing press begins"
+    first = generate(platform, prompt, 5)[-1]["Response"]["response"]
+    again = generate(platform, prompt, 5)[-1]["Response"]["response"]
+    first_usage = first["GeneratedToken"]["Done"]["usage"]
+    usage = again["GeneratedToken"]["Done"]["usage"]
+    # Everything but the last prompt token (evaluated to get logits) is reused.
+    assert usage["cached_prompt_tokens"] == usage["prompt_tokens"] - 1
+    assert usage["prompt_tokens"] == first_usage["prompt_tokens"]
+
+
+def test_slots_generate_side_by_side(platform: WebServer) -> None:
+    """A second request starts while the first is still generating."""
+    arrivals: dict[str, list[float]] = {"a": [], "b": []}
+
+    def run(name: str, max_tokens: int) -> None:
+        with httpx.stream(
+            "POST",
+            f"{platform.url}/api/v1/continue_from_raw_prompt",
+            json={"raw_prompt": f"Story {name}:", "max_tokens": max_tokens},
+            timeout=60,
+        ) as response:
+            for line in response.iter_lines():
+                if line:
+                    json.loads(line)
+                    arrivals[name].append(time.monotonic())
+
+    first = threading.Thread(target=run, args=("a", 60))
+    first.start()
+    wait_until(lambda: len(arrivals["a"]) >= 3, 10, "the first stream")
+    second = threading.Thread(target=run, args=("b", 10))
+    second.start()
+    second.join()
+    first.join()
+    # b ran entirely while a was still producing tokens.
+    assert arrivals["a"][0] < arrivals["b"][0] < arrivals["b"][-1] < arrivals["a"][-1]
