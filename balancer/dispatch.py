@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from balancer import keys, registry
+from balancer import keys, metrics, registry
 from balancer.events import InferenceCancelEvent, InferenceRequestEvent, OutputItem
 from balancer.routing import Candidate, Decision, decide, request_prefix
 
@@ -241,6 +241,7 @@ class Dispatcher:
         self._slot_freed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._turn = 0
+        self._statsd = metrics.statsd_client()
 
     def _ensure_started(self) -> None:
         if not self._tasks:
@@ -249,6 +250,10 @@ class Dispatcher:
                 asyncio.create_task(self._renew_leases(), name="paddler-leases"),
                 asyncio.create_task(
                     self._keep_desired_state(), name="paddler-desired-state"
+                ),
+                asyncio.create_task(
+                    metrics.report_fleet(self.redis, self.web_id),
+                    name="paddler-fleet-gauges",
                 ),
             ]
 
@@ -407,16 +412,18 @@ class Dispatcher:
             record["queue_wait_ms"],
             record["outcome"],
         )
+        if self._statsd is not None:
+            self._statsd.send(metrics.request_lines(record))
         size = settings.PADDLER_REQUEST_LOG_SIZE
-        if size <= 0:
-            return
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.lpush(keys.request_log(), json.dumps(record))
-                pipe.ltrim(keys.request_log(), 0, size - 1)
-                await pipe.execute()
+            await metrics.count_request(self.redis, record)
+            if size > 0:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.lpush(keys.request_log(), json.dumps(record))
+                    pipe.ltrim(keys.request_log(), 0, size - 1)
+                    await pipe.execute()
         except Exception:
-            logger.warning("could not write the request log", exc_info=True)
+            logger.warning("could not record the request", exc_info=True)
 
     # ------------------------------------------------------ background work
     async def _read_inbox(self) -> None:

@@ -54,3 +54,13 @@ def web_inbox(web_id: str) -> str:
 def request_log() -> str:
     """List of the most recent finished requests (JSON records), newest first."""
     return f"{PREFIX}requests"
+
+
+def metrics_counters() -> str:
+    """Hash of tier-wide request counters and histogram buckets (/metrics)."""
+    return f"{PREFIX}metrics:counters"
+
+
+def statsd_reporter() -> str:
+    """Lease naming the one web replica that sends the fleet gauges."""
+    return f"{PREFIX}metrics:statsd_reporter"

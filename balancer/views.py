@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from balancer import keys, registry
 from balancer.authentication import operator_required
 from balancer.dispatch import get_dispatcher
+from balancer.metrics import prometheus_text
 from balancer.services import desired_state_current, desired_state_update
 from inference.desired_state import DesiredState, DesiredStateError
 
@@ -153,22 +154,5 @@ async def agent_model_metadata(request: HttpRequest, agent_id: str) -> HttpRespo
 @require_GET
 @operator_required
 async def metrics(request: HttpRequest) -> HttpResponseBase:
-    agents = (await agents_snapshot())["agents"]
-    buffered = (await buffer_snapshot())["buffered_requests_current"]
-    lines = [
-        "# HELP paddler_slots_processing Slots generating right now, fleet-wide.",
-        "# TYPE paddler_slots_processing gauge",
-        f"paddler_slots_processing {sum(a['slots_processing'] or 0 for a in agents)}",
-        "# HELP paddler_slots_total Slots that accept work, fleet-wide.",
-        "# TYPE paddler_slots_total gauge",
-        f"paddler_slots_total {sum(a['slots_total'] or 0 for a in agents)}",
-        "# HELP paddler_requests_buffered Requests waiting for a free slot.",
-        "# TYPE paddler_requests_buffered gauge",
-        f"paddler_requests_buffered {buffered}",
-        "# HELP paddler_agents Agents with a live heartbeat.",
-        "# TYPE paddler_agents gauge",
-        f"paddler_agents {len(agents)}",
-    ]
-    return HttpResponse(
-        "\n".join(lines) + "\n", content_type="text/plain; version=0.0.4"
-    )
+    text = await prometheus_text(get_dispatcher().redis)
+    return HttpResponse(text, content_type="text/plain; version=0.0.4")

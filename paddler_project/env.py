@@ -76,3 +76,14 @@ def env_redis_url(name: str, default: str) -> str:
             f"{name} must be a redis://, rediss:// or unix:// URL, got {value!r}"
         )
     return value
+
+
+def env_host_port(name: str) -> str:
+    """A ``host:port`` address, or "" when unset."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return ""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ImproperlyConfigured(f"{name} must be host:port, got {value!r}")
+    return value

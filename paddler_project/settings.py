@@ -22,6 +22,7 @@ from paddler_project.env import (
     env_bool,
     env_choice,
     env_float,
+    env_host_port,
     env_int,
     env_list,
     env_redis_url,
@@ -169,6 +170,19 @@ PADDLER_MAX_REQUEST_BYTES = env_int(
 PADDLER_CACHE_DIR = env_str(
     "PADDLER_CACHE_DIR", str(Path.home() / ".cache" / "paddler")
 )
+
+# StatsD: fleet gauges every interval, request counters and timings, and
+# django-statsd's HTTP timings.  Unset address: off.
+PADDLER_STATSD_ADDR = env_host_port("PADDLER_STATSD_ADDR")
+PADDLER_STATSD_PREFIX = env_str("PADDLER_STATSD_PREFIX", "paddler")
+PADDLER_STATSD_INTERVAL_MS = env_int("PADDLER_STATSD_INTERVAL_MS", 10_000, minimum=100)
+STATSD_DISABLED = not PADDLER_STATSD_ADDR
+STATSD_HOST = PADDLER_STATSD_ADDR.rpartition(":")[0] or "127.0.0.1"
+STATSD_PORT = int(PADDLER_STATSD_ADDR.rpartition(":")[2] or 8125)
+STATSD_PREFIX = f"{PADDLER_STATSD_PREFIX}.http"
+if PADDLER_STATSD_ADDR:
+    MIDDLEWARE.insert(0, "django_statsd.middleware.StatsdMiddleware")
+    MIDDLEWARE.append("django_statsd.middleware.StatsdMiddlewareTimer")
 
 LOGGING = {
     "version": 1,

@@ -1,0 +1,162 @@
+"""StatsD lines on a real UDP socket, and /metrics, against the fleet's state."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import AUTH, Fleet, WebServer, wait_until
+
+
+class StatsdListener:
+    def __init__(self) -> None:
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.settimeout(0.2)
+        self.lines: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        host, port = self.socket.getsockname()
+        return f"{host}:{port}"
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.socket.recv(65536)
+            except TimeoutError:
+                continue
+            now = time.monotonic()
+            self.lines += [(now, line) for line in data.decode().splitlines()]
+
+    def latest(self, name: str) -> str | None:
+        for _, line in reversed(self.lines):
+            if line.startswith(f"{name}:"):
+                return line.split(":", 1)[1]
+        return None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.socket.close()
+
+
+@pytest.fixture
+def statsd() -> Iterator[StatsdListener]:
+    listener = StatsdListener()
+    yield listener
+    listener.close()
+
+
+def statsd_web(fleet: Fleet, statsd: StatsdListener, **env: str) -> WebServer:
+    return fleet.web(
+        PADDLER_STATSD_ADDR=statsd.address,
+        PADDLER_STATSD_INTERVAL_MS="200",
+        PADDLER_STATSD_PREFIX="fleet",
+        **env,
+    )
+
+
+def start_request(
+    web: WebServer, max_tokens: int, results: list[Any]
+) -> threading.Thread:
+    def run() -> None:
+        results.append(
+            httpx.post(
+                f"{web.url}/api/v1/continue_from_raw_prompt",
+                json={"raw_prompt": "Tell me a story:", "max_tokens": max_tokens},
+                timeout=120,
+            )
+        )
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_gauges_follow_the_fleet_state(fleet: Fleet, statsd: StatsdListener) -> None:
+    web = statsd_web(fleet, statsd, PADDLER_BUFFERED_REQUEST_TIMEOUT_MS="60000")
+    fleet.agent("gauged", slots=1)
+    web.wait_for_ready_agents(1)
+    wait_until(lambda: statsd.latest("fleet.slots_total") == "1|g", 10, "slots_total")
+    assert statsd.latest("fleet.slots_processing") == "0|g"
+    assert statsd.latest("fleet.agent.gauged.slots_total") == "1|g"
+    results: list[Any] = []
+    running = start_request(web, 60, results)
+    wait_until(
+        lambda: statsd.latest("fleet.slots_processing") == "1|g", 10, "processing"
+    )
+    waiting = start_request(web, 2, results)
+    wait_until(
+        lambda: statsd.latest("fleet.requests_buffered") == "1|g", 10, "buffered"
+    )
+    running.join()
+    waiting.join()
+    wait_until(lambda: statsd.latest("fleet.requests_buffered") == "0|g", 10, "empty")
+    wait_until(lambda: statsd.latest("fleet.slots_processing") == "0|g", 10, "idle")
+    assert [r.status_code for r in results] == [200, 200]
+    # Each request is counted once, with its timings and tokens.
+    done = [
+        line for _, line in statsd.lines if line == "fleet.requests.raw_prompt.done:1|c"
+    ]
+    assert len(done) == 2
+    names = {line.split(":")[0] for _, line in statsd.lines}
+    assert {
+        "fleet.queue_wait",
+        "fleet.time_to_first_token",
+        "fleet.duration",
+        "fleet.tokens.generated",
+        "fleet.tokens.prompt",
+    } <= names
+    # django-statsd times the HTTP views too.
+    assert any(name.startswith("fleet.http.") for name in names)
+
+
+def test_two_replicas_do_not_double_the_fleet_gauges(
+    fleet: Fleet, statsd: StatsdListener
+) -> None:
+    first = statsd_web(fleet, statsd)
+    second = statsd_web(fleet, statsd)
+    fleet.agent("counted")
+    first.wait_for_ready_agents(1)
+    second.wait_for_ready_agents(1)
+    time.sleep(1)
+    start = time.monotonic()
+    time.sleep(3)
+    window = [
+        line
+        for at, line in statsd.lines
+        if start <= at < start + 3 and line.startswith("fleet.slots_total:")
+    ]
+    # One reporter sends every 200 ms: about 15; two would send about 30.
+    assert 10 <= len(window) <= 18
+    assert set(window) == {"fleet.slots_total:2|g"}
+
+
+def test_prometheus_metrics_count_requests_and_tokens(fleet: Fleet) -> None:
+    web = fleet.web()
+    fleet.agent("scraped")
+    web.wait_for_ready_agents(1)
+    for _ in range(3):
+        response = httpx.post(
+            f"{web.url}/api/v1/continue_from_raw_prompt",
+            json={"raw_prompt": "Hello", "max_tokens": 4},
+            timeout=60,
+        )
+        assert response.status_code == 200
+    text = httpx.get(f"{web.url}/metrics", headers=AUTH).text
+    assert 'paddler_requests_total{kind="raw_prompt",outcome="done"} 3' in text
+    assert 'paddler_tokens_total{type="generated"} 12' in text
+    assert "paddler_slots_total 2" in text
+    assert 'paddler_agent_slots_total{agent="scraped"} 2' in text
+    assert "paddler_time_to_first_token_milliseconds_count 3" in text
+    assert "paddler_requests_buffered 0" in text
