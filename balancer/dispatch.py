@@ -43,6 +43,8 @@ CLAIM_LEASE_MS = 15_000
 BUFFER_POLL_S = 0.05
 # How often a stream waiting for output checks that its agent is alive.
 LIVENESS_CHECK_S = 1.0
+# A web process silent this long is taken for dead by the agents.
+WEB_HEARTBEAT_TTL_MS = 4_000
 # How old the registry read that routes a request may be.
 AGENTS_CACHE_S = 0.05
 # How often a web process checks that Redis still holds the desired state.
@@ -296,6 +298,7 @@ class Dispatcher:
             self._tasks = [
                 asyncio.create_task(self._read_inbox(), name="paddler-inbox"),
                 asyncio.create_task(self._renew_leases(), name="paddler-leases"),
+                asyncio.create_task(self._heartbeat(), name="paddler-web-heartbeat"),
                 asyncio.create_task(
                     self._keep_desired_state(), name="paddler-desired-state"
                 ),
@@ -511,6 +514,18 @@ class Dispatcher:
             except Exception:
                 logger.warning("could not check the desired state", exc_info=True)
             await asyncio.sleep(DESIRED_STATE_CHECK_S)
+
+    async def _heartbeat(self) -> None:
+        """Tell agents this process is alive: they stop generating for the
+        streams of a web process that died (see agents.worker)."""
+        while True:
+            try:
+                await self.redis.set(
+                    keys.web_alive(self.web_id), 1, px=WEB_HEARTBEAT_TTL_MS
+                )
+            except Exception:
+                logger.warning("web heartbeat failed", exc_info=True)
+            await asyncio.sleep(WEB_HEARTBEAT_TTL_MS / 4000)
 
     async def _renew_leases(self) -> None:
         while True:
