@@ -470,3 +470,28 @@ def log_in(web: WebServer, username: str, password: str) -> httpx.Client:
 def csrf_headers(client: httpx.Client) -> dict[str, str]:
     """What a page of ours would send with a change made through a session."""
     return {"X-CSRFToken": client.cookies["csrftoken"]}
+
+
+@pytest.fixture
+def isolated_redis(redis_server: RedisServer) -> Iterator[Any]:
+    """Settings that publish desired states to the test Redis, from this process.
+
+    The key agents read is cleared first; the group messages reach no agent
+    (the layer prefix is one no agent uses).
+    """
+    import redis
+    from django.test import override_settings
+
+    from balancer import keys
+
+    layers = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [redis_server.url], "prefix": "paddler:test:"},
+        }
+    }
+    with override_settings(REDIS_URL=redis_server.url, CHANNEL_LAYERS=layers):
+        client = redis.Redis.from_url(redis_server.url)
+        client.delete(keys.desired_state())
+        yield client
+        client.close()
