@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-# How often a stream looks for a change.
+# How often a stream looks for a change (and whether a keep-alive is due).
 POLL_S = 0.25
 # Longest wait, once the server cancels a request, for its stream to end.
 END_GRACE_S = 2.0
@@ -77,7 +77,7 @@ async def snapshot_events(
             last_sent = now
             yield ": keep-alive\n\n"
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(end.requested.wait(), min(POLL_S, keepalive_s))
+            await asyncio.wait_for(end.requested.wait(), POLL_S)
 
 
 class EndStreamsOnCancel:
