@@ -66,7 +66,7 @@ def desired_state_update(
     ``DesiredStateError`` for a value the database cannot hold.
     """
     with transaction.atomic():
-        newest = DesiredStateRevision.objects.newest_first().first()
+        newest = desired_state_revision_current()
         if newest is not None and newest.to_state() == state:
             revision = newest
         else:

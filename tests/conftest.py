@@ -473,16 +473,13 @@ def csrf_headers(client: httpx.Client) -> dict[str, str]:
 
 
 @pytest.fixture
-def isolated_redis(redis_server: RedisServer) -> Iterator[Any]:
+def isolated_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """Settings that publish desired states to the test Redis, from this process.
 
     The key agents read is cleared first; the group messages reach no agent
     (the layer prefix is one no agent uses).
     """
-    import redis
     from django.test import override_settings
-
-    from balancer import keys
 
     layers = {
         "default": {
