@@ -11,4 +11,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from balancer.sse import EndStreamsOnCancel  # noqa: E402
+
+# At shutdown, event streams end their responses instead of being cut off.
+application = ProtocolTypeRouter({"http": EndStreamsOnCancel(django_asgi_app)})

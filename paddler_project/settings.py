@@ -167,6 +167,9 @@ PADDLER_AGENT_TTL_MS = env_int("PADDLER_AGENT_TTL_MS", 3_000, minimum=500)
 PADDLER_MAX_REQUEST_BYTES = env_int(
     "PADDLER_MAX_REQUEST_BYTES", 4 * 1024 * 1024, minimum=1024
 )
+# Management event streams (SSE) send a comment after this long without a
+# change, so that proxies do not close an idle stream.
+PADDLER_SSE_KEEPALIVE_MS = env_int("PADDLER_SSE_KEEPALIVE_MS", 10_000, minimum=100)
 PADDLER_CACHE_DIR = env_str(
     "PADDLER_CACHE_DIR", str(Path.home() / ".cache" / "paddler")
 )

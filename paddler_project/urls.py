@@ -25,6 +25,15 @@ urlpatterns = [
     path("api/v1/buffered_requests", management.buffered_requests),
     path("api/v1/buffered_requests/stream", management.buffered_requests_stream),
     path("api/v1/balancer_desired_state", management.balancer_desired_state),
+    # Ours, not Paddler's: the history of the desired state, and roll back.
+    path(
+        "api/v1/balancer_desired_state/revisions",
+        management.balancer_desired_state_revisions,
+    ),
+    path(
+        "api/v1/balancer_desired_state/revisions/<int:revision_id>/roll_back",
+        management.balancer_desired_state_roll_back,
+    ),
     path("api/v1/balancer_applicable_state", management.balancer_applicable_state),
     path(
         "api/v1/agent/<str:agent_id>/chat_template_override",

@@ -384,3 +384,111 @@ def stream_text(lines: list[dict[str, Any]]) -> str:
         for line in lines
         if "Response" in line
     )
+
+
+@pytest.fixture(scope="session")
+def quiet_redis() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    stop_process(server.process)
+
+
+@pytest.fixture(scope="session")
+def quiet_web(quiet_redis: RedisServer, session_tmp: Path) -> Iterator[WebServer]:
+    """A web server on a Redis of its own, which no model-serving agent uses.
+
+    Desired states put there reach no agent, so tests may change it freely.
+    Its event streams send keep-alives every 200 ms, and its buffer gives up
+    after 2 s, so that stream tests see both quickly.
+    """
+    server = start_web(
+        quiet_redis.url,
+        session_tmp,
+        PADDLER_SSE_KEEPALIVE_MS="200",
+        PADDLER_BUFFERED_REQUEST_TIMEOUT_MS="2000",
+    )
+    yield server
+    server.stop()
+
+
+def manage(web: WebServer, *args: str) -> str:
+    """Run ``manage.py`` against ``web``'s database."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=web.env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.stdout
+
+
+def create_user(web: WebServer, username: str, password: str) -> None:
+    """A staff user in ``web``'s database (the admin lets only staff log in)."""
+    manage(
+        web,
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model; "
+        f"user, _ = get_user_model().objects.get_or_create(username={username!r}); "
+        f"user.is_staff = True; user.set_password({password!r}); user.save()",
+    )
+
+
+def set_staff(web: WebServer, username: str, staff: bool) -> None:
+    # Only the flag: a new password hash would end the user's sessions.
+    manage(
+        web,
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model; "
+        f"get_user_model().objects.filter(username={username!r})"
+        f".update(is_staff={staff!r})",
+    )
+
+
+def log_in(web: WebServer, username: str, password: str) -> httpx.Client:
+    """A client holding a session, logged in through the admin's login form."""
+    client = httpx.Client(base_url=web.url, timeout=10)
+    client.get("/admin/login/").raise_for_status()
+    response = client.post(
+        "/admin/login/?next=/admin/",
+        data={
+            "username": username,
+            "password": password,
+            "csrfmiddlewaretoken": client.cookies["csrftoken"],
+            "next": "/admin/",
+        },
+    )
+    assert response.status_code == 302, response.text
+    assert "sessionid" in client.cookies
+    return client
+
+
+def csrf_headers(client: httpx.Client) -> dict[str, str]:
+    """What a page of ours would send with a change made through a session."""
+    return {"X-CSRFToken": client.cookies["csrftoken"]}
+
+
+@pytest.fixture
+def isolated_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """Settings that publish desired states to the test Redis, from this process.
+
+    The key agents read is cleared first; the group messages reach no agent
+    (the layer prefix is one no agent uses).
+    """
+    from django.test import override_settings
+
+    layers = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [redis_server.url], "prefix": "paddler:test:"},
+        }
+    }
+    with override_settings(REDIS_URL=redis_server.url, CHANNEL_LAYERS=layers):
+        client = redis.Redis.from_url(redis_server.url)
+        client.delete(keys.desired_state())
+        yield client
+        client.close()
