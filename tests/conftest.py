@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,3 +332,97 @@ def stream_text(lines: list[dict[str, Any]]) -> str:
         for line in lines
         if "Response" in line
     )
+
+
+# ---------------------------------------------------------------- helpers
+# A raw prompt the demo model keeps continuing for hundreds of tokens: for
+# tests that cancel a request while it is still generating.
+ENDLESS_PROMPT = "Count to one thousand: 1, 2, 3, 4, 5, 6, 7, 8,"
+
+
+@contextmanager
+def running_platform(
+    tmp_path: Path,
+    state: dict[str, Any],
+    *,
+    agent_name: str,
+    slots: int = 2,
+    **web_env: str,
+) -> Iterator[WebServer]:
+    """Redis, daphne and one agent of their own, serving ``state``."""
+    redis_server = start_redis()
+    web = start_web(redis_server.url, tmp_path, **web_env)
+    agent: Agent | None = None
+    try:
+        web.put_desired_state(state)
+        agent = start_agent(redis_server.url, tmp_path, agent_name, slots)
+        try:
+            web.wait_for_ready_agents(1)
+        except TimeoutError:
+            raise RuntimeError(agent.log.read_text()[-3000:]) from None
+        yield web
+    finally:
+        if agent is not None:
+            agent.stop()
+        web.stop()
+        stop_process(redis_server.process)
+
+
+def socket_url(web: WebServer, query: str = "") -> str:
+    url = web.url.replace("http://", "ws://", 1) + "/api/v1/inference_socket"
+    return f"{url}?{query}" if query else url
+
+
+def slots_processing(web: WebServer) -> int:
+    return sum(int(agent["slots_processing"]) for agent in web.agents())
+
+
+def wait_for_idle_slots(web: WebServer, timeout: float) -> float:
+    """Seconds until the agents report no slot processing; TimeoutError after."""
+    started = time.monotonic()
+    wait_until(lambda: slots_processing(web) == 0, timeout, "idle slots")
+    return time.monotonic() - started
+
+
+# How long the agents may take to report an idle slot: they report once a
+# second, and a cancelled request does not make them report sooner.
+REPORT_LAG_S = 2.5
+# How long a request may wait for its first token on a free slot.  About 0.2 s
+# on an idle machine; loose because test machines are shared, and still far
+# below the minutes a request that was not cancelled would hold its slot.
+FIRST_TOKEN_BUDGET_S = 5.0
+
+
+def claimed_slots(redis_server: RedisServer) -> int:
+    """Slots the web tier holds claims on, across all agents (in Redis)."""
+    import redis
+
+    from balancer import keys
+
+    client = redis.Redis(port=redis_server.port)
+    try:
+        return sum(
+            int(client.zcard(keys.agent_claims(agent_id.decode())))
+            for agent_id in client.smembers(keys.agents_set())
+        )
+    finally:
+        client.close()
+
+
+def wait_for_claims(redis_server: RedisServer, count: int, timeout: float) -> None:
+    wait_until(lambda: claimed_slots(redis_server) == count, timeout, f"{count} claims")
+
+
+def seconds_to_first_token(web: WebServer, prompt: str = "Hello") -> float:
+    """How long a new raw-prompt request waits for its first token."""
+    started = time.monotonic()
+    with httpx.stream(
+        "POST",
+        f"{web.url}/api/v1/continue_from_raw_prompt",
+        json={"raw_prompt": prompt, "max_tokens": 2},
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        first = next(response.iter_lines())
+    assert "ContentToken" in first, first
+    return time.monotonic() - started
