@@ -351,7 +351,7 @@ def running_platform(
 ) -> Iterator[WebServer]:
     """Redis, daphne and one agent of their own, serving ``state``."""
     redis_server = start_redis()
-    web = start_web(redis_server.url, tmp_path, **web_env)
+    web = start_web(redis_server.url, tmp_path, None, **web_env)
     agent: Agent | None = None
     try:
         web.put_desired_state(state)
@@ -401,9 +401,10 @@ def claimed_slots(redis_server: RedisServer) -> int:
 
     client = redis.Redis(port=redis_server.port)
     try:
+        members: set[bytes] = client.smembers(keys.agents_set())  # type: ignore[assignment]
         return sum(
             int(client.zcard(keys.agent_claims(agent_id.decode())))
-            for agent_id in client.smembers(keys.agents_set())
+            for agent_id in members
         )
     finally:
         client.close()

@@ -18,8 +18,9 @@ import pytest
 from tests.conftest import WebServer, read_ndjson, stream_text
 
 MODEL = "gemma3-270m-q4_k_m"
-QUESTION = [{"role": "user", "content": "Name a fruit that is yellow."}]
-POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
+# Any: the client's TypedDicts would reject plain dict literals.
+QUESTION: Any = [{"role": "user", "content": "Name a fruit that is yellow."}]
+POEM: Any = [{"role": "user", "content": "Write a short poem about the sea."}]
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +235,7 @@ def test_json_object_response_format_ends_the_answer_with_the_object(
     client: openai.OpenAI,
 ) -> None:
     ask = {"role": "user", "content": "Give a JSON object."}
-    messages = [
+    messages: Any = [
         ask,
         {"role": "assistant", "content": '{"a": 1}'},
         ask,
