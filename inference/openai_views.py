@@ -218,7 +218,7 @@ async def models(request: HttpRequest) -> HttpResponseBase:
 
 @require_GET
 @api_key_required(_unauthorized)
-async def model(request: HttpRequest, model: str) -> HttpResponseBase:
+async def retrieve_model(request: HttpRequest, model: str) -> HttpResponseBase:
     if model not in await served_model_ids():
         return error_response(
             OpenAIError(

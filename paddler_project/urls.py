@@ -25,7 +25,7 @@ urlpatterns = [
     path("v1/completions", openai.completions),
     path("v1/embeddings", openai.embeddings),
     path("v1/models", openai.models),
-    path("v1/models/<path:model>", openai.model),
+    path("v1/models/<path:model>", openai.retrieve_model),
     path("api/v1/agents", management.agents),
     path("api/v1/agents/stream", management.agents_stream),
     path("api/v1/buffered_requests", management.buffered_requests),
