@@ -41,10 +41,10 @@ def ndjson_text(web: WebServer, path: str, body: dict[str, Any]) -> str:
 
 
 async def test_greedy_chat_is_identical_over_http_socket_and_openai(
-    platform: WebServer,
+    api_platform: WebServer,
 ) -> None:
     over_http = ndjson_text(
-        platform,
+        api_platform,
         "/api/v1/continue_from_conversation_history",
         {"conversation_history": HISTORY, "max_tokens": TOKENS},
     )
@@ -54,11 +54,11 @@ async def test_greedy_chat_is_identical_over_http_socket_and_openai(
         enable_thinking=False,
         max_tokens=TOKENS,
     )
-    async with ClientInference(platform.url) as client:
+    async with ClientInference(api_platform.url) as client:
         stream = await client.continue_from_conversation_history(params)
         over_socket = "".join([m.token or "" async for m in stream if m.is_token])
     async with openai.AsyncOpenAI(
-        base_url=f"{platform.url}/v1", api_key="unused", max_retries=0
+        base_url=f"{api_platform.url}/v1", api_key="unused", max_retries=0
     ) as openai_client:
         completion = await openai_client.chat.completions.create(
             model="any", messages=HISTORY, max_tokens=TOKENS
@@ -69,20 +69,20 @@ async def test_greedy_chat_is_identical_over_http_socket_and_openai(
 
 
 async def test_greedy_completion_is_identical_over_http_socket_and_openai(
-    platform: WebServer,
+    api_platform: WebServer,
 ) -> None:
     over_http = ndjson_text(
-        platform,
+        api_platform,
         "/api/v1/continue_from_raw_prompt",
         {"raw_prompt": PROMPT, "max_tokens": TOKENS},
     )
-    async with ClientInference(platform.url) as client:
+    async with ClientInference(api_platform.url) as client:
         stream = await client.continue_from_raw_prompt(
             ContinueFromRawPromptParams(raw_prompt=PROMPT, max_tokens=TOKENS)
         )
         over_socket = "".join([m.token or "" async for m in stream if m.is_token])
     async with openai.AsyncOpenAI(
-        base_url=f"{platform.url}/v1", api_key="unused", max_retries=0
+        base_url=f"{api_platform.url}/v1", api_key="unused", max_retries=0
     ) as openai_client:
         completion = await openai_client.completions.create(
             model="any", prompt=PROMPT, max_tokens=TOKENS

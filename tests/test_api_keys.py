@@ -121,13 +121,13 @@ async def test_environment_keys_are_accepted_besides_database_keys() -> None:
 # ----------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def keyed_web(
-    platform: WebServer,
-    redis_server: RedisServer,
+    api_platform: WebServer,
+    api_redis: RedisServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[WebServer]:
-    """A second web replica, with keys, in front of the platform's agent."""
+    """A second web replica, with keys, in front of the API fleet's agent."""
     web = start_web(
-        redis_server.url,
+        api_redis.url,
         tmp_path_factory.mktemp("keyed"),
         PADDLER_INFERENCE_API_KEYS=",".join(ENV_KEYS),
     )
@@ -249,9 +249,9 @@ def manage(web: WebServer, *args: str) -> str:
 
 
 def test_a_database_key_closes_the_api_until_it_is_revoked(
-    platform: WebServer, redis_server: RedisServer, tmp_path: Path
+    api_platform: WebServer, api_redis: RedisServer, tmp_path: Path
 ) -> None:
-    web = start_web(redis_server.url, tmp_path)
+    web = start_web(api_redis.url, tmp_path)
     try:
         path = "/api/v1/continue_from_raw_prompt"
         assert call(web, "POST", path, RAW_PROMPT, None).status_code == 200

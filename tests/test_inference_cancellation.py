@@ -63,34 +63,34 @@ def openai_body(index: int) -> dict[str, Any]:
     ],
 )
 def test_http_disconnect_frees_the_slot_within_a_second(
-    platform: WebServer, redis_server: RedisServer, path: str, body: Any
+    api_platform: WebServer, api_redis: RedisServer, path: str, body: Any
 ) -> None:
-    with long_stream(platform, path, body(1)) as other:
+    with long_stream(api_platform, path, body(1)) as other:
         next(other)
-        with long_stream(platform, path, body(2)) as lines:
+        with long_stream(api_platform, path, body(2)) as lines:
             next(lines)
             next(lines)
-            assert claimed_slots(redis_server) == 2
-        wait_for_claims(redis_server, 1, timeout=1.0)
+            assert claimed_slots(api_redis) == 2
+        wait_for_claims(api_redis, 1, timeout=1.0)
         # The only free slot is the one the dropped request held.
-        assert seconds_to_first_token(platform) < FIRST_TOKEN_BUDGET_S
-    wait_for_claims(redis_server, 0, timeout=1.0)
-    wait_for_idle_slots(platform, REPORT_LAG_S)
+        assert seconds_to_first_token(api_platform) < FIRST_TOKEN_BUDGET_S
+    wait_for_claims(api_redis, 0, timeout=1.0)
+    wait_for_idle_slots(api_platform, REPORT_LAG_S)
 
 
 def test_non_streaming_client_that_gives_up_frees_the_slot(
-    platform: WebServer, redis_server: RedisServer
+    api_platform: WebServer, api_redis: RedisServer
 ) -> None:
     with long_stream(
-        platform, "/api/v1/continue_from_raw_prompt", ndjson_body(1)
+        api_platform, "/api/v1/continue_from_raw_prompt", ndjson_body(1)
     ) as other:
         next(other)
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(
-                f"{platform.url}/v1/completions",
+                f"{api_platform.url}/v1/completions",
                 json={**openai_body(2), "stream": False},
                 timeout=1.5,
             )
-        wait_for_claims(redis_server, 1, timeout=1.0)
-        assert seconds_to_first_token(platform) < FIRST_TOKEN_BUDGET_S
-    wait_for_idle_slots(platform, REPORT_LAG_S)
+        wait_for_claims(api_redis, 1, timeout=1.0)
+        assert seconds_to_first_token(api_platform) < FIRST_TOKEN_BUDGET_S
+    wait_for_idle_slots(api_platform, REPORT_LAG_S)

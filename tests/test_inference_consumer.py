@@ -34,6 +34,7 @@ def test_token_comes_from_the_header_or_the_query() -> None:
     assert socket_token({"headers": [], "query_string": b""}) is None
 
 
+@pytest.mark.django_db(transaction=True)
 @override_settings(PADDLER_INFERENCE_API_KEYS=KEYS)
 async def test_socket_without_a_key_is_refused() -> None:
     communicator = WebsocketCommunicator(InferenceSocketConsumer.as_asgi(), PATH)
@@ -41,6 +42,7 @@ async def test_socket_without_a_key_is_refused() -> None:
     assert not connected
 
 
+@pytest.mark.django_db(transaction=True)
 @override_settings(PADDLER_INFERENCE_API_KEYS=KEYS)
 async def test_refusal_is_a_401_where_the_server_can_send_one() -> None:
     scope = {
@@ -59,6 +61,7 @@ async def test_refusal_is_a_401_where_the_server_can_send_one() -> None:
     assert json.loads(body["body"])["error"]["code"] == 401
 
 
+@pytest.mark.django_db(transaction=True)
 @override_settings(PADDLER_INFERENCE_API_KEYS=KEYS)
 async def test_bad_messages_get_400_envelopes_on_an_open_socket() -> None:
     communicator = WebsocketCommunicator(

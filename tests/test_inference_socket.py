@@ -89,7 +89,7 @@ def is_final(envelope: dict[str, Any]) -> bool:
 
 
 async def test_official_client_continues_a_conversation_over_the_socket_as_over_http(
-    platform: WebServer,
+    api_platform: WebServer,
 ) -> None:
     params = ContinueFromConversationHistoryParams(
         add_generation_prompt=True,
@@ -99,7 +99,7 @@ async def test_official_client_continues_a_conversation_over_the_socket_as_over_
         enable_thinking=False,
         max_tokens=16,
     )
-    async with ClientInference(platform.url) as client:
+    async with ClientInference(api_platform.url) as client:
         over_socket = await collect(
             await client.continue_from_conversation_history(params)
         )
@@ -107,7 +107,7 @@ async def test_official_client_continues_a_conversation_over_the_socket_as_over_
             m async for m in client.post_continue_from_conversation_history(params)
         ]
     assert over_socket[-1].kind == InferenceMessageKind.DONE
-    assert over_socket[-1].generated_by == "agent-one"
+    assert over_socket[-1].generated_by == "agent-api"
     assert over_socket[-1].summary is not None
     assert over_socket[-1].summary.usage.content_tokens == 16
     # Every envelope is keyed by the id the client chose, or the client would
@@ -118,17 +118,17 @@ async def test_official_client_continues_a_conversation_over_the_socket_as_over_
 
 
 async def test_official_client_continues_a_raw_prompt_over_the_socket_as_over_http(
-    platform: WebServer,
+    api_platform: WebServer,
 ) -> None:
     prompt = "The three primary colors are"
-    async with ClientInference(platform.url) as client:
+    async with ClientInference(api_platform.url) as client:
         messages = await collect(
             await client.continue_from_raw_prompt(
                 ContinueFromRawPromptParams(raw_prompt=prompt, max_tokens=12)
             )
         )
     lines = http_lines(
-        platform,
+        api_platform,
         "/api/v1/continue_from_raw_prompt",
         {"raw_prompt": prompt, "max_tokens": 12},
     )
@@ -136,12 +136,12 @@ async def test_official_client_continues_a_raw_prompt_over_the_socket_as_over_ht
     assert message_text(messages) == stream_text(lines)
 
 
-async def test_requests_are_multiplexed_on_one_socket(platform: WebServer) -> None:
+async def test_requests_are_multiplexed_on_one_socket(api_platform: WebServer) -> None:
     prompts = ["The capital of France is", "My favourite animal is the"]
     expected = [
         stream_text(
             http_lines(
-                platform,
+                api_platform,
                 "/api/v1/continue_from_raw_prompt",
                 {"raw_prompt": prompt, "max_tokens": 10},
             )
@@ -149,7 +149,7 @@ async def test_requests_are_multiplexed_on_one_socket(platform: WebServer) -> No
         for prompt in prompts
     ]
     # One socket for both: the pool's only connection.
-    async with ClientInference(platform.url, socket_pool_size=1) as client:
+    async with ClientInference(api_platform.url, socket_pool_size=1) as client:
         streams = [
             await client.continue_from_raw_prompt(
                 ContinueFromRawPromptParams(raw_prompt=prompt, max_tokens=10)
@@ -162,9 +162,9 @@ async def test_requests_are_multiplexed_on_one_socket(platform: WebServer) -> No
 
 
 async def test_duplicate_in_flight_id_gets_400_and_the_first_request_goes_on(
-    platform: WebServer,
+    api_platform: WebServer,
 ) -> None:
-    async with websockets.connect(socket_url(platform)) as socket:
+    async with websockets.connect(socket_url(api_platform)) as socket:
         await socket.send(raw_request("same", "Once upon a time", 8))
         await socket.send(raw_request("same", "Something else", 8))
         envelopes = [await receive(socket)]
@@ -185,15 +185,15 @@ async def test_duplicate_in_flight_id_gets_400_and_the_first_request_goes_on(
 
 
 async def test_an_id_can_be_reused_once_its_request_finished(
-    platform: WebServer,
+    api_platform: WebServer,
 ) -> None:
-    async with websockets.connect(socket_url(platform)) as socket:
+    async with websockets.connect(socket_url(api_platform)) as socket:
         for _ in range(2):
             await socket.send(raw_request("again", "Hello", 3))
             envelope = await receive(socket)
             while not is_final(envelope):
                 envelope = await receive(socket)
-            assert "Done" in envelope["Response"]["response"]["GeneratedToken"]
+            assert "Done" in str(envelope.get("Response")), envelope
 
 
 async def start_long_requests(socket: Any, *ids: str) -> None:
@@ -206,15 +206,15 @@ async def start_long_requests(socket: Any, *ids: str) -> None:
 
 
 async def test_stop_responding_to_cancels_and_frees_the_slot(
-    platform: WebServer, redis_server: RedisServer
+    api_platform: WebServer, api_redis: RedisServer
 ) -> None:
-    async with websockets.connect(socket_url(platform)) as socket:
+    async with websockets.connect(socket_url(api_platform)) as socket:
         # Both slots busy: the next request is served only once one is freed.
         await start_long_requests(socket, "stopped", "kept")
-        assert claimed_slots(redis_server) == 2
+        assert claimed_slots(api_redis) == 2
         await socket.send(json.dumps({"Notification": {"StopRespondingTo": "stopped"}}))
         stopped_at = time.monotonic()
-        await asyncio.to_thread(wait_for_claims, redis_server, 1, 1.0)
+        await asyncio.to_thread(wait_for_claims, api_redis, 1, 1.0)
         await socket.send(raw_request("next", "Hello", 3))
         seen: list[dict[str, Any]] = [await receive(socket)]
         while request_id_of(seen[-1]) != "next":
@@ -230,16 +230,16 @@ async def test_stop_responding_to_cancels_and_frees_the_slot(
 
 
 async def test_closing_the_socket_cancels_everything_in_flight(
-    platform: WebServer, redis_server: RedisServer
+    api_platform: WebServer, api_redis: RedisServer
 ) -> None:
-    async with websockets.connect(socket_url(platform)) as socket:
+    async with websockets.connect(socket_url(api_platform)) as socket:
         await start_long_requests(socket, "one", "two")
-        assert claimed_slots(redis_server) == 2
-    await asyncio.to_thread(wait_for_claims, redis_server, 0, 1.0)
+        assert claimed_slots(api_redis) == 2
+    await asyncio.to_thread(wait_for_claims, api_redis, 0, 1.0)
     # Both slots were busy; a new request is served at once.
-    waited = await asyncio.to_thread(seconds_to_first_token, platform)
+    waited = await asyncio.to_thread(seconds_to_first_token, api_platform)
     assert waited < FIRST_TOKEN_BUDGET_S
-    await asyncio.to_thread(wait_for_idle_slots, platform, REPORT_LAG_S)
+    await asyncio.to_thread(wait_for_idle_slots, api_platform, REPORT_LAG_S)
 
 
 @pytest.mark.parametrize(
@@ -270,9 +270,9 @@ async def test_closing_the_socket_cancels_everything_in_flight(
     ],
 )
 async def test_a_bad_message_gets_a_400_envelope_and_the_socket_stays_open(
-    platform: WebServer, message: str, request_id: str, description: str
+    api_platform: WebServer, message: str, request_id: str, description: str
 ) -> None:
-    async with websockets.connect(socket_url(platform)) as socket:
+    async with websockets.connect(socket_url(api_platform)) as socket:
         await socket.send(message)
         error = (await receive(socket))["Error"]
         assert error["request_id"] == request_id

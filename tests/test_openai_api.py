@@ -24,9 +24,9 @@ POEM: Any = [{"role": "user", "content": "Write a short poem about the sea."}]
 
 
 @pytest.fixture(scope="module")
-def client(platform: WebServer) -> Iterator[openai.OpenAI]:
+def client(api_platform: WebServer) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(
-        base_url=f"{platform.url}/v1", api_key="unused", max_retries=0, timeout=60
+        base_url=f"{api_platform.url}/v1", api_key="unused", max_retries=0, timeout=60
     ) as client:
         yield client
 
@@ -52,13 +52,13 @@ def test_models_lists_the_model_the_agents_serve(client: openai.OpenAI) -> None:
 
 
 def test_chat_completion_is_what_the_paddler_endpoint_generates(
-    platform: WebServer, client: openai.OpenAI
+    api_platform: WebServer, client: openai.OpenAI
 ) -> None:
     completion = client.chat.completions.create(
         model=MODEL, messages=QUESTION, max_tokens=16
     )
     expected = paddler_text(
-        platform,
+        api_platform,
         "/api/v1/continue_from_conversation_history",
         {"conversation_history": QUESTION, "max_tokens": 16},
     )
@@ -99,10 +99,10 @@ def test_streamed_chat_completion_ends_with_usage_and_done(
     assert len({c.id for c in chunks}) == 1
 
 
-def test_stream_is_server_sent_events_ending_with_done(platform: WebServer) -> None:
+def test_stream_is_server_sent_events_ending_with_done(api_platform: WebServer) -> None:
     with httpx.stream(
         "POST",
-        f"{platform.url}/v1/chat/completions",
+        f"{api_platform.url}/v1/chat/completions",
         json={"model": MODEL, "messages": QUESTION, "max_tokens": 3, "stream": True},
         timeout=60,
     ) as response:
@@ -113,9 +113,9 @@ def test_stream_is_server_sent_events_ending_with_done(platform: WebServer) -> N
     assert json.loads(events[-2][6:])["choices"][0]["finish_reason"] == "length"
 
 
-async def test_async_client_streams_a_chat_completion(platform: WebServer) -> None:
+async def test_async_client_streams_a_chat_completion(api_platform: WebServer) -> None:
     async with openai.AsyncOpenAI(
-        base_url=f"{platform.url}/v1", api_key="unused", max_retries=0
+        base_url=f"{api_platform.url}/v1", api_key="unused", max_retries=0
     ) as client:
         stream = await client.chat.completions.create(
             model=MODEL, messages=QUESTION, max_tokens=8, stream=True
@@ -128,12 +128,12 @@ async def test_async_client_streams_a_chat_completion(platform: WebServer) -> No
 
 
 def test_text_completion_is_what_the_raw_prompt_endpoint_generates(
-    platform: WebServer, client: openai.OpenAI
+    api_platform: WebServer, client: openai.OpenAI
 ) -> None:
     prompt = "The capital of France is"
     completion = client.completions.create(model=MODEL, prompt=prompt, max_tokens=10)
     expected = paddler_text(
-        platform,
+        api_platform,
         "/api/v1/continue_from_raw_prompt",
         {"raw_prompt": prompt, "max_tokens": 10},
     )
@@ -286,9 +286,9 @@ def test_invalid_chat_request_gets_400_in_openai_shape(
     assert set(error.body) == {"message", "type", "param", "code"}
 
 
-def test_error_body_has_the_openai_shape(platform: WebServer) -> None:
+def test_error_body_has_the_openai_shape(api_platform: WebServer) -> None:
     response = httpx.post(
-        f"{platform.url}/v1/completions", content=b"{oops", timeout=10
+        f"{api_platform.url}/v1/completions", content=b"{oops", timeout=10
     )
     assert response.status_code == 400
     error = response.json()["error"]
