@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.utils import timezone
 
 from balancer.services import desired_state_roll_back
 from inference.desired_state import DesiredStateError
@@ -12,6 +13,7 @@ from inference.models import (
     INFERENCE_PARAMETERS,
     MODEL_SOURCE_FIELDS,
     DesiredStateRevision,
+    InferenceApiKey,
 )
 
 
@@ -129,3 +131,21 @@ class DesiredStateRevisionAdmin(admin.ModelAdmin[DesiredStateRevision]):
             f"revision {revision.pk}, sent to the agents.",
             messages.SUCCESS,
         )
+
+
+@admin.register(InferenceApiKey)
+class InferenceApiKeyAdmin(admin.ModelAdmin[InferenceApiKey]):
+    """Lists and revokes keys; ``manage.py create_api_key`` makes them, since
+    the plaintext must be shown exactly once."""
+
+    list_display = ("name", "prefix", "created_at", "revoked_at")
+    readonly_fields = ("name", "prefix", "created_at", "revoked_at")
+    exclude = ("salt", "digest")
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Revoke the selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[InferenceApiKey]) -> None:
+        queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())

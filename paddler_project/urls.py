@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import path
 
 from balancer import views as management
+from inference import openai_views as openai
 from inference import views as inference
 
 urlpatterns = [
@@ -20,6 +21,11 @@ urlpatterns = [
         "api/v1/generate_embedding_batch",
         inference.generate_embedding_batch,
     ),
+    path("v1/chat/completions", openai.chat_completions),
+    path("v1/completions", openai.completions),
+    path("v1/embeddings", openai.embeddings),
+    path("v1/models", openai.models),
+    path("v1/models/<path:model>", openai.retrieve_model),
     path("api/v1/agents", management.agents),
     path("api/v1/agents/stream", management.agents_stream),
     path("api/v1/buffered_requests", management.buffered_requests),

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -492,3 +493,130 @@ def isolated_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
         client.delete(keys.desired_state())
         yield client
         client.close()
+
+
+# ---------------------------------------------------------------- helpers
+# A raw prompt the demo model keeps continuing for hundreds of tokens: for
+# tests that cancel a request while it is still generating.
+ENDLESS_PROMPT = "Count to one thousand: 1, 2, 3, 4, 5, 6, 7, 8,"
+
+
+@contextmanager
+def running_platform(
+    tmp_path: Path,
+    state: dict[str, Any],
+    *,
+    agent_name: str,
+    slots: int = 2,
+    redis_server: RedisServer | None = None,
+    **web_env: str,
+) -> Iterator[WebServer]:
+    """Daphne and one agent serving ``state``, on a Redis of their own unless
+    ``redis_server`` is given (and then left running)."""
+    own_redis = redis_server is None
+    redis_server = redis_server or start_redis()
+    web = start_web(redis_server.url, tmp_path, **web_env)
+    agent: Agent | None = None
+    try:
+        web.put_desired_state(state)
+        agent = start_agent(redis_server.url, tmp_path, agent_name, slots)
+        try:
+            web.wait_for_ready_agents(1)
+        except TimeoutError:
+            raise RuntimeError(agent.log.read_text()[-3000:]) from None
+        yield web
+    finally:
+        if agent is not None:
+            agent.stop()
+        web.stop()
+        if own_redis:
+            stop_process(redis_server.process)
+
+
+@pytest.fixture(scope="session")
+def api_redis() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    stop_process(server.process)
+
+
+@pytest.fixture(scope="session")
+def api_platform(
+    api_redis: RedisServer, session_tmp: Path, greedy_state: dict[str, Any]
+) -> Iterator[WebServer]:
+    """Like ``platform`` (one greedy agent of 2 slots), but a fleet of its own.
+
+    The API tests keep their generations off ``platform``'s agent: a slot's
+    cached prefix changes llama.cpp's batch shapes, and with them the last
+    bits of its logits, which can flip a near-tie in the greedy output that
+    other tests compare with llama-cpp-python's.
+    """
+    tmp = session_tmp / "api"
+    tmp.mkdir(exist_ok=True)
+    with running_platform(
+        tmp, greedy_state, agent_name="agent-api", redis_server=api_redis
+    ) as web:
+        yield web
+
+
+def socket_url(web: WebServer, query: str = "") -> str:
+    url = web.url.replace("http://", "ws://", 1) + "/api/v1/inference_socket"
+    return f"{url}?{query}" if query else url
+
+
+def slots_processing(web: WebServer) -> int:
+    return sum(int(agent["slots_processing"]) for agent in web.agents())
+
+
+def wait_for_idle_slots(web: WebServer, timeout: float) -> float:
+    """Seconds until the agents report no slot processing; TimeoutError after."""
+    started = time.monotonic()
+    wait_until(lambda: slots_processing(web) == 0, timeout, "idle slots")
+    return time.monotonic() - started
+
+
+# How long the agents may take to report an idle slot: they report once a
+# second, and a cancelled request does not make them report sooner.
+REPORT_LAG_S = 2.5
+# How long a request may wait for its first token once a slot was freed for
+# it: about 0.2 s on an idle machine, but one decode step can take seconds on
+# a shared, overloaded test machine.  Without the cancellation the request
+# would wait for the abandoned generation (minutes) and end with a 504 after
+# the 30 s item timeout, so this bound still tells the two apart.
+FIRST_TOKEN_BUDGET_S = 15.0
+
+
+def claimed_slots(redis_server: RedisServer) -> int:
+    """Slots the web tier holds claims on, across all agents (in Redis)."""
+    import redis
+
+    from balancer import keys
+
+    client = redis.Redis(port=redis_server.port)
+    try:
+        members: set[bytes] = client.smembers(keys.agents_set())  # type: ignore[assignment]
+        return sum(
+            int(client.zcard(keys.agent_claims(agent_id.decode())))
+            for agent_id in members
+        )
+    finally:
+        client.close()
+
+
+def wait_for_claims(redis_server: RedisServer, count: int, timeout: float) -> None:
+    wait_until(lambda: claimed_slots(redis_server) == count, timeout, f"{count} claims")
+
+
+def seconds_to_first_token(web: WebServer, prompt: str = "Hello") -> float:
+    """How long a new raw-prompt request waits for its first token."""
+    started = time.monotonic()
+    with httpx.stream(
+        "POST",
+        f"{web.url}/api/v1/continue_from_raw_prompt",
+        json={"raw_prompt": prompt, "max_tokens": 2},
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        first = next(response.iter_lines())
+    assert "ContentToken" in first, first
+    return time.monotonic() - started
