@@ -58,6 +58,8 @@ def _json(request: HttpRequest) -> Any:
         raise OpenAIError(413, str(error), code="request_too_large") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise OpenAIError(400, f"The body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise OpenAIError(400, "The body is nested too deeply.") from None
 
 
 async def _open(kind: str, params: dict[str, Any]) -> Stream:

@@ -296,6 +296,15 @@ def test_error_body_has_the_openai_shape(api_platform: WebServer) -> None:
     assert error["type"] == "invalid_request_error"
 
 
+def test_deeply_nested_body_gets_400(api_platform: WebServer) -> None:
+    body = b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    response = httpx.post(
+        f"{api_platform.url}/v1/chat/completions", content=body, timeout=10
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "The body is nested too deeply."
+
+
 def test_embeddings_need_an_agent_with_embeddings_enabled(
     client: openai.OpenAI,
 ) -> None:
