@@ -289,6 +289,9 @@ class AgentWorker:
         elif kind == "inference.cancel":
             if self.engine is not None:
                 self.engine.cancel(message["request_id"])
+                # The engine frees the slot at its next step: report it then,
+                # not at the next heartbeat.
+                asyncio.get_running_loop().call_later(0.1, self._mark_changed)
         elif kind == "desired_state.changed":
             self._schedule_apply(message["state"])
 
