@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -99,6 +100,13 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a number")
+    return value
+
+
 # CSRF: token callers have no CSRF cookie; operator_required checks sessions.
 @csrf_exempt
 @require_http_methods(["GET", "PUT"])
@@ -108,9 +116,13 @@ async def balancer_desired_state(request: HttpRequest) -> HttpResponseBase:
         state = await sync_to_async(desired_state_current)()
         return JsonResponse(state.to_json())
     try:
-        # NaN and Infinity would pass the range checks and then not round-trip
-        # through standard JSON.
-        body = json.loads(request.body, parse_constant=_reject_constant)
+        # NaN and infinities (Python reads "NaN", "Infinity" and 1e999) would
+        # pass the range checks and then not round-trip through standard JSON.
+        body = json.loads(
+            request.body,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
     except (ValueError, UnicodeDecodeError) as error:
         return _bad_request(f"body is not valid JSON: {error}", "body")
     except RecursionError:

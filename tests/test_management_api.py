@@ -262,10 +262,18 @@ def test_bad_desired_state_gets_400_and_changes_nothing(
     assert httpx.get(f"{url}/revisions", headers=AUTH).json() == revisions
 
 
-def test_not_a_number_is_refused(web: WebServer) -> None:
-    # Python's json module reads NaN; it would pass "top_p <= 1" unnoticed.
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"inference_parameters": {"top_p": NaN}}',
+        '{"inference_parameters": {"temperature": Infinity}}',
+        '{"inference_parameters": {"temperature": 1e999}}',
+    ],
+)
+def test_numbers_that_are_not_finite_are_refused(web: WebServer, body: str) -> None:
+    # Python's json module reads these; NaN would pass "top_p <= 1" unnoticed,
+    # an infinite temperature "temperature >= 0".
     url = f"{web.url}/api/v1/balancer_desired_state"
-    body = '{"inference_parameters": {"top_p": NaN}}'
     response = httpx.put(url, content=body, headers=AUTH)
     assert response.status_code == 400
     assert response.json()["field"] == "body"
