@@ -144,12 +144,16 @@ class InferenceSocketConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     request.kind, request.params
                 )
             except InferenceFailure as failure:
+                self._forget(request.id, task)
                 await self._send_json(
                     error_envelope(request.id, failure.code, failure.description)
                 )
                 return
             try:
                 async for item in stream.items():
+                    if item["final"]:
+                        # The client may reuse the id as soon as it reads this.
+                        self._forget(request.id, task)
                     await self._send_json(
                         paddler_envelope(item, stream.agent_name, request.id)
                     )
@@ -167,9 +171,13 @@ class InferenceSocketConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     )
                 )
         finally:
-            # A StopRespondingTo may have let a new request reuse this id.
-            if self.in_flight.get(request.id) is task:
-                del self.in_flight[request.id]
+            self._forget(request.id, task)
+
+    def _forget(self, request_id: str, task: asyncio.Task[Any] | None) -> None:
+        # A StopRespondingTo, or a finished request, may have let a new
+        # request reuse this id: only this request's own entry goes.
+        if self.in_flight.get(request_id) is task:
+            del self.in_flight[request_id]
 
     async def _send_json(self, payload: dict[str, Any]) -> None:
         await self.send(text_data=json.dumps(payload))
