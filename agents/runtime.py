@@ -216,6 +216,8 @@ class Engine:
         self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._waiting: list[Generation] = []
         self._stopped = threading.Event()
+        # Set once the engine thread has warmed the model up.
+        self.ready = threading.Event()
         threads = n_threads or os.cpu_count() or 1
 
         model_params = llama_cpp.llama_model_default_params()
@@ -284,7 +286,12 @@ class Engine:
 
     def warm_up(self) -> None:
         """Run one small decode, so the first request does not pay for the
-        backend's first-use work (buffer allocation, weight repacking)."""
+        backend's first-use work (buffer allocation, weight repacking).
+
+        Called by ``run``, on the engine's own thread: llama.cpp's CPU backend
+        keeps an OpenMP thread team per calling thread, and a second team
+        (from a decode on another thread) slowed generation by a third here.
+        """
         bos = llama_cpp.llama_vocab_bos(self._vocab)
         batch = self._batch
         for index in range(min(8, self._n_batch)):
@@ -379,6 +386,8 @@ class Engine:
     # ------------------------------------------------------------ main loop
     def run(self) -> None:
         """Serve until ``stop``; then fail whatever is still in flight."""
+        self.warm_up()
+        self.ready.set()
         if self._embedder is not None:
             self._embedder.start()
         try:
@@ -1014,6 +1023,8 @@ class SyntheticEngine:
         self._active: dict[str, tuple[Generation, int]] = {}
         self._waiting: list[Generation] = []
         self._stopped = threading.Event()
+        self.ready = threading.Event()
+        self.ready.set()
 
     def submit(self, job: Generation) -> None:
         self._commands.put(("submit", job))

@@ -516,8 +516,8 @@ class AgentWorker:
                 [{"ModelCannotBeLoaded": str(error)}], "AttemptedAndNotAppliable"
             )
             return
-        await asyncio.to_thread(engine.warm_up)
         self._start_engine(engine)
+        await asyncio.to_thread(engine.ready.wait)
         await self._store_metadata(engine)
         self.status.model_path = path
         issues: list[Any] = []
