@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from balancer import views as management
 from inference import views as inference
@@ -36,4 +36,6 @@ urlpatterns = [
     ),
     path("metrics", management.metrics),
     path("admin/", admin.site.urls),
+    # The web admin panel, at the root: /, /model/, /prompt/, /requests/, ...
+    path("", include("balancer.panel.urls")),
 ]

@@ -1,0 +1,184 @@
+"""The panel's pages.  Every page is for staff only; others go to the login."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import user_passes_test
+from django.contrib.auth.views import LoginView
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from balancer.panel.forms import (
+    DesiredStateForm,
+    StaffAuthenticationForm,
+    TemplatePreviewForm,
+)
+from balancer.panel.live import dashboard_events
+from balancer.panel.preview import render_preview
+from balancer.panel.queries import agent_models, request_log
+from balancer.panel.words import outcome_matches, request_row
+from balancer.services import desired_state_current, desired_state_update
+from inference.chat_template import ChatTemplateError
+from inference.desired_state import DesiredStateError
+from inference.models import DesiredStateRevision
+
+# Rows on the requests page, and revisions on the model page.
+REQUESTS_SHOWN = 200
+REVISIONS_SHOWN = 20
+REQUEST_FILTERS = ("all", "done", "errors", "cancelled")
+
+
+def _is_staff(user: Any) -> bool:
+    return bool(user.is_active and user.is_staff)
+
+
+staff_required = user_passes_test(_is_staff)
+
+
+class PanelLoginView(LoginView):
+    template_name = "panel/login.html"
+    authentication_form = StaffAuthenticationForm
+    redirect_authenticated_user = True
+
+
+@require_GET
+@staff_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "panel/dashboard.html",
+        {"max_buffered": settings.PADDLER_MAX_BUFFERED_REQUESTS},
+    )
+
+
+@require_GET
+async def dashboard_stream(request: HttpRequest) -> HttpResponseBase:
+    """Server-Sent Events for the dashboard (401 rather than a login redirect)."""
+    if not _is_staff(await request.auser()):
+        return JsonResponse({"error": "log in as staff"}, status=401)
+    response = StreamingHttpResponse(
+        dashboard_events(), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+@staff_required
+def model(request: HttpRequest) -> HttpResponse:
+    current = desired_state_current()
+    if request.method == "POST":
+        form = DesiredStateForm(request.POST, current=current)
+        if form.is_valid() and form.state is not None:
+            try:
+                revision = desired_state_update(
+                    state=form.state, user=request.user, note="panel"
+                )
+            except DesiredStateError as error:
+                form.add_state_error(error)
+            else:
+                messages.success(
+                    request,
+                    f"Saved as revision {revision.pk}; the agents apply it now.",
+                )
+                return redirect("panel:dashboard")
+    else:
+        form = DesiredStateForm(
+            initial=DesiredStateForm.initial_from(current), current=current
+        )
+    revisions = DesiredStateRevision.objects.newest_first().select_related(
+        "created_by"
+    )[:REVISIONS_SHOWN]
+    return render(
+        request,
+        "panel/model.html",
+        {
+            "form": form,
+            "current": current,
+            "agent_models": agent_models(),
+            "revisions": [(revision, revision.to_state()) for revision in revisions],
+        },
+    )
+
+
+@require_POST
+@staff_required
+def model_preview(request: HttpRequest) -> JsonResponse:
+    """The template rendered against a sample conversation, or why it fails.
+
+    Always 200: the outcome is in the body, so that a browser does not report
+    a failed request while an operator is still typing.
+    """
+    form = TemplatePreviewForm(request.POST)
+    form.is_valid()
+    try:
+        rendered = render_preview(
+            form.cleaned_data.get("template", ""),
+            system_prompt=form.cleaned_data.get("default_system_prompt", ""),
+        )
+    except ChatTemplateError as error:
+        return JsonResponse({"ok": False, "error": str(error)})
+    return JsonResponse({"ok": True, "rendered": rendered})
+
+
+@require_POST
+@staff_required
+def roll_back(request: HttpRequest, revision_id: int) -> HttpResponse:
+    target = get_object_or_404(DesiredStateRevision, pk=revision_id)
+    try:
+        revision = desired_state_update(
+            state=target.to_state(),
+            user=request.user,
+            note=f"rolled back to revision {target.pk}",
+        )
+    except DesiredStateError as error:
+        messages.error(request, f"Revision {target.pk} cannot be applied: {error}")
+        return redirect("panel:model")
+    messages.success(
+        request,
+        f"Rolled back to revision {target.pk} (saved as revision {revision.pk}); "
+        "the agents apply it now.",
+    )
+    return redirect("panel:dashboard")
+
+
+@require_GET
+@staff_required
+def prompt(request: HttpRequest) -> HttpResponse:
+    current = desired_state_current()
+    return render(
+        request,
+        "panel/prompt.html",
+        {"default_system_prompt": current.default_system_prompt},
+    )
+
+
+@require_GET
+@staff_required
+def requests(request: HttpRequest) -> HttpResponse:
+    wanted = request.GET.get("outcome", "all")
+    if wanted not in REQUEST_FILTERS:
+        wanted = "all"
+    rows = [
+        request_row(record)
+        for record in request_log(limit=REQUESTS_SHOWN)
+        if outcome_matches(record, wanted)
+    ]
+    template = (
+        "panel/_request_rows.html" if "rows" in request.GET else "panel/requests.html"
+    )
+    return render(
+        request,
+        template,
+        {"rows": rows, "wanted": wanted, "filters": REQUEST_FILTERS},
+    )
