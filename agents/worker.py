@@ -30,10 +30,11 @@ from agents.runtime import (
     Generation,
     ModelLoadError,
     Output,
+    SyntheticEngine,
     grammar_to_gbnf,
 )
 from balancer import keys
-from balancer.events import OutputBatch, OutputItem
+from balancer.events import CompactToken, OutputBatch, OutputItem, compact_item
 from inference.chat_template import ChatTemplateError, compile_template
 from inference.desired_state import DesiredState, DesiredStateError
 
@@ -66,6 +67,7 @@ class AgentWorker:
         n_threads: int | None = None,
         n_gpu_layers: int | None = None,
         shutdown_grace_s: float = 10.0,
+        backend: str = "llama",
     ) -> None:
         self.agent_id = uuid.uuid4().hex
         self.name = name
@@ -73,8 +75,10 @@ class AgentWorker:
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers
         self.shutdown_grace_s = shutdown_grace_s
+        # "synthetic" emits tokens without a model: for benchmarks only.
+        self.backend = backend
         self.status = AgentStatus()
-        self.engine: Engine | None = None
+        self.engine: Engine | SyntheticEngine | None = None
         self._engine_thread: threading.Thread | None = None
         self._accepting = False
         self._applied_key: str | None = None
@@ -346,18 +350,20 @@ class AgentWorker:
 
     async def _send_outputs(self, outputs: list[Output]) -> None:
         assert self._redis is not None
-        by_destination: dict[str, list[OutputItem]] = {}
+        by_destination: dict[str, list[OutputItem | CompactToken]] = {}
         any_final = False
         for output in outputs:
             any_final = any_final or output.final
             by_destination.setdefault(output.destination, []).append(
-                {
-                    "request_id": output.request_id,
-                    "response": output.response,
-                    "error": output.error,
-                    "final": output.final,
-                    "meta": output.meta,
-                }
+                compact_item(
+                    {
+                        "request_id": output.request_id,
+                        "response": output.response,
+                        "error": output.error,
+                        "final": output.final,
+                        "meta": output.meta,
+                    }
+                )
             )
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -435,6 +441,14 @@ class AgentWorker:
         await self._stop_engine()
         self.status.model_path = None
         self.status.uses_chat_template_override = template is not None
+        if self.backend == "synthetic":
+            self._start_engine(
+                SyntheticEngine(slots=self.slots, on_output=self._on_engine_output)
+            )
+            self._applied_key = fingerprint
+            self._accepting = True
+            self._set_issues([], "Applied")
+            return
         if state.model.kind == "None":
             self._applied_key = fingerprint
             self._set_issues([], "Applied")
@@ -463,11 +477,7 @@ class AgentWorker:
                 [{"ModelCannotBeLoaded": str(error)}], "AttemptedAndNotAppliable"
             )
             return
-        self.engine = engine
-        self._engine_thread = threading.Thread(
-            target=engine.run, name="paddler-engine", daemon=True
-        )
-        self._engine_thread.start()
+        self._start_engine(engine)
         await self._store_metadata(engine)
         self.status.model_path = path
         issues: list[Any] = []
@@ -477,6 +487,13 @@ class AgentWorker:
         self._accepting = True
         self._set_issues(issues, "Applied")
         logger.info("agent %s serves %s with %d slots", self.name, path, self.slots)
+
+    def _start_engine(self, engine: Engine | SyntheticEngine) -> None:
+        self.engine = engine
+        self._engine_thread = threading.Thread(
+            target=engine.run, name="paddler-engine", daemon=True
+        )
+        self._engine_thread.start()
 
     async def _stop_engine(self) -> None:
         engine, thread = self.engine, self._engine_thread
@@ -489,7 +506,7 @@ class AgentWorker:
             await asyncio.to_thread(thread.join)
         await asyncio.to_thread(engine.close)
 
-    async def _store_metadata(self, engine: Engine) -> None:
+    async def _store_metadata(self, engine: Engine | SyntheticEngine) -> None:
         assert self._redis is not None
         payload = {
             "metadata": engine.metadata,

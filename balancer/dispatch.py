@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,12 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from balancer import keys, metrics, registry
-from balancer.events import InferenceCancelEvent, InferenceRequestEvent, OutputItem
+from balancer.events import (
+    InferenceCancelEvent,
+    InferenceRequestEvent,
+    OutputItem,
+    expand_item,
+)
 from balancer.routing import Candidate, Decision, decide, request_prefix
 
 logger = logging.getLogger(__name__)
@@ -89,11 +94,24 @@ class Stream:
     usage: dict[str, Any] = field(default_factory=dict)
 
     async def items(self) -> AsyncIterator[OutputItem]:
+        """The output one item at a time (see ``batches``)."""
+        batches = self.batches()
+        try:
+            async for batch in batches:
+                for item in batch:
+                    yield item
+        finally:
+            # Release the slot now, not when the generator is collected.
+            await batches.aclose()
+
+    async def batches(self) -> AsyncGenerator[list[OutputItem]]:
         """Yield the output until its final item; never hangs.
 
-        No output for ``PADDLER_INFERENCE_ITEM_TIMEOUT_MS`` ends the stream
-        with a 504 item; an agent whose heartbeat lapsed ends it with a 502,
-        unless it had sent nothing yet: then the request moves, once, to
+        Each batch holds every item that arrived since the last one, so a
+        client that reads slower than tokens come gets them in fewer, larger
+        writes.  No output for ``PADDLER_INFERENCE_ITEM_TIMEOUT_MS`` ends the
+        stream with a 504 item; an agent whose heartbeat lapsed ends it with a
+        502, unless it had sent nothing yet: then the request moves, once, to
         another agent, and the client does not notice.
         """
         timeout_s = settings.PADDLER_INFERENCE_ITEM_TIMEOUT_MS / 1000
@@ -101,14 +119,14 @@ class Stream:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(
+                    first = await asyncio.wait_for(
                         self.queue.get(), min(LIVENESS_CHECK_S, timeout_s)
                     )
                 except TimeoutError:
                     if time.monotonic() - last_item_at >= timeout_s:
-                        yield self._end_with(
-                            504, "Timed out waiting for the next token"
-                        )
+                        yield [
+                            self._end_with(504, "Timed out waiting for the next token")
+                        ]
                         return
                     redis = self.dispatcher.redis
                     if await registry.agent_is_alive(redis, self.agent_id):
@@ -117,25 +135,31 @@ class Stream:
                         f"Agent {self.agent_name} disappeared mid-stream"
                     )
                     if failure is not None:
-                        yield failure
+                        yield [failure]
                         return
                     last_item_at = time.monotonic()
                     continue
-                if item["response"] is None and item["error"] is None:
-                    # Progress on a long prompt: alive, nothing for the client.
-                    last_item_at = time.monotonic()
-                    continue
-                if self._refused_before_start(item):
-                    failure = await self._move_or_fail(None)
-                    if failure is not None:
-                        yield failure
-                        return
-                    continue
+                pending = [first]
+                while not self.queue.empty():
+                    pending.append(self.queue.get_nowait())
                 last_item_at = time.monotonic()
-                self._note(item)
-                yield item
-                if item["final"]:
-                    return
+                batch: list[OutputItem] = []
+                for item in pending:
+                    if item["response"] is None and item["error"] is None:
+                        continue  # progress on a long prompt: nothing to send
+                    if self._refused_before_start(item):
+                        failure = await self._move_or_fail(None)
+                        if failure is not None:
+                            yield [*batch, failure]
+                            return
+                        break  # the request went to another agent
+                    self._note(item)
+                    batch.append(item)
+                    if item["final"]:
+                        yield batch
+                        return
+                if batch:
+                    yield batch
         finally:
             await self.close()
 
@@ -441,7 +465,8 @@ class Dispatcher:
             if popped is None:
                 continue
             batch = json.loads(popped[1])
-            for item in batch["items"]:
+            for raw in batch["items"]:
+                item = expand_item(raw)
                 stream = self._streams.get(item["request_id"])
                 if stream is not None:
                     stream.queue.put_nowait(item)

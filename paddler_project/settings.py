@@ -191,13 +191,33 @@ if PADDLER_STATSD_ADDR:
     MIDDLEWARE.insert(0, "django_statsd.middleware.StatsdMiddleware")
     MIDDLEWARE.append("django_statsd.middleware.StatsdMiddlewareTimer")
 
+# Production: behind a TLS-terminating proxy, with secure cookies and HSTS.
+# `manage.py check --deploy` is clean with the values the README gives.
+PADDLER_SECURE_COOKIES = env_bool("PADDLER_SECURE_COOKIES", False)
+SESSION_COOKIE_SECURE = PADDLER_SECURE_COOKIES
+CSRF_COOKIE_SECURE = PADDLER_SECURE_COOKIES
+SESSION_COOKIE_HTTPONLY = True
+if env_bool("PADDLER_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("PADDLER_SSL_REDIRECT", False)
+# Health checks come over plain HTTP from inside the deployment.
+SECURE_REDIRECT_EXEMPT = [r"^health$"]
+SECURE_HSTS_SECONDS = env_int("PADDLER_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("PADDLER_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("PADDLER_HSTS_PRELOAD", True)
+X_FRAME_OPTIONS = "DENY"
+
+LOG_FORMAT = env_choice("PADDLER_LOG_FORMAT", "plain", ("plain", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "paddler_project.logging.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}
+    },
     "root": {"handlers": ["console"], "level": env_str("PADDLER_LOG_LEVEL", "INFO")},
     "loggers": {
         "django.channels.server": {"level": "WARNING"},

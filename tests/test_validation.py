@@ -69,3 +69,20 @@ def test_message_content_must_be_text_or_parts() -> None:
             {"conversation_history": [{"role": "user", "content": 3}], "max_tokens": 1}
         )
     assert error.value.field == "conversation_history[0].content"
+
+
+def test_fast_ndjson_token_line_is_the_envelope_json() -> None:
+    import json
+
+    from inference.views import ndjson_line, paddler_envelope
+
+    for text in [" plain", 'say "hi"', "line\nbreak", "émoji 🚲", "\\", ""]:
+        item = {
+            "request_id": "abc",
+            "response": {"GeneratedToken": {"ContentToken": text}},
+            "error": None,
+            "final": False,
+            "meta": None,
+        }
+        line = ndjson_line(item, 'agent "one"')  # type: ignore[arg-type]
+        assert line == json.dumps(paddler_envelope(item, 'agent "one"')) + "\n"  # type: ignore[arg-type]

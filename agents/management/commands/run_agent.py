@@ -34,6 +34,12 @@ class Command(BaseCommand):
             "(default: the desired state's n_gpu_layers)",
         )
         parser.add_argument(
+            "--backend",
+            choices=("llama", "synthetic"),
+            default="llama",
+            help="'synthetic' emits tokens without a model (benchmarks only)",
+        )
+        parser.add_argument(
             "--shutdown-grace",
             type=float,
             default=10.0,
@@ -49,6 +55,7 @@ class Command(BaseCommand):
             n_threads=options["threads"],
             n_gpu_layers=options["n_gpu_layers"],
             shutdown_grace_s=options["shutdown_grace"],
+            backend=options["backend"],
         )
         asyncio.run(self._serve(worker))
 
