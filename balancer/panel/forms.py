@@ -7,6 +7,7 @@ Values are checked by the same rules as the management API
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from django import forms
@@ -20,6 +21,7 @@ from inference.desired_state import (
     DesiredState,
     DesiredStateError,
     InferenceParameters,
+    ModelSource,
 )
 
 # Label and one-line help of every inference parameter, in the order shown.
@@ -240,22 +242,26 @@ class DesiredStateForm(forms.Form):
         return "None"
 
     def clean(self) -> dict[str, Any]:
+        """Check every field, so that all errors show at once, then the state."""
         data = super().clean() or {}
-        if self.errors:
-            return data
+        for name in PARAMETERS:
+            if name in data:
+                self._check(InferenceParameters.from_json, {name: data[name]})
+        if "model_source" in data:
+            self._check(ModelSource.from_json, self._model_json(data), "model")
         use_override = data.get("template_choice") == "override"
         template = data.get("chat_template_override", "")
         if use_override and not template.strip():
             self.add_error(
                 "chat_template_override", "Write a template, or use the model's own."
             )
-            return data
-        if use_override:
+        elif use_override:
             try:
                 compile_template(template)
             except ChatTemplateError as error:
                 self.add_error("chat_template_override", str(error))
-                return data
+        if self.errors:
+            return data
         body = {
             "model": self._model_json(data),
             "multimodal_projection": self.current.multimodal_projection.to_json(),
@@ -270,6 +276,12 @@ class DesiredStateForm(forms.Form):
         except DesiredStateError as error:
             self.add_state_error(error)
         return data
+
+    def _check(self, parse: Callable[..., object], *args: Any) -> None:
+        try:
+            parse(*args)
+        except DesiredStateError as error:
+            self.add_state_error(error)
 
     def add_state_error(self, error: DesiredStateError) -> None:
         """Show ``error`` next to the field it names (or above the form)."""

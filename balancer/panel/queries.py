@@ -86,7 +86,12 @@ def agent_models() -> list[AgentModel]:
         meta = _decode(raw_metadata) if raw_metadata is not None else None
         if status is None or meta is None:
             continue
-        template = meta.get("chat_template")
+        # "chat_template" is the one the agent uses (maybe the override); the
+        # model's own is in its GGUF metadata.
+        gguf = meta.get("metadata")
+        template = (
+            gguf.get("tokenizer.chat_template") if isinstance(gguf, dict) else None
+        )
         models.append(
             AgentModel(
                 agent_name=str(status.get("name", "")),
