@@ -43,6 +43,8 @@ CLAIM_LEASE_MS = 15_000
 BUFFER_POLL_S = 0.05
 # How often a stream waiting for output checks that its agent is alive.
 LIVENESS_CHECK_S = 1.0
+# How old the registry read that routes a request may be.
+AGENTS_CACHE_S = 0.05
 # How often a web process checks that Redis still holds the desired state.
 DESIRED_STATE_CHECK_S = 2.0
 
@@ -266,6 +268,28 @@ class Dispatcher:
         self._tasks: list[asyncio.Task[None]] = []
         self._turn = 0
         self._statsd = metrics.statsd_client()
+        self._agents_task: asyncio.Future[list[registry.AgentRecord]] | None = None
+        self._agents_read_at = 0.0
+
+    async def agents(self) -> list[registry.AgentRecord]:
+        """The registry, at most ``AGENTS_CACHE_S`` old.
+
+        Many requests arrive at once under load; one read of the registry
+        serves them all.  Staleness is harmless: the Lua claim checks the
+        agents' slots itself, so a stale list can only order badly, never
+        over-commit.
+        """
+        now = time.monotonic()
+        if self._agents_task is None or (
+            self._agents_task.done() and now - self._agents_read_at > AGENTS_CACHE_S
+        ):
+            self._agents_read_at = now
+            self._agents_task = asyncio.ensure_future(registry.list_agents(self.redis))
+        try:
+            return await asyncio.shield(self._agents_task)
+        except Exception:
+            self._agents_task = None  # read again next time
+            raise
 
     def _ensure_started(self) -> None:
         if not self._tasks:
@@ -359,11 +383,7 @@ class Dispatcher:
         buffered = False
         try:
             while True:
-                agents = {
-                    a.id: a
-                    for a in await registry.list_agents(self.redis)
-                    if a.id not in exclude
-                }
+                agents = {a.id: a for a in await self.agents() if a.id not in exclude}
                 decision = self._decide(list(agents.values()), prefix)
                 acquisition = await registry.acquire_slot(
                     self.redis,
@@ -414,7 +434,7 @@ class Dispatcher:
         }
         layer = get_channel_layer()
         assert layer is not None
-        agents = {a.id: a for a in await registry.list_agents(self.redis)}
+        agents = {a.id: a for a in await self.agents()}
         agent = agents.get(stream.agent_id)
         if agent is not None:
             # If this message is lost, the agent generates up to max_tokens for
@@ -440,12 +460,12 @@ class Dispatcher:
             self._statsd.send(metrics.request_lines(record))
         size = settings.PADDLER_REQUEST_LOG_SIZE
         try:
-            await metrics.count_request(self.redis, record)
-            if size > 0:
-                async with self.redis.pipeline(transaction=False) as pipe:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                metrics.count_request(pipe, record)
+                if size > 0:
                     pipe.lpush(keys.request_log(), json.dumps(record))
                     pipe.ltrim(keys.request_log(), 0, size - 1)
-                    await pipe.execute()
+                await pipe.execute()
         except Exception:
             logger.warning("could not record the request", exc_info=True)
 

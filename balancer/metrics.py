@@ -103,23 +103,24 @@ def request_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
-async def count_request(redis: aioredis.Redis, record: dict[str, Any]) -> None:
-    """Add a finished request to the tier-wide counters behind /metrics."""
+def count_request(pipe: Any, record: dict[str, Any]) -> None:
+    """Add a finished request to the tier-wide counters behind /metrics.
+
+    ``pipe`` is a Redis pipeline: the caller sends these with its own writes.
+    """
     counters = keys.metrics_counters()
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hincrby(counters, f"requests|{record['kind']}|{record['outcome']}", 1)
-        for field, name in TOKENS.items():
-            pipe.hincrby(counters, f"tokens|{name}", int(record.get(field) or 0))
-        for field, name in TIMINGS.items():
-            value = record.get(field)
-            if value is None:
-                continue
-            for bound in BUCKETS_MS:
-                if value <= bound:
-                    pipe.hincrby(counters, f"bucket|{name}|{bound}", 1)
-            pipe.hincrby(counters, f"bucket|{name}|+Inf", 1)
-            pipe.hincrbyfloat(counters, f"sum|{name}", float(value))
-        await pipe.execute()
+    pipe.hincrby(counters, f"requests|{record['kind']}|{record['outcome']}", 1)
+    for field, name in TOKENS.items():
+        pipe.hincrby(counters, f"tokens|{name}", int(record.get(field) or 0))
+    for field, name in TIMINGS.items():
+        value = record.get(field)
+        if value is None:
+            continue
+        for bound in BUCKETS_MS:
+            if value <= bound:
+                pipe.hincrby(counters, f"bucket|{name}|{bound}", 1)
+        pipe.hincrby(counters, f"bucket|{name}|+Inf", 1)
+        pipe.hincrbyfloat(counters, f"sum|{name}", float(value))
 
 
 async def report_fleet(redis: aioredis.Redis, web_id: str) -> None:

@@ -107,6 +107,8 @@ async def balancer_desired_state(request: HttpRequest) -> HttpResponseBase:
         body = json.loads(request.body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         return _bad_request(f"body is not valid JSON: {error}")
+    except RecursionError:
+        return _bad_request("body is nested too deeply")
     try:
         state = DesiredState.from_json(body)
     except DesiredStateError as error:

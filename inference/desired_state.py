@@ -234,7 +234,7 @@ class DesiredState:
         }
         for key in data:
             if key not in allowed:
-                raise DesiredStateError(key, "unknown field")
+                raise DesiredStateError(key or '""', "unknown field")
         template = data.get("chat_template_override")
         if template is not None:
             if (

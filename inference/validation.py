@@ -23,7 +23,7 @@ def _require_keys(body: Any, allowed: set[str], required: set[str]) -> dict[str,
         raise InvalidRequest("body", "must be a JSON object")
     for key in body:
         if key not in allowed:
-            raise InvalidRequest(key, "unknown field")
+            raise InvalidRequest(key or '""', "unknown field")
     for key in sorted(required):
         if key not in body:
             raise InvalidRequest(key, "is required")

@@ -56,6 +56,8 @@ def read_json(request: HttpRequest) -> Any:
         return json.loads(request.body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InvalidRequest("body", f"is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidRequest("body", "is nested too deeply") from None
 
 
 def ndjson_line(item: OutputItem, agent_name: str) -> str:
