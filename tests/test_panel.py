@@ -8,6 +8,7 @@ Screenshots of every page, on a laptop and on a phone, go to var/screenshots/.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from playwright.sync_api import expect as page_expect
 
 from balancer import keys
 from tests.conftest import AUTH, ROOT, Fleet, WebServer, wait_until
+from tests.model_server import ModelServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -454,5 +456,48 @@ def test_every_page_fits_the_screen(
         allowed = VIEWPORTS[viewport]["width"]
         assert width <= allowed, f"{name} is {width}px wide on a {allowed}px {viewport}"
         tab.screenshot(name, viewport)
+    tab.page.context.close()
+    assert tab.errors == [], "the browser reported errors"
+
+
+def test_dashboard_shows_the_download_of_a_model_chosen_by_url(
+    browser: Browser, fleet: Fleet, model_path: Path, tmp_path: Path
+) -> None:
+    web = fleet.web()
+    manage(
+        web,
+        "from django.contrib.auth.models import User;"
+        f"User.objects.create_user({OPERATOR[0]!r}, password={OPERATOR[1]!r},"
+        " is_staff=True)",
+    )
+    fleet.agent("downloader", 2, env={"PADDLER_CACHE_DIR": str(tmp_path / "cache")})
+    web.wait_for_ready_agents(1, timeout=AGENT_READY_S)
+    tab = open_tab(browser, web)
+    tab.goto("/model/")
+    tab.log_in(*OPERATOR)
+    page = tab.page
+    page.wait_for_url(f"{web.url}/model/")
+    with ModelServer(model_path) as server:
+        server.throttle = 50_000_000  # bytes/s: about 5 s for the model
+        url = f"{server.url}/files/{server.filename}"
+        page.check("input[name=model_source][value=Url]")
+        page_expect(page.locator("#id_local_path")).to_be_hidden()
+        page.fill("#id_model_url", url)
+        page.click("button:has-text('Save and apply')")
+        page.wait_for_url(f"{web.url}/")
+        card = page.locator(".agent", has_text="downloader")
+        download = card.locator(".download")
+        page_expect(download).to_be_visible(timeout=30_000)
+        size_mb = model_path.stat().st_size / 1e6
+        page_expect(download.locator(".download-value")).to_have_text(
+            re.compile(rf"\d+% · [\d.]+ of {size_mb:.1f} MB")
+        )
+        page_expect(download.locator(".download-file")).to_contain_text(server.filename)
+        tab.screenshot("dashboard-download")
+        page_expect(card.locator(".badge")).to_have_text(
+            "Applied", timeout=AGENT_READY_S * 1000
+        )
+        page_expect(download).to_be_hidden()
+        page_expect(card.locator(".agent-model")).to_contain_text(server.filename)
     tab.page.context.close()
     assert tab.errors == [], "the browser reported errors"

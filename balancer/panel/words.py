@@ -14,7 +14,7 @@ STATUS_WORDS = {
     "Fresh": "Applying the desired state (draining, then loading the model)",
     "Applied": "Serving the desired state",
     "AttemptedAndRetrying": "Applying the desired state failed; retrying",
-    "AttemptedAndNotAppliable": "Cannot apply the desired state (see the issues)",
+    "AttemptedAndNotAppliable": "Cannot apply the desired state, because:",
     "Stuck": "Stuck applying the desired state",
 }
 

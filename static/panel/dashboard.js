@@ -54,20 +54,24 @@
 
     const download = element("div", "download");
     const downloadRow = element("div", "agent-row");
-    const downloadName = element("span");
-    const downloadValue = element("span");
-    downloadRow.append(downloadName, downloadValue);
+    const downloadValue = element("span", "download-value");
+    downloadRow.append(element("span", null, "Downloading"), downloadValue);
     const downloadMeter = element("div", "meter");
     const downloadBar = element("span");
     downloadMeter.append(downloadBar);
-    download.append(downloadRow, downloadMeter);
+    const downloadName = element("div", "download-file");
+    download.append(downloadRow, downloadMeter, downloadName);
+
+    const templateRow = element("div", "agent-row");
+    const templateValue = element("span", "template-value");
+    templateRow.append(element("span", null, "Chat template"), templateValue);
 
     const status = element("p", "agent-status");
     const issues = element("ul", "issues");
-    card.append(head, slots, download, status, issues);
+    card.append(head, slots, download, templateRow, status, issues);
     const parts = {
       card, name, model, badge, slotsValue, slotsBar, download, downloadName,
-      downloadValue, downloadMeter, downloadBar, status, issues,
+      downloadValue, downloadMeter, downloadBar, templateValue, status, issues,
     };
     cards.set(agent.id, parts);
     return parts;
@@ -99,17 +103,21 @@
       (agent.download_total > 0 && agent.download_current < agent.download_total);
     parts.download.hidden = !downloading;
     if (downloading) {
-      parts.downloadName.textContent = `Downloading ${agent.download_filename || "the model"}`;
+      parts.downloadName.textContent = agent.download_filename || "";
+      parts.downloadName.title = agent.download_filename || "";
       parts.downloadMeter.classList.toggle("indeterminate", !!agent.download_indeterminate);
       if (agent.download_total > 0) {
         const fraction = agent.download_current / agent.download_total;
         parts.downloadValue.textContent =
-          `${Math.floor(fraction * 100)}% · ${megabytes(agent.download_current)} of ${megabytes(agent.download_total)}`;
+          `${Math.floor(fraction * 100)}% · ${number(agent.download_current / 1e6, 1)} of ${megabytes(agent.download_total)}`;
         setMeter(parts.downloadBar, fraction);
       } else {
         parts.downloadValue.textContent = megabytes(agent.download_current || 0);
       }
     }
+    parts.templateValue.textContent = agent.uses_chat_template_override
+      ? "override"
+      : "the model's own";
     parts.status.textContent = agent.status_words;
     parts.issues.replaceChildren(
       ...(agent.issues_explained || []).map((text) => element("li", null, text)),
