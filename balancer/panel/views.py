@@ -48,7 +48,15 @@ staff_required = user_passes_test(_is_staff)
 class PanelLoginView(LoginView):
     template_name = "panel/login.html"
     authentication_form = StaffAuthenticationForm
-    redirect_authenticated_user = True
+
+    def dispatch(
+        self, request: HttpRequest, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        # Staff who are logged in already go on; anyone else logs in (a user
+        # who lost staff status would otherwise bounce between the two pages).
+        if _is_staff(request.user):
+            return redirect(self.get_success_url())
+        return super().dispatch(request, *args, **kwargs)
 
 
 @require_GET
