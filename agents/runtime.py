@@ -282,6 +282,21 @@ class Engine:
             )
         )
 
+    def warm_up(self) -> None:
+        """Run one small decode, so the first request does not pay for the
+        backend's first-use work (buffer allocation, weight repacking)."""
+        bos = llama_cpp.llama_vocab_bos(self._vocab)
+        batch = self._batch
+        for index in range(min(8, self._n_batch)):
+            batch.token[index] = bos
+            batch.pos[index] = index
+            batch.n_seq_id[index] = 1
+            batch.seq_id[index][0] = 0
+            batch.logits[index] = index == 7
+        batch.n_tokens = min(8, self._n_batch)
+        llama_cpp.llama_decode(self._context, batch)
+        llama_cpp.llama_memory_seq_rm(self._memory, 0, 0, -1)
+
     # ----------------------------------------------------------- public API
     def submit(self, job: Generation) -> None:
         self._commands.put(("submit", job))

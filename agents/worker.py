@@ -477,6 +477,7 @@ class AgentWorker:
                 [{"ModelCannotBeLoaded": str(error)}], "AttemptedAndNotAppliable"
             )
             return
+        await asyncio.to_thread(engine.warm_up)
         self._start_engine(engine)
         await self._store_metadata(engine)
         self.status.model_path = path
