@@ -176,7 +176,7 @@ def applicable_state(fleet: Fleet) -> dict[str, Any]:
 def newest_requests(fleet: Fleet) -> list[dict[str, Any]]:
     client = fleet.client()
     try:
-        return [json.loads(raw) for raw in client.lrange(keys.request_log(), 0, 9)]
+        return [json.loads(raw) for raw in client.lrange(keys.request_log(), 0, -1)]
     finally:
         client.close()
 
@@ -333,7 +333,7 @@ def test_playground_streams_tokens_and_stop_frees_the_slot(
     page_expect(page.locator("#run-status")).to_contain_text("Done", timeout=60_000)
     assert int(page.locator("#fact-tokens").inner_text()) > 0
     page_expect(page.locator("#fact-prompt")).to_contain_text("cached")
-    tab.screenshot("prompt")
+    tab.screenshot("prompt-chat")
 
     # A long answer, stopped after a few tokens: the slot is free long before
     # the answer could have ended.
@@ -353,17 +353,21 @@ def test_playground_streams_tokens_and_stop_frees_the_slot(
         "Stopped after"
     )
     page_expect(page.locator("#send-button")).to_be_enabled()
-    wait_until(
-        lambda: newest_requests(panel_fleet)[0]["outcome"] == "cancelled",
-        15,
-        "the request log to record the cancellation",
-    )
+    try:
+        wait_until(
+            lambda: newest_requests(panel_fleet)[0]["outcome"] == "cancelled",
+            30,
+            "the request log to record the cancellation",
+        )
+    except TimeoutError:
+        raise AssertionError(newest_requests(panel_fleet)[:3]) from None
     wait_until(
         lambda: agent_snapshot(web)["slots_processing"] == 0,
-        15,
+        30,
         "the agent to free the slot",
     )
-    assert time.monotonic() - stopped < 15
+    # Far sooner than 2000 tokens take here (minutes).
+    assert time.monotonic() - stopped < 30
     assert newest_requests(panel_fleet)[0]["agent"] == AGENT
 
 
@@ -378,17 +382,22 @@ def test_requests_page_says_where_each_request_went_and_how_it_ended(
     rows = page.locator("table.requests tbody tr")
     page_expect(rows.first).to_be_visible()
     assert rows.count() == len(records)
-    newest = rows.first
-    page_expect(newest.locator("td[data-label=Outcome] .badge")).to_have_text(
-        records[0]["outcome"]
-    )
-    page_expect(newest.locator("td[data-label=Agent]")).to_have_text(AGENT)
-    page_expect(newest.locator("td[data-label='Why there']")).to_have_text(
-        records[0]["why"]
-    )
-    page_expect(newest.locator("td[data-label=Slot]")).to_have_text(
-        str(records[0]["slot"])
-    )
+    done = next(i for i, r in enumerate(records) if r["outcome"] == "done")
+    for index in (0, done):
+        record, row = records[index], rows.nth(index)
+        cells = {
+            "Outcome": record["outcome"],
+            "Agent": record["agent"],
+            "Why there": record["why"],
+            "Slot": "\N{EN DASH}" if record["slot"] is None else str(record["slot"]),
+            "Cached / prompt": (
+                f"{record['cached_prompt_tokens']} / {record['prompt_tokens']}"
+            ),
+            "Tokens": str(record["generated_tokens"]),
+        }
+        for label, text in cells.items():
+            page_expect(row.locator(f"td[data-label='{label}']")).to_have_text(text)
+    assert records[done]["slot"] is not None
     page_expect(page.locator(".badge.ok", has_text="done").first).to_be_visible()
     page.click(".filters a:has-text('Cancelled')")
     page_expect(

@@ -11,6 +11,7 @@ from balancer.panel.words import (
     format_ms,
     outcome_badge,
     outcome_matches,
+    request_row,
 )
 
 
@@ -45,6 +46,15 @@ def test_each_request_counts_in_the_bucket_it_finished_in() -> None:
     # A request without a first token does not pull the mean down.
     assert series["time_to_first_token_ms"][-1] == 100.0
     assert series["queue_wait_ms"][:-2] == [None] * (len(series["requests"]) - 2)
+
+
+def test_a_rate_needs_two_tokens_at_least() -> None:
+    now = 1_000_002.0
+    one_token = record(now, generated_tokens=1, tokens_per_second=140_000.0)
+    series = stats.chart_series([one_token, record(now)], now=now)
+    assert series["tokens_per_second"][-1] == 20.0
+    assert stats.summary([one_token], now=now)["tokens_per_second"] is None
+    assert request_row(one_token)["tokens_per_second"] is None
 
 
 def test_bucket_edges_do_not_move_between_snapshots() -> None:

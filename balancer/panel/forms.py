@@ -303,6 +303,7 @@ class ApiKeyForm(forms.Form):
         label="Name",
         max_length=100,
         help_text="Who or what uses the key, e.g. “mobile app”.",
+        error_messages={"required": "Give the key a name."},
     )
 
 

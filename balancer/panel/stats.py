@@ -16,6 +16,8 @@ WINDOW_S = 300
 BUCKET_S = 5
 # The figures each chart plots: a record field, averaged per bucket.
 SERIES = ("tokens_per_second", "time_to_first_token_ms", "queue_wait_ms")
+# A rate needs two tokens at least: the time of one token is no duration.
+MIN_TOKENS_FOR_RATE = 2
 # Outcomes that are no failure of the platform.
 CALM_OUTCOMES = ("done", "cancelled")
 
@@ -28,6 +30,15 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+def figure(record: dict[str, Any], name: str) -> float | None:
+    """One of ``SERIES`` of a record; None where unknown or meaningless."""
+    if name == "tokens_per_second":
+        generated = _number(record.get("generated_tokens")) or 0
+        if generated < MIN_TOKENS_FOR_RATE:
+            return None
+    return _number(record.get(name))
 
 
 def window_end(now: float, bucket_s: int = BUCKET_S) -> float:
@@ -68,7 +79,7 @@ def chart_series(
             _mean(
                 [
                     value
-                    for value in (_number(record.get(name)) for record in bucket)
+                    for value in (figure(record, name) for record in bucket)
                     if value is not None
                 ]
             )
@@ -97,6 +108,6 @@ def summary(
     }
     for name in SERIES:
         figures[name] = _mean(
-            [v for v in (_number(r.get(name)) for r in recent) if v is not None]
+            [v for v in (figure(r, name) for r in recent) if v is not None]
         )
     return figures

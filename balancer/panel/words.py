@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from balancer.panel.stats import figure
+
 STATUS_WORDS = {
     "Fresh": "Applying the desired state (draining, then loading the model)",
     "Applied": "Serving the desired state",
@@ -123,6 +125,7 @@ def request_row(record: dict[str, Any]) -> dict[str, Any]:
         "badge": outcome_badge(record.get("outcome")),
         "queue_wait": format_ms(record.get("queue_wait_ms")),
         "time_to_first_token": format_ms(record.get("time_to_first_token_ms")),
+        "tokens_per_second": figure(record, "tokens_per_second"),
         "finished_at": (
             datetime.fromtimestamp(finished, tz=UTC)
             if isinstance(finished, (int, float))
