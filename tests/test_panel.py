@@ -490,7 +490,7 @@ def test_dashboard_shows_the_download_of_a_model_chosen_by_url(
         server.throttle = 50_000_000  # bytes/s: about 5 s for the model
         url = f"{server.url}/files/{server.filename}"
         page.check("input[name=model_source][value=Url]")
-        page_expect(page.locator("#id_local_path")).to_be_hidden()
+        page_expect(page.locator("#id_model_local_path")).to_be_hidden()
         page.fill("#id_model_url", url)
         page.click("button:has-text('Save and apply')")
         page.wait_for_url(f"{web.url}/")

@@ -27,7 +27,7 @@ def form_data(**changes: Any) -> dict[str, Any]:
 
 
 def bound(**changes: Any) -> DesiredStateForm:
-    return DesiredStateForm(form_data(**changes), current=DesiredState())
+    return DesiredStateForm(form_data(**changes))
 
 
 def test_an_unchanged_form_gives_back_the_state() -> None:
@@ -55,11 +55,20 @@ def test_a_changed_parameter_is_in_the_state() -> None:
         ({"temperature": "-1"}, "temperature", "Must be 0 or more."),
         ({"n_gpu_layers": "-2"}, "n_gpu_layers", "-1 (all)"),
         ({"context_size": "many"}, "context_size", "Enter a whole number."),
-        ({"local_path": "models/a.gguf"}, "local_path", "absolute path"),
+        ({"model_local_path": "models/a.gguf"}, "model_local_path", "absolute path"),
         (
-            {"model_source": "HuggingFace", "hf_repo_id": "nope"},
-            "hf_repo_id",
+            {"model_source": "HuggingFace", "model_hf_repo_id": "nope"},
+            "model_hf_repo_id",
             "owner/name",
+        ),
+        (
+            {
+                "mmproj_source": "HuggingFace",
+                "mmproj_hf_repo_id": "a/b",
+                "mmproj_hf_filename": "../x",
+            },
+            "mmproj_hf_filename",
+            "file name",
         ),
         ({"model_source": "Url", "model_url": "ftp://x"}, "model_url", "http(s)"),
         (
@@ -87,6 +96,32 @@ def test_an_error_from_the_service_lands_on_its_field() -> None:
     assert form.errors["top_k"] == ["Too big."]
     form.add_state_error(DesiredStateError("somewhere", "wrong"))
     assert form.non_field_errors() == ["somewhere: wrong"]
+
+
+def test_every_model_source_round_trips() -> None:
+    form = bound(
+        model_source="HuggingFace",
+        model_hf_repo_id="owner/repo",
+        model_hf_filename="m.gguf",
+        model_hf_revision="",
+        mmproj_source="Url",
+        mmproj_url="https://example.com/mmproj.gguf",
+    )
+    assert form.is_valid(), form.errors
+    assert form.state is not None
+    assert form.state.model.to_json() == {
+        "HuggingFace": {
+            "repo_id": "owner/repo",
+            "filename": "m.gguf",
+            "revision": "main",
+        }
+    }
+    assert form.state.multimodal_projection.to_json() == {
+        "Url": {"url": "https://example.com/mmproj.gguf"}
+    }
+    again = DesiredStateForm.initial_from(form.state)
+    assert again["model_hf_repo_id"] == "owner/repo"
+    assert again["mmproj_source"] == "Url"
 
 
 def test_the_model_s_own_template_keeps_an_unused_override() -> None:

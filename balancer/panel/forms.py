@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django import forms
@@ -103,20 +104,110 @@ TEMPLATE_CHOICES = [
     ("model", "The model's own template"),
     ("override", "An override"),
 ]
-# Where an error that ``DesiredState.from_json`` names belongs on the form.
-ERROR_FIELDS = {
-    "model": "model_source",
-    "model.LocalToAgent": "local_path",
-    "model.HuggingFace": "hf_repo_id",
-    "model.HuggingFace.repo_id": "hf_repo_id",
-    "model.HuggingFace.filename": "hf_filename",
-    "model.HuggingFace.revision": "hf_revision",
-    "model.Url": "model_url",
-    "model.Url.url": "model_url",
-    "chat_template_override": "chat_template_override",
-    "use_chat_template_override": "template_choice",
-    "default_system_prompt": "default_system_prompt",
+# The desired state's model sources, by the prefix of their form fields.
+SOURCES = {"model": "model", "mmproj": "multimodal_projection"}
+# The fields each kind of source needs, after the prefix.
+SOURCE_FIELDS = {
+    "LocalToAgent": ("local_path",),
+    "HuggingFace": ("hf_repo_id", "hf_filename", "hf_revision"),
+    "Url": ("url",),
 }
+
+
+def _error_fields() -> dict[str, str]:
+    """Where an error that ``DesiredState.from_json`` names belongs on the form."""
+    fields = {
+        "chat_template_override": "chat_template_override",
+        "use_chat_template_override": "template_choice",
+        "default_system_prompt": "default_system_prompt",
+    }
+    for prefix, key in SOURCES.items():
+        fields[key] = f"{prefix}_source"
+        fields[f"{key}.LocalToAgent"] = f"{prefix}_local_path"
+        fields[f"{key}.HuggingFace"] = f"{prefix}_hf_repo_id"
+        for part in ("repo_id", "filename", "revision"):
+            fields[f"{key}.HuggingFace.{part}"] = f"{prefix}_hf_{part}"
+        fields[f"{key}.Url"] = fields[f"{key}.Url.url"] = f"{prefix}_url"
+    return fields
+
+
+ERROR_FIELDS = _error_fields()
+
+
+def _source_fields(prefix: str, label: str, what: str) -> dict[str, forms.Field]:
+    return {
+        f"{prefix}_source": forms.ChoiceField(
+            label=label, choices=MODEL_SOURCES, widget=forms.RadioSelect
+        ),
+        f"{prefix}_local_path": forms.CharField(
+            label="Path on the agent",
+            required=False,
+            help_text=f"Absolute path of the {what} (GGUF) on every agent host.",
+        ),
+        f"{prefix}_hf_repo_id": forms.CharField(
+            label="Repository",
+            required=False,
+            help_text='For example "unsloth/Qwen3-0.6B-GGUF".',
+        ),
+        f"{prefix}_hf_filename": forms.CharField(
+            label="File",
+            required=False,
+            help_text="The GGUF file in that repository.",
+        ),
+        f"{prefix}_hf_revision": forms.CharField(
+            label="Revision",
+            required=False,
+            widget=forms.TextInput(attrs={"placeholder": "main"}),
+            help_text="Branch, tag or commit; main when empty.",
+        ),
+        f"{prefix}_url": forms.CharField(
+            label="URL",
+            required=False,
+            help_text=f"An http(s) URL of the {what}; agents download it once.",
+        ),
+    }
+
+
+def _source_initial(prefix: str, source: ModelSource) -> dict[str, Any]:
+    return {
+        f"{prefix}_source": source.kind,
+        f"{prefix}_local_path": source.local_path,
+        f"{prefix}_hf_repo_id": source.repo_id,
+        f"{prefix}_hf_filename": source.filename,
+        f"{prefix}_hf_revision": source.revision,
+        f"{prefix}_url": source.url,
+    }
+
+
+def _source_json(prefix: str, data: dict[str, Any]) -> str | dict[str, Any]:
+    """The serde form of the source that ``prefix``'s fields describe."""
+
+    def value(name: str) -> str:
+        return str(data.get(f"{prefix}_{name}") or "").strip()
+
+    kind = data.get(f"{prefix}_source")
+    if kind == "LocalToAgent":
+        return {"LocalToAgent": value("local_path")}
+    if kind == "HuggingFace":
+        return {
+            "HuggingFace": {
+                "repo_id": value("hf_repo_id"),
+                "filename": value("hf_filename"),
+                "revision": value("hf_revision") or "main",
+            }
+        }
+    if kind == "Url":
+        return {"Url": {"url": value("url")}}
+    return "None"
+
+
+@dataclass(frozen=True)
+class SourceGroup:
+    """A model source's fields, as the template lays them out."""
+
+    prefix: str
+    choice: forms.BoundField
+    variants: list[tuple[str, list[forms.BoundField]]]
 
 
 def _parameter_field(spec: dataclasses.Field[Any]) -> forms.Field:
@@ -146,37 +237,9 @@ def form_field_for(error_field: str) -> str | None:
 class DesiredStateForm(forms.Form):
     """The desired state, as an operator edits it.
 
-    ``current`` supplies what the form does not edit (the multimodal
-    projection).  After ``is_valid()``, ``state`` is the state to save.
+    After ``is_valid()``, ``state`` is the state to save.
     """
 
-    model_source = forms.ChoiceField(
-        label="Model source", choices=MODEL_SOURCES, widget=forms.RadioSelect
-    )
-    local_path = forms.CharField(
-        label="Path on the agent",
-        required=False,
-        help_text="Absolute path of a GGUF file on every agent host.",
-    )
-    hf_repo_id = forms.CharField(
-        label="Repository",
-        required=False,
-        help_text='For example "unsloth/Qwen3-0.6B-GGUF".',
-    )
-    hf_filename = forms.CharField(
-        label="File", required=False, help_text="The GGUF file in that repository."
-    )
-    hf_revision = forms.CharField(
-        label="Revision",
-        required=False,
-        widget=forms.TextInput(attrs={"placeholder": "main"}),
-        help_text="Branch, tag or commit; main when empty.",
-    )
-    model_url = forms.CharField(
-        label="URL",
-        required=False,
-        help_text="An http(s) URL of a GGUF file; agents download it once.",
-    )
     template_choice = forms.ChoiceField(
         label="Chat template", choices=TEMPLATE_CHOICES, widget=forms.RadioSelect
     )
@@ -195,24 +258,22 @@ class DesiredStateForm(forms.Form):
         help_text="Opens every conversation that brings no system message.",
     )
 
-    def __init__(self, *args: Any, current: DesiredState, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.current = current
         self.state: DesiredState | None = None
+        self.fields.update(_source_fields("model", "Model source", "model"))
+        self.fields.update(
+            _source_fields("mmproj", "Multimodal projection", "multimodal projection")
+        )
         fields = {f.name: f for f in dataclasses.fields(InferenceParameters)}
         for name in PARAMETERS:
             self.fields[name] = _parameter_field(fields[name])
 
     @classmethod
     def initial_from(cls, state: DesiredState) -> dict[str, Any]:
-        model = state.model
         initial: dict[str, Any] = {
-            "model_source": model.kind,
-            "local_path": model.local_path,
-            "hf_repo_id": model.repo_id,
-            "hf_filename": model.filename,
-            "hf_revision": model.revision,
-            "model_url": model.url,
+            **_source_initial("model", state.model),
+            **_source_initial("mmproj", state.multimodal_projection),
             "template_choice": (
                 "override" if state.use_chat_template_override else "model"
             ),
@@ -222,24 +283,24 @@ class DesiredStateForm(forms.Form):
         initial.update(state.inference_parameters.to_json())
         return initial
 
+    def source_group(self, prefix: str) -> SourceGroup:
+        return SourceGroup(
+            prefix=prefix,
+            choice=self[f"{prefix}_source"],
+            variants=[
+                (kind, [self[f"{prefix}_{name}"] for name in names])
+                for kind, names in SOURCE_FIELDS.items()
+            ],
+        )
+
+    def model_fields(self) -> SourceGroup:
+        return self.source_group("model")
+
+    def multimodal_fields(self) -> SourceGroup:
+        return self.source_group("mmproj")
+
     def parameter_fields(self) -> list[forms.BoundField]:
         return [self[name] for name in PARAMETERS]
-
-    def _model_json(self, data: dict[str, Any]) -> str | dict[str, Any]:
-        kind = data.get("model_source")
-        if kind == "LocalToAgent":
-            return {"LocalToAgent": data.get("local_path", "").strip()}
-        if kind == "HuggingFace":
-            return {
-                "HuggingFace": {
-                    "repo_id": data.get("hf_repo_id", "").strip(),
-                    "filename": data.get("hf_filename", "").strip(),
-                    "revision": data.get("hf_revision", "").strip() or "main",
-                }
-            }
-        if kind == "Url":
-            return {"Url": {"url": data.get("model_url", "").strip()}}
-        return "None"
 
     def clean(self) -> dict[str, Any]:
         """Check every field, so that all errors show at once, then the state."""
@@ -247,8 +308,9 @@ class DesiredStateForm(forms.Form):
         for name in PARAMETERS:
             if name in data:
                 self._check(InferenceParameters.from_json, {name: data[name]})
-        if "model_source" in data:
-            self._check(ModelSource.from_json, self._model_json(data), "model")
+        for prefix, key in SOURCES.items():
+            if f"{prefix}_source" in data:
+                self._check(ModelSource.from_json, _source_json(prefix, data), key)
         use_override = data.get("template_choice") == "override"
         template = data.get("chat_template_override", "")
         if use_override and not template.strip():
@@ -263,8 +325,8 @@ class DesiredStateForm(forms.Form):
         if self.errors:
             return data
         body = {
-            "model": self._model_json(data),
-            "multimodal_projection": self.current.multimodal_projection.to_json(),
+            "model": _source_json("model", data),
+            "multimodal_projection": _source_json("mmproj", data),
             # An unused override is kept, as Paddler does, unless emptied.
             "chat_template_override": {"content": template} if template else None,
             "use_chat_template_override": use_override,

@@ -86,7 +86,7 @@ async def dashboard_stream(request: HttpRequest) -> HttpResponseBase:
 def model(request: HttpRequest) -> HttpResponse:
     current = desired_state_current()
     if request.method == "POST":
-        form = DesiredStateForm(request.POST, current=current)
+        form = DesiredStateForm(request.POST)
         if form.is_valid() and form.state is not None:
             try:
                 revision = desired_state_update(
@@ -101,9 +101,7 @@ def model(request: HttpRequest) -> HttpResponse:
                 )
                 return redirect("panel:dashboard")
     else:
-        form = DesiredStateForm(
-            initial=DesiredStateForm.initial_from(current), current=current
-        )
+        form = DesiredStateForm(initial=DesiredStateForm.initial_from(current))
     revisions = DesiredStateRevision.objects.newest_first().select_related(
         "created_by"
     )[:REVISIONS_SHOWN]

@@ -11,9 +11,8 @@
   }
 
   function showChosen() {
-    const source = chosen("model_source");
-    for (const block of form.querySelectorAll("[data-source]")) {
-      block.hidden = block.dataset.source !== source;
+    for (const block of form.querySelectorAll("[data-source-group]")) {
+      block.hidden = block.dataset.source !== chosen(`${block.dataset.sourceGroup}_source`);
     }
     const template = chosen("template_choice");
     for (const block of form.querySelectorAll("[data-template]")) {
