@@ -336,6 +336,11 @@ class Engine:
         busy = sum(1 for slot in self._slots if slot.busy) + len(self._waiting)
         return busy + (self._embedder.pending if self._embedder else 0)
 
+    def destinations(self) -> dict[str, Any]:
+        """Request id -> destination of everything in flight (any thread)."""
+        jobs = [slot.job for slot in self._slots] + list(self._waiting)
+        return {job.request_id: job.destination for job in jobs if job is not None}
+
     def slot_states(self) -> list[dict[str, Any]]:
         """Per slot: busy or not, and the routing hashes of what it holds."""
         return [
@@ -1038,6 +1043,10 @@ class SyntheticEngine:
     @property
     def slots_processing(self) -> int:
         return len(self._active) + len(self._waiting)
+
+    def destinations(self) -> dict[str, Any]:
+        jobs = [job for job, _ in list(self._active.values())] + list(self._waiting)
+        return {job.request_id: job.destination for job in jobs}
 
     def slot_states(self) -> list[dict[str, Any]]:
         busy = len(self._active)

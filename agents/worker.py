@@ -83,6 +83,7 @@ class AgentWorker:
         self._accepting = False
         self._applied_key: str | None = None
         self._lost_redis = False
+        self._webs_missing: set[str] = set()
         self._system_prompt = ""
         self._latest_state: dict[str, Any] | None = None
         self._apply_lock = asyncio.Lock()
@@ -216,9 +217,44 @@ class AgentWorker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            try:
+                await self._cancel_orphans()
+            except Exception:
+                logger.warning("checking web processes failed", exc_info=True)
             self._status_changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._status_changed.wait(), interval)
+
+    async def _cancel_orphans(self) -> None:
+        """Stop generating for web processes that died mid-stream.
+
+        Nobody reads their output any more, and their slots would stay busy
+        until max_tokens; the web process's claims lapse by themselves.
+        """
+        engine = self.engine
+        if engine is None:
+            return
+        in_flight = engine.destinations()
+        inboxes = sorted(set(in_flight.values()))
+        if not inboxes:
+            return
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for inbox in inboxes:
+                pipe.exists(keys.web_alive_for_inbox(inbox))
+            flags = await pipe.execute()
+        # Missing twice in a row: a Redis restart empties it for a moment.
+        missing = {
+            inbox for inbox, alive in zip(inboxes, flags, strict=True) if not alive
+        }
+        dead = missing & self._webs_missing
+        self._webs_missing = missing
+        for request_id, inbox in in_flight.items():
+            if inbox in dead:
+                logger.warning(
+                    "request %s: its web process is gone; cancelling", request_id
+                )
+                engine.cancel(request_id)
 
     async def _rejoin(self) -> None:
         assert self._layer is not None
@@ -253,6 +289,9 @@ class AgentWorker:
         elif kind == "inference.cancel":
             if self.engine is not None:
                 self.engine.cancel(message["request_id"])
+                # The engine frees the slot at its next step: report it then,
+                # not at the next heartbeat.
+                asyncio.get_running_loop().call_later(0.1, self._mark_changed)
         elif kind == "desired_state.changed":
             self._schedule_apply(message["state"])
 

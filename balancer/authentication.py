@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 import hmac
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.middleware.csrf import CsrfViewMiddleware
 
 View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
+Access = Literal["token", "session"]
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
 
 
 def token_matches(header: str | None) -> bool:
@@ -20,21 +24,54 @@ def token_matches(header: str | None) -> bool:
     return hmac.compare_digest(header[len("Bearer ") :].strip(), token)
 
 
-async def is_operator(request: HttpRequest) -> bool:
+async def operator_access(request: HttpRequest) -> Access | None:
+    """How the caller proves to be an operator, or None if it does not.
+
+    A logged-in user who is not staff is no operator: 401, like a stranger.
+    """
     if token_matches(request.headers.get("Authorization")):
-        return True
+        return "token"
     user = await request.auser()
-    return bool(user.is_authenticated and user.is_staff)
+    if user.is_authenticated and user.is_staff:
+        return "session"
+    return None
+
+
+async def is_operator(request: HttpRequest) -> bool:
+    return await operator_access(request) is not None
+
+
+def csrf_rejection(request: HttpRequest) -> HttpResponseBase | None:
+    """The CSRF middleware's verdict on ``request``: None, or its 403.
+
+    Management views are exempt from the middleware because token callers
+    (Paddler's clients) have no CSRF cookie to send.  A browser sends the
+    session cookie along with any cross-site form post, though, so changes
+    made on the strength of a session must carry the CSRF token, as in the
+    admin.
+    """
+
+    def unused(request: HttpRequest) -> HttpResponse:
+        raise AssertionError("the CSRF check never calls the view")
+
+    check = CsrfViewMiddleware(unused)
+    check.process_request(request)
+    return check.process_view(request, unused, (), {})
 
 
 def operator_required(view: View) -> View:
-    """401 unless the caller has the management token or a staff session."""
+    """401 unless the caller has the management token or a staff session.
+
+    A staff session that changes something must also pass the CSRF check
+    (403 otherwise); wrap the view in ``csrf_exempt`` above this decorator.
+    """
 
     @functools.wraps(view)
     async def wrapper(
         request: HttpRequest, *args: Any, **kwargs: Any
     ) -> HttpResponseBase:
-        if not await is_operator(request):
+        access = await operator_access(request)
+        if access is None:
             response = JsonResponse(
                 {
                     "error": "authentication required: send 'Authorization: Bearer "
@@ -44,6 +81,10 @@ def operator_required(view: View) -> View:
             )
             response["WWW-Authenticate"] = 'Bearer realm="paddler-management"'
             return response
+        if access == "session" and request.method not in SAFE_METHODS:
+            rejection = csrf_rejection(request)
+            if rejection is not None:
+                return rejection
         return await view(request, *args, **kwargs)
 
     return wrapper

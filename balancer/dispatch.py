@@ -43,6 +43,10 @@ CLAIM_LEASE_MS = 15_000
 BUFFER_POLL_S = 0.05
 # How often a stream waiting for output checks that its agent is alive.
 LIVENESS_CHECK_S = 1.0
+# A stream whose consumer has not read for this long is cancelled.
+ABANDONED_S = 5.0
+# A web process silent this long is taken for dead by the agents.
+WEB_HEARTBEAT_TTL_MS = 4_000
 # How old the registry read that routes a request may be.
 AGENTS_CACHE_S = 0.05
 # How often a web process checks that Redis still holds the desired state.
@@ -94,6 +98,10 @@ class Stream:
     ended_at: float = 0.0
     slot: int | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    # Whether the consumer is waiting for output now, and when it last did:
+    # a stream nobody reads any more is abandoned (see Dispatcher._reap).
+    reading: bool = False
+    last_read_at: float = field(default_factory=time.monotonic)
 
     async def items(self) -> AsyncIterator[OutputItem]:
         """The output one item at a time (see ``batches``)."""
@@ -120,6 +128,7 @@ class Stream:
         last_item_at = time.monotonic()
         try:
             while True:
+                self.reading = True
                 try:
                     first = await asyncio.wait_for(
                         self.queue.get(), min(LIVENESS_CHECK_S, timeout_s)
@@ -141,6 +150,9 @@ class Stream:
                         return
                     last_item_at = time.monotonic()
                     continue
+                finally:
+                    self.reading = False
+                    self.last_read_at = time.monotonic()
                 pending = [first]
                 while not self.queue.empty():
                     pending.append(self.queue.get_nowait())
@@ -296,6 +308,8 @@ class Dispatcher:
             self._tasks = [
                 asyncio.create_task(self._read_inbox(), name="paddler-inbox"),
                 asyncio.create_task(self._renew_leases(), name="paddler-leases"),
+                asyncio.create_task(self._heartbeat(), name="paddler-web-heartbeat"),
+                asyncio.create_task(self._reap(), name="paddler-reaper"),
                 asyncio.create_task(
                     self._keep_desired_state(), name="paddler-desired-state"
                 ),
@@ -511,6 +525,48 @@ class Dispatcher:
             except Exception:
                 logger.warning("could not check the desired state", exc_info=True)
             await asyncio.sleep(DESIRED_STATE_CHECK_S)
+
+    async def _reap(self) -> None:
+        """Cancel streams that nobody reads any more.
+
+        A client that went away before its response started leaves a stream
+        whose generator never runs, so no ``finally`` of it ever frees the
+        slot; and a consumer that stopped reading holds a slot for nothing.
+        Either way the agent is told to stop and the claim is released, and a
+        reader that comes back finds an error at the end of its stream.
+        """
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for stream in list(self._streams.values()):
+                if stream.reading or now - stream.last_read_at < ABANDONED_S:
+                    continue
+                logger.warning(
+                    "request %s: nobody read its output for %.0fs; cancelling",
+                    stream.request_id,
+                    now - stream.last_read_at,
+                )
+                try:
+                    await self.finish(stream)
+                except Exception:
+                    logger.warning(
+                        "cancelling an abandoned stream failed", exc_info=True
+                    )
+                stream.queue.put_nowait(
+                    stream._end_with(408, "The client stopped reading its stream")
+                )
+
+    async def _heartbeat(self) -> None:
+        """Tell agents this process is alive: they stop generating for the
+        streams of a web process that died (see agents.worker)."""
+        while True:
+            try:
+                await self.redis.set(
+                    keys.web_alive(self.web_id), 1, px=WEB_HEARTBEAT_TTL_MS
+                )
+            except Exception:
+                logger.warning("web heartbeat failed", exc_info=True)
+            await asyncio.sleep(WEB_HEARTBEAT_TTL_MS / 4000)
 
     async def _renew_leases(self) -> None:
         while True:

@@ -51,6 +51,16 @@ def web_inbox(web_id: str) -> str:
     return f"{PREFIX}web:{web_id}:inbox"
 
 
+def web_alive(web_id: str) -> str:
+    """Heartbeat of one web process; expires when the process dies."""
+    return f"{PREFIX}web:{web_id}:alive"
+
+
+def web_alive_for_inbox(inbox: str) -> str:
+    """The heartbeat key of the web process that reads ``inbox``."""
+    return inbox.removesuffix(":inbox") + ":alive"
+
+
 def request_log() -> str:
     """List of the most recent finished requests (JSON records), newest first."""
     return f"{PREFIX}requests"

@@ -47,17 +47,83 @@ def desired_state_current() -> DesiredState:
     return DesiredState() if revision is None else revision.to_state()
 
 
+def desired_state_history(*, limit: int) -> list[DesiredStateRevision]:
+    """The newest ``limit`` revisions, newest first, with who made them."""
+    return list(
+        DesiredStateRevision.objects.newest_first().select_related("created_by")[:limit]
+    )
+
+
 def desired_state_update(
     *, state: DesiredState, user: Any = None, note: str = ""
 ) -> DesiredStateRevision:
-    """Store ``state`` as the newest revision and push it to the agents."""
+    """Store ``state`` as the newest revision and push it to the agents.
+
+    A state equal to the current one adds no revision (nothing changed, and
+    scripts that PUT the same state on every deploy would bury the history),
+    but is published all the same: that restores the Redis key should it have
+    been lost, and agents ignore a state they already apply.  Raises
+    ``DesiredStateError`` for a value the database cannot hold.
+    """
     with transaction.atomic():
-        revision = DesiredStateRevision.objects.create(
-            created_by=user if user is not None and user.is_authenticated else None,
-            note=note,
-            **DesiredStateRevision.fields_from_state(state),
+        newest = desired_state_revision_current()
+        if newest is not None and newest.to_state() == state:
+            revision = newest
+        else:
+            revision = _revision_store(state=state, user=user, note=note)
+    desired_state_publish(state=state)
+    return revision
+
+
+def desired_state_replace(
+    *, data: Any, user: Any = None, note: str = ""
+) -> DesiredStateRevision:
+    """Replace the desired state with a Paddler ``PUT`` body.
+
+    Raises ``DesiredStateError`` naming the field, and changes nothing then.
+    ``default_system_prompt`` is ours, not Paddler's: Paddler's clients do not
+    know it and leave it out of what they put back, so a body without it
+    keeps the current prompt instead of erasing it.
+    """
+    if isinstance(data, dict) and "default_system_prompt" not in data:
+        current = desired_state_current()
+        data = {**data, "default_system_prompt": current.default_system_prompt}
+    return desired_state_update(
+        state=DesiredState.from_json(data), user=user, note=note
+    )
+
+
+def desired_state_roll_back(
+    *, revision_id: int, user: Any = None
+) -> DesiredStateRevision:
+    """Make revision ``revision_id``'s state current again, as a new revision.
+
+    The history only grows: the new revision records who rolled back, when,
+    and to which revision.  Raises ``DesiredStateRevision.DoesNotExist`` for
+    an unknown id, and ``DesiredStateError`` for an old state that today's
+    rules refuse (agents must never be sent what the API would reject).
+    """
+    target = DesiredStateRevision.objects.get(pk=revision_id)
+    state = DesiredState.from_json(target.to_state().to_json())
+    with transaction.atomic():
+        revision = _revision_store(
+            state=state, user=user, note=f"rolled back to revision {target.pk}"
         )
     desired_state_publish(state=state)
+    return revision
+
+
+def _revision_store(
+    *, state: DesiredState, user: Any, note: str
+) -> DesiredStateRevision:
+    revision = DesiredStateRevision(
+        # Token callers are anonymous: the revision then has no author.
+        created_by=user if user is not None and user.is_authenticated else None,
+        note=note,
+        **DesiredStateRevision.fields_from_state(state),
+    )
+    revision.validate_for_storage()
+    revision.save()
     return revision
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import math
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -17,18 +16,29 @@ from django.http import (
     StreamingHttpResponse,
 )
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import (
+    require_GET,
+    require_http_methods,
+    require_POST,
+)
 
 from balancer import keys, registry
 from balancer.authentication import operator_required
 from balancer.dispatch import get_dispatcher
 from balancer.metrics import prometheus_text
-from balancer.services import desired_state_current, desired_state_update
-from inference.desired_state import DesiredState, DesiredStateError
+from balancer.services import (
+    desired_state_current,
+    desired_state_history,
+    desired_state_replace,
+    desired_state_roll_back,
+)
+from balancer.sse import Snapshot, snapshot_events, stream_end
+from inference.desired_state import DesiredStateError
+from inference.models import DesiredStateRevision
 
-# SSE streams look for changes this often, and send a comment when idle.
-STREAM_POLL_S = 0.25
-STREAM_KEEPALIVE_S = 10.0
+# Revisions listed when the caller does not say how many, and at most.
+REVISIONS_DEFAULT_LIMIT = 50
+REVISIONS_MAX_LIMIT = 1000
 
 
 def _bad_request(message: str, field: str | None = None) -> JsonResponse:
@@ -50,23 +60,13 @@ async def buffer_snapshot() -> dict[str, Any]:
     return {"buffered_requests_current": count}
 
 
-def _sse(snapshot: Callable[[], Awaitable[dict[str, Any]]]) -> StreamingHttpResponse:
-    async def events() -> AsyncIterator[str]:
-        last: str | None = None
-        idle = 0.0
-        while True:
-            current = json.dumps(await snapshot())
-            if current != last:
-                last = current
-                idle = 0.0
-                yield f"data: {current}\n\n"
-            elif idle >= STREAM_KEEPALIVE_S:
-                idle = 0.0
-                yield ": keep-alive\n\n"
-            await asyncio.sleep(STREAM_POLL_S)
-            idle += STREAM_POLL_S
-
-    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+def _sse(request: HttpRequest, snapshot: Snapshot) -> StreamingHttpResponse:
+    events = snapshot_events(
+        snapshot,
+        keepalive_s=settings.PADDLER_SSE_KEEPALIVE_MS / 1000,
+        end=stream_end(getattr(request, "scope", {})),
+    )
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
@@ -81,7 +81,7 @@ async def agents(request: HttpRequest) -> HttpResponseBase:
 @require_GET
 @operator_required
 async def agents_stream(request: HttpRequest) -> HttpResponseBase:
-    return _sse(agents_snapshot)
+    return _sse(request, agents_snapshot)
 
 
 @require_GET
@@ -93,9 +93,21 @@ async def buffered_requests(request: HttpRequest) -> HttpResponseBase:
 @require_GET
 @operator_required
 async def buffered_requests_stream(request: HttpRequest) -> HttpResponseBase:
-    return _sse(buffer_snapshot)
+    return _sse(request, buffer_snapshot)
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large for a number")
+    return value
+
+
+# CSRF: token callers have no CSRF cookie; operator_required checks sessions.
 @csrf_exempt
 @require_http_methods(["GET", "PUT"])
 @operator_required
@@ -104,17 +116,68 @@ async def balancer_desired_state(request: HttpRequest) -> HttpResponseBase:
         state = await sync_to_async(desired_state_current)()
         return JsonResponse(state.to_json())
     try:
-        body = json.loads(request.body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return _bad_request(f"body is not valid JSON: {error}")
+        # NaN and infinities (Python reads "NaN", "Infinity" and 1e999) would
+        # pass the range checks and then not round-trip through standard JSON.
+        body = json.loads(
+            request.body,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
+    except (ValueError, UnicodeDecodeError) as error:
+        return _bad_request(f"body is not valid JSON: {error}", "body")
     except RecursionError:
-        return _bad_request("body is nested too deeply")
+        return _bad_request("body is nested too deeply", "body")
+    user = await request.auser()
     try:
-        state = DesiredState.from_json(body)
+        await sync_to_async(desired_state_replace)(data=body, user=user, note="API")
     except DesiredStateError as error:
         return _bad_request(str(error), error.field)
+    return HttpResponse(status=204)
+
+
+def _revision_json(revision: DesiredStateRevision) -> dict[str, Any]:
+    return {
+        "id": revision.pk,
+        "created_at": revision.created_at.isoformat(),
+        "created_by": (
+            None if revision.created_by is None else revision.created_by.get_username()
+        ),
+        "note": revision.note,
+        "state": revision.to_state().to_json(),
+    }
+
+
+@require_GET
+@operator_required
+async def balancer_desired_state_revisions(request: HttpRequest) -> HttpResponseBase:
+    """The history of the desired state, newest first (``?limit=``, default 50)."""
+    raw = request.GET.get("limit", str(REVISIONS_DEFAULT_LIMIT))
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= REVISIONS_MAX_LIMIT:
+        return _bad_request(
+            f"limit: must be an integer from 1 to {REVISIONS_MAX_LIMIT}", "limit"
+        )
+    revisions = await sync_to_async(desired_state_history)(limit=limit)
+    return JsonResponse({"revisions": [_revision_json(r) for r in revisions]})
+
+
+@csrf_exempt
+@require_POST
+@operator_required
+async def balancer_desired_state_roll_back(
+    request: HttpRequest, revision_id: int
+) -> HttpResponseBase:
+    """Make an earlier revision's state current again (as a new revision)."""
     user = await request.auser()
-    await sync_to_async(desired_state_update)(state=state, user=user, note="API")
+    try:
+        await sync_to_async(desired_state_roll_back)(revision_id=revision_id, user=user)
+    except DesiredStateRevision.DoesNotExist:
+        return JsonResponse({"error": f"no revision {revision_id}"}, status=404)
+    except DesiredStateError as error:
+        return _bad_request(str(error), error.field)
     return HttpResponse(status=204)
 
 

@@ -62,6 +62,33 @@ def validate_grammar(value: Any) -> dict[str, str] | None:
     raise InvalidRequest("grammar.type", 'must be "gbnf" or "json_schema"')
 
 
+def validate_tools(value: Any, field: str = "tools") -> list[dict[str, Any]]:
+    """Function tools, as Paddler and OpenAI declare them, for the template."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidRequest(field, "must be a list of tools")
+    for index, tool in enumerate(value):
+        where = f"{field}[{index}]"
+        if not isinstance(tool, dict):
+            raise InvalidRequest(where, "must be an object")
+        if tool.get("type", "function") != "function":
+            raise InvalidRequest(f"{where}.type", 'must be "function"')
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise InvalidRequest(f"{where}.function", "must be an object")
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"{where}.function.name", "must be a non-empty string")
+        description = function.get("description")
+        if description is not None and not isinstance(description, str):
+            raise InvalidRequest(f"{where}.function.description", "must be a string")
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise InvalidRequest(f"{where}.function.parameters", "must be an object")
+    return [dict(tool) for tool in value]
+
+
 def validate_raw_prompt(body: Any) -> dict[str, Any]:
     body = _require_keys(
         body, {"raw_prompt", "max_tokens", "grammar"}, {"raw_prompt", "max_tokens"}
@@ -119,16 +146,13 @@ def validate_conversation(body: Any) -> dict[str, Any]:
     for name in ("add_generation_prompt", "enable_thinking"):
         if name in body and not isinstance(body[name], bool):
             raise InvalidRequest(name, "must be true or false")
-    tools = body.get("tools", [])
-    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-        raise InvalidRequest("tools", "must be a list of tool objects")
     return {
         "conversation_history": [_message(i, m) for i, m in enumerate(history)],
         "add_generation_prompt": body.get("add_generation_prompt", True),
         "enable_thinking": body.get("enable_thinking", False),
         "max_tokens": _max_tokens(body["max_tokens"]),
         "grammar": validate_grammar(body.get("grammar")),
-        "tools": tools,
+        "tools": validate_tools(body.get("tools", [])),
     }
 
 

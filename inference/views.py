@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from django.conf import settings
 from django.http import (
     HttpRequest,
     HttpResponse,
@@ -19,6 +18,8 @@ from django.views.decorators.http import require_POST
 
 from balancer.dispatch import InferenceFailure, Stream, get_dispatcher
 from balancer.events import OutputItem
+from inference.access import BodyTooLarge, api_key_required, read_body
+from inference.envelopes import paddler_envelope
 from inference.validation import (
     InvalidRequest,
     validate_conversation,
@@ -37,23 +38,14 @@ def error_response(code: int, description: str) -> JsonResponse:
     )
 
 
-def paddler_envelope(item: OutputItem, agent_name: str) -> dict[str, Any]:
-    """The wire form of one output item (PROTOCOL.md)."""
-    if item["error"] is not None:
-        return {"Error": {"request_id": item["request_id"], "error": item["error"]}}
-    return {
-        "Response": {
-            "generated_by": agent_name,
-            "request_id": item["request_id"],
-            "response": item["response"],
-        }
-    }
+def _unauthorized(description: str) -> JsonResponse:
+    return error_response(401, description)
 
 
 def read_json(request: HttpRequest) -> Any:
-    """The parsed body; ``InvalidRequest`` (or 413 via the caller) otherwise."""
+    """The parsed body; ``InvalidRequest`` or ``BodyTooLarge`` otherwise."""
     try:
-        return json.loads(request.body)
+        return json.loads(read_body(request))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InvalidRequest("body", f"is not valid JSON: {error}") from None
     except RecursionError:
@@ -77,9 +69,21 @@ def ndjson_line(item: OutputItem, agent_name: str) -> str:
     return json.dumps(paddler_envelope(item, agent_name)) + "\n"
 
 
-async def _ndjson(stream: Stream) -> AsyncIterator[bytes]:
-    async for batch in stream.batches():
-        yield "".join(ndjson_line(item, stream.agent_name) for item in batch).encode()
+async def ndjson_lines(stream: Stream) -> AsyncIterator[bytes]:
+    """The stream as NDJSON; closing it early cancels the request.
+
+    When the client disconnects, Django cancels the task serving the response
+    (at whichever await it is in) and closes this iterator; the ``finally``
+    then tells the agent to stop and frees the slot at once, instead of
+    whenever the garbage collector finalizes the generators.  Tokens that
+    arrived together go out in one write.
+    """
+    try:
+        async for batch in stream.batches():
+            lines = (ndjson_line(item, stream.agent_name) for item in batch)
+            yield "".join(lines).encode()
+    finally:
+        await stream.close()
 
 
 async def _stream(kind: str, params: dict[str, Any]) -> HttpResponseBase:
@@ -87,50 +91,37 @@ async def _stream(kind: str, params: dict[str, Any]) -> HttpResponseBase:
         stream = await get_dispatcher().open_stream(kind, params)
     except InferenceFailure as failure:
         return error_response(failure.code, failure.description)
-    return StreamingHttpResponse(_ndjson(stream), content_type="application/json")
+    return StreamingHttpResponse(ndjson_lines(stream), content_type="application/json")
 
 
-def _too_large(request: HttpRequest) -> HttpResponseBase | None:
-    length = request.headers.get("Content-Length")
-    if length and length.isdigit() and int(length) > settings.PADDLER_MAX_REQUEST_BYTES:
-        return error_response(
-            413,
-            f"request body is larger than {settings.PADDLER_MAX_REQUEST_BYTES} bytes",
-        )
-    return None
+async def _serve(
+    request: HttpRequest, kind: str, validate: Callable[[Any], dict[str, Any]]
+) -> HttpResponseBase:
+    try:
+        params = validate(read_json(request))
+    except BodyTooLarge as error:
+        return error_response(413, str(error))
+    except InvalidRequest as error:
+        return error_response(400, str(error))
+    return await _stream(kind, params)
 
 
 @csrf_exempt
 @require_POST
+@api_key_required(_unauthorized)
 async def continue_from_raw_prompt(request: HttpRequest) -> HttpResponseBase:
-    if (response := _too_large(request)) is not None:
-        return response
-    try:
-        params = validate_raw_prompt(read_json(request))
-    except InvalidRequest as error:
-        return error_response(400, str(error))
-    return await _stream("raw_prompt", params)
+    return await _serve(request, "raw_prompt", validate_raw_prompt)
 
 
 @csrf_exempt
 @require_POST
+@api_key_required(_unauthorized)
 async def continue_from_conversation_history(request: HttpRequest) -> HttpResponseBase:
-    if (response := _too_large(request)) is not None:
-        return response
-    try:
-        params = validate_conversation(read_json(request))
-    except InvalidRequest as error:
-        return error_response(400, str(error))
-    return await _stream("conversation", params)
+    return await _serve(request, "conversation", validate_conversation)
 
 
 @csrf_exempt
 @require_POST
+@api_key_required(_unauthorized)
 async def generate_embedding_batch(request: HttpRequest) -> HttpResponseBase:
-    if (response := _too_large(request)) is not None:
-        return response
-    try:
-        params = validate_embedding_batch(read_json(request))
-    except InvalidRequest as error:
-        return error_response(400, str(error))
-    return await _stream("embeddings", params)
+    return await _serve(request, "embeddings", validate_embedding_batch)

@@ -9,6 +9,22 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "paddler_project.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from balancer.sse import EndStreamsOnCancel  # noqa: E402
+from inference.consumers import InferenceSocketConsumer  # noqa: E402
+
+# No origin check on the socket: it authenticates with an API key sent by the
+# client (header or ``token`` parameter), never with cookies, so a page on
+# another origin gains nothing a script elsewhere could not do already.
+application = ProtocolTypeRouter(
+    {
+        # At shutdown, event streams end their responses instead of being
+        # cut off.
+        "http": EndStreamsOnCancel(django_asgi_app),
+        "websocket": URLRouter(
+            [path("api/v1/inference_socket", InferenceSocketConsumer.as_asgi())]
+        ),
+    }
+)

@@ -174,6 +174,15 @@ PADDLER_AGENT_TTL_MS = env_int("PADDLER_AGENT_TTL_MS", 3_000, minimum=500)
 PADDLER_MAX_REQUEST_BYTES = env_int(
     "PADDLER_MAX_REQUEST_BYTES", 4 * 1024 * 1024, minimum=1024
 )
+# Management event streams (SSE) send a comment after this long without a
+# change, so that proxies do not close an idle stream.
+PADDLER_SSE_KEEPALIVE_MS = env_int("PADDLER_SSE_KEEPALIVE_MS", 10_000, minimum=100)
+# Django refuses bodies above this before our views see them (with a 400);
+# the inference views answer 413 themselves, so let Django read up to our limit.
+DATA_UPLOAD_MAX_MEMORY_SIZE = PADDLER_MAX_REQUEST_BYTES
+# Bearer keys of the inference and OpenAI APIs, besides the keys kept (hashed)
+# in the database.  With none of either, those APIs are open.
+PADDLER_INFERENCE_API_KEYS = env_list("PADDLER_INFERENCE_API_KEYS", [])
 PADDLER_CACHE_DIR = env_str(
     "PADDLER_CACHE_DIR", str(Path.home() / ".cache" / "paddler")
 )

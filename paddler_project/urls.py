@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from balancer import views as management
+from inference import openai_views as openai
 from inference import views as inference
 
 urlpatterns = [
@@ -20,11 +21,25 @@ urlpatterns = [
         "api/v1/generate_embedding_batch",
         inference.generate_embedding_batch,
     ),
+    path("v1/chat/completions", openai.chat_completions),
+    path("v1/completions", openai.completions),
+    path("v1/embeddings", openai.embeddings),
+    path("v1/models", openai.models),
+    path("v1/models/<path:model>", openai.retrieve_model),
     path("api/v1/agents", management.agents),
     path("api/v1/agents/stream", management.agents_stream),
     path("api/v1/buffered_requests", management.buffered_requests),
     path("api/v1/buffered_requests/stream", management.buffered_requests_stream),
     path("api/v1/balancer_desired_state", management.balancer_desired_state),
+    # Ours, not Paddler's: the history of the desired state, and roll back.
+    path(
+        "api/v1/balancer_desired_state/revisions",
+        management.balancer_desired_state_revisions,
+    ),
+    path(
+        "api/v1/balancer_desired_state/revisions/<int:revision_id>/roll_back",
+        management.balancer_desired_state_roll_back,
+    ),
     path("api/v1/balancer_applicable_state", management.balancer_applicable_state),
     path(
         "api/v1/agent/<str:agent_id>/chat_template_override",

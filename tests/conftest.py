@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,3 +385,240 @@ def stream_text(lines: list[dict[str, Any]]) -> str:
         for line in lines
         if "Response" in line
     )
+
+
+@pytest.fixture(scope="session")
+def quiet_redis() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    stop_process(server.process)
+
+
+@pytest.fixture(scope="session")
+def quiet_web(quiet_redis: RedisServer, session_tmp: Path) -> Iterator[WebServer]:
+    """A web server on a Redis of its own, which no model-serving agent uses.
+
+    Desired states put there reach no agent, so tests may change it freely.
+    Its event streams send keep-alives every 200 ms, and its buffer gives up
+    after 2 s, so that stream tests see both quickly.
+    """
+    server = start_web(
+        quiet_redis.url,
+        session_tmp,
+        PADDLER_SSE_KEEPALIVE_MS="200",
+        PADDLER_BUFFERED_REQUEST_TIMEOUT_MS="2000",
+    )
+    yield server
+    server.stop()
+
+
+def manage(web: WebServer, *args: str) -> str:
+    """Run ``manage.py`` against ``web``'s database."""
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=web.env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return result.stdout
+
+
+def create_user(web: WebServer, username: str, password: str) -> None:
+    """A staff user in ``web``'s database (the admin lets only staff log in)."""
+    manage(
+        web,
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model; "
+        f"user, _ = get_user_model().objects.get_or_create(username={username!r}); "
+        f"user.is_staff = True; user.set_password({password!r}); user.save()",
+    )
+
+
+def set_staff(web: WebServer, username: str, staff: bool) -> None:
+    # Only the flag: a new password hash would end the user's sessions.
+    manage(
+        web,
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model; "
+        f"get_user_model().objects.filter(username={username!r})"
+        f".update(is_staff={staff!r})",
+    )
+
+
+def log_in(web: WebServer, username: str, password: str) -> httpx.Client:
+    """A client holding a session, logged in through the admin's login form."""
+    client = httpx.Client(base_url=web.url, timeout=10)
+    client.get("/admin/login/").raise_for_status()
+    response = client.post(
+        "/admin/login/?next=/admin/",
+        data={
+            "username": username,
+            "password": password,
+            "csrfmiddlewaretoken": client.cookies["csrftoken"],
+            "next": "/admin/",
+        },
+    )
+    assert response.status_code == 302, response.text
+    assert "sessionid" in client.cookies
+    return client
+
+
+def csrf_headers(client: httpx.Client) -> dict[str, str]:
+    """What a page of ours would send with a change made through a session."""
+    return {"X-CSRFToken": client.cookies["csrftoken"]}
+
+
+@pytest.fixture
+def isolated_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """Settings that publish desired states to the test Redis, from this process.
+
+    The key agents read is cleared first; the group messages reach no agent
+    (the layer prefix is one no agent uses).
+    """
+    from django.test import override_settings
+
+    layers = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [redis_server.url], "prefix": "paddler:test:"},
+        }
+    }
+    with override_settings(REDIS_URL=redis_server.url, CHANNEL_LAYERS=layers):
+        client = redis.Redis.from_url(redis_server.url)
+        client.delete(keys.desired_state())
+        yield client
+        client.close()
+
+
+# ---------------------------------------------------------------- helpers
+# A raw prompt the demo model keeps continuing for hundreds of tokens: for
+# tests that cancel a request while it is still generating.
+ENDLESS_PROMPT = "Count to one thousand: 1, 2, 3, 4, 5, 6, 7, 8,"
+
+
+@contextmanager
+def running_platform(
+    tmp_path: Path,
+    state: dict[str, Any],
+    *,
+    agent_name: str,
+    slots: int = 2,
+    redis_server: RedisServer | None = None,
+    **web_env: str,
+) -> Iterator[WebServer]:
+    """Daphne and one agent serving ``state``, on a Redis of their own unless
+    ``redis_server`` is given (and then left running)."""
+    own_redis = redis_server is None
+    redis_server = redis_server or start_redis()
+    web = start_web(redis_server.url, tmp_path, **web_env)
+    agent: Agent | None = None
+    try:
+        web.put_desired_state(state)
+        agent = start_agent(redis_server.url, tmp_path, agent_name, slots)
+        try:
+            web.wait_for_ready_agents(1)
+        except TimeoutError:
+            raise RuntimeError(agent.log.read_text()[-3000:]) from None
+        yield web
+    finally:
+        if agent is not None:
+            agent.stop()
+        web.stop()
+        if own_redis:
+            stop_process(redis_server.process)
+
+
+@pytest.fixture(scope="session")
+def api_redis() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    stop_process(server.process)
+
+
+@pytest.fixture(scope="session")
+def api_platform(
+    api_redis: RedisServer, session_tmp: Path, greedy_state: dict[str, Any]
+) -> Iterator[WebServer]:
+    """Like ``platform`` (one greedy agent of 2 slots), but a fleet of its own.
+
+    The API tests keep their generations off ``platform``'s agent: a slot's
+    cached prefix changes llama.cpp's batch shapes, and with them the last
+    bits of its logits, which can flip a near-tie in the greedy output that
+    other tests compare with llama-cpp-python's.
+    """
+    tmp = session_tmp / "api"
+    tmp.mkdir(exist_ok=True)
+    with running_platform(
+        tmp, greedy_state, agent_name="agent-api", redis_server=api_redis
+    ) as web:
+        yield web
+
+
+def socket_url(web: WebServer, query: str = "") -> str:
+    url = web.url.replace("http://", "ws://", 1) + "/api/v1/inference_socket"
+    return f"{url}?{query}" if query else url
+
+
+def slots_processing(web: WebServer) -> int:
+    return sum(int(agent["slots_processing"]) for agent in web.agents())
+
+
+def wait_for_idle_slots(web: WebServer, timeout: float) -> float:
+    """Seconds until the agents report no slot processing; TimeoutError after."""
+    started = time.monotonic()
+    wait_until(lambda: slots_processing(web) == 0, timeout, "idle slots")
+    return time.monotonic() - started
+
+
+# How long the agents may take to report an idle slot: they report once a
+# second, a cancelled request does not make them report sooner, and the slot
+# frees at the end of the decode step in progress, which takes seconds on an
+# overloaded test machine.  An uncancelled generation would run for minutes.
+REPORT_LAG_S = 10.0
+# How long a request may wait for its first token once a slot was freed for
+# it: about 0.2 s on an idle machine, but one decode step can take seconds on
+# a shared, overloaded test machine.  Without the cancellation the request
+# would wait for the abandoned generation (minutes) and end with a 504 after
+# the 30 s item timeout, so this bound still tells the two apart.
+FIRST_TOKEN_BUDGET_S = 15.0
+
+
+def claimed_slots(redis_server: RedisServer) -> int:
+    """Slots the web tier holds claims on, across all agents (in Redis)."""
+    import redis
+
+    from balancer import keys
+
+    client = redis.Redis(port=redis_server.port)
+    try:
+        members: set[bytes] = client.smembers(keys.agents_set())  # type: ignore[assignment]
+        return sum(
+            int(client.zcard(keys.agent_claims(agent_id.decode())))
+            for agent_id in members
+        )
+    finally:
+        client.close()
+
+
+def wait_for_claims(redis_server: RedisServer, count: int, timeout: float) -> None:
+    wait_until(lambda: claimed_slots(redis_server) == count, timeout, f"{count} claims")
+
+
+def seconds_to_first_token(web: WebServer, prompt: str = "Hello") -> float:
+    """How long a new raw-prompt request waits for its first token."""
+    started = time.monotonic()
+    with httpx.stream(
+        "POST",
+        f"{web.url}/api/v1/continue_from_raw_prompt",
+        json={"raw_prompt": prompt, "max_tokens": 2},
+        timeout=60,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        first = next(response.iter_lines())
+    assert "ContentToken" in first, first
+    return time.monotonic() - started

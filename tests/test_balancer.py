@@ -242,7 +242,9 @@ def test_two_replicas_never_put_more_requests_on_an_agent_than_it_has_slots(
     stop.set()
     watcher.join()
     assert statuses == [200] * 10
-    assert peak == 2
+    # Reports are up to a heartbeat old, so the peak seen may be lower than
+    # the real one; an over-committed agent queues work and reports more.
+    assert 1 <= peak <= 2
     records = request_log(fleet)
     assert len(records) == 10
     assert all(r["outcome"] == "done" for r in records)

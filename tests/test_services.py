@@ -3,32 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 import redis
-from django.test import override_settings
 
 from balancer import keys
 from balancer.services import desired_state_current, desired_state_update
 from inference.desired_state import DesiredState
 from inference.models import DesiredStateRevision
-from tests.conftest import RedisServer
-
-
-@pytest.fixture
-def isolated_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    layers = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [redis_server.url], "prefix": "paddler:test:"},
-        }
-    }
-    with override_settings(REDIS_URL=redis_server.url, CHANNEL_LAYERS=layers):
-        client = redis.Redis.from_url(redis_server.url)
-        client.delete(keys.desired_state())
-        yield client
-        client.close()
 
 
 @pytest.mark.django_db

@@ -19,6 +19,7 @@ from tests.conftest import ROOT
         ("PADDLER_BUFFERED_REQUEST_TIMEOUT_MS", "0"),
         ("PADDLER_INFERENCE_ITEM_TIMEOUT_MS", "1.5"),
         ("PADDLER_DEBUG", "maybe"),
+        ("PADDLER_SSE_KEEPALIVE_MS", "0"),
         ("REDIS_URL", "http://127.0.0.1:6379"),
     ],
 )

@@ -74,7 +74,8 @@ def test_message_content_must_be_text_or_parts() -> None:
 def test_fast_ndjson_token_line_is_the_envelope_json() -> None:
     import json
 
-    from inference.views import ndjson_line, paddler_envelope
+    from inference.envelopes import paddler_envelope
+    from inference.views import ndjson_line
 
     for text in [" plain", 'say "hi"', "line\nbreak", "émoji 🚲", "\\", ""]:
         item = {

@@ -1,0 +1,39 @@
+"""The Paddler wire form of output items: ``Response`` and ``Error`` envelopes.
+
+Framework-free; shared by the NDJSON views and the inference socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from balancer.events import OutputItem
+
+
+def paddler_envelope(
+    item: OutputItem, agent_name: str, request_id: str | None = None
+) -> dict[str, Any]:
+    """The wire form of one output item (PROTOCOL.md).
+
+    ``request_id`` replaces the dispatcher's own id: on the inference socket
+    envelopes carry the id the client chose.
+    """
+    request_id = item["request_id"] if request_id is None else request_id
+    if item["error"] is not None:
+        return {"Error": {"request_id": request_id, "error": item["error"]}}
+    return {
+        "Response": {
+            "generated_by": agent_name,
+            "request_id": request_id,
+            "response": item["response"],
+        }
+    }
+
+
+def error_envelope(request_id: str, code: int, description: str) -> dict[str, Any]:
+    return {
+        "Error": {
+            "request_id": request_id,
+            "error": {"code": code, "description": description},
+        }
+    }

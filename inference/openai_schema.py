@@ -1,0 +1,768 @@
+"""The OpenAI-compatible API: requests checked and translated, responses shaped.
+
+Framework-free.  Requests are checked field by field, and an unknown field is
+refused as OpenAI refuses it ("Unrecognized request argument supplied"), so a
+client never believes a setting took effect when it did not.  Fields we accept
+but cannot act on (``n``, ``logprobs``, penalties, ...) are accepted only with
+their neutral value.  Agent output is folded into OpenAI's objects here too.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from balancer.events import OutputItem
+from inference.validation import MAX_TOKENS_LIMIT, InvalidRequest, validate_tools
+
+# OpenAI's own limits.
+MAX_STOP_SEQUENCES = 4
+MAX_EMBEDDING_INPUTS = 2048
+# OpenAI's default for /v1/completions; chat completions have none (the
+# slot's context is then the limit).
+COMPLETION_DEFAULT_MAX_TOKENS = 16
+
+# Any JSON object (llama.cpp's json.gbnf, rooted at an object), for
+# ``response_format: {"type": "json_object"}``.  Whitespace is bounded so that a
+# small model cannot pad forever.
+JSON_OBJECT_GBNF = r"""
+root     ::= object
+value    ::= object | array | string | number | ("true" | "false" | "null") ws
+object   ::= "{" ws ( string ":" ws value ("," ws string ":" ws value)* )? "}" ws
+array    ::= "[" ws ( value ("," ws value)* )? "]" ws
+string   ::= "\"" char* "\"" ws
+char     ::= [^"\\\x7F\x00-\x1F] | "\\" (["\\bfnrt/] | "u" [0-9a-fA-F]{4})
+number   ::= integer fraction? exponent? ws
+integer  ::= "-"? ("0" | [1-9] [0-9]{0,15})
+fraction ::= "." [0-9]{1,16}
+exponent ::= [eE] [-+]? [0-9]{1,3}
+ws       ::= | " " | "\n" [ \t]{0,20}
+""".strip()
+
+
+class OpenAIError(Exception):
+    """An error in OpenAI's shape, with the HTTP status to answer it with."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+    @property
+    def type(self) -> str:
+        if self.status >= 500:
+            return "server_error"
+        return "invalid_request_error"
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def invalid(param: str, message: str, code: str | None = None) -> OpenAIError:
+    return OpenAIError(400, f"{param}: {message}", param=param, code=code)
+
+
+# ---------------------------------------------------------------- requests
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A chat or text completion, translated for the agents."""
+
+    model: str
+    # "conversation" or "raw_prompt", and the agent's parameters for it.
+    kind: str
+    params: dict[str, Any]
+    max_tokens: int
+    stream: bool
+    include_usage: bool
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    model: str
+    params: dict[str, Any]
+    count: int
+    encoding_format: str
+
+
+def _object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise OpenAIError(400, "The request body must be a JSON object.")
+    return body
+
+
+def _reject_unknown(body: dict[str, Any], known: frozenset[str]) -> None:
+    for name in body:
+        if name not in known:
+            raise OpenAIError(
+                400,
+                f"Unrecognized request argument supplied: {name}",
+                param=name,
+                code="unknown_parameter",
+            )
+
+
+def _model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("model", "is required and must be a non-empty string")
+    return model
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not _is_number(value) or not low <= value <= high:
+        raise invalid(name, f"must be a number between {low:g} and {high:g}")
+    return float(value)
+
+
+def _integer(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(name, "must be an integer")
+    if not low <= value <= high:
+        raise invalid(name, f"must be between {low} and {high}")
+    return value
+
+
+def _boolean(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise invalid(name, "must be true or false")
+    return value
+
+
+def _neutral(body: dict[str, Any], name: str, *neutral: Any) -> None:
+    """Accept ``name`` only with a value that asks for nothing we cannot do."""
+    value = body.get(name)
+    if value is None or any(value == n and type(value) is type(n) for n in neutral):
+        return
+    accepted = " or ".join(["null", *(json.dumps(n) for n in neutral)])
+    raise invalid(name, f"is not supported here; only {accepted} is accepted")
+
+
+def _stop(value: Any) -> list[str]:
+    if value is None:
+        return []
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise invalid("stop", "must be a string or a list of strings")
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise invalid("stop", f"must hold at most {MAX_STOP_SEQUENCES} sequences")
+    if any(not s for s in stops):
+        raise invalid("stop", "must not contain an empty string")
+    return list(stops)
+
+
+def _stream_options(body: dict[str, Any], stream: bool) -> bool:
+    """Whether the stream ends with a usage chunk."""
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not stream:
+        raise invalid("stream_options", "is only allowed when stream is true")
+    if not isinstance(options, dict):
+        raise invalid("stream_options", "must be an object")
+    for name in options:
+        if name not in ("include_usage", "include_obfuscation"):
+            raise invalid(f"stream_options.{name}", "unknown field")
+    include = options.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise invalid("stream_options.include_usage", "must be true or false")
+    return include
+
+
+def response_format_grammar(value: Any) -> dict[str, str] | None:
+    """The agent grammar that enforces an OpenAI ``response_format``."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise invalid("response_format", "must be an object with a type")
+    kind = value["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "gbnf", "grammar": JSON_OBJECT_GBNF, "root": "root"}
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        if not isinstance(spec, dict):
+            raise invalid("response_format.json_schema", "must be an object")
+        name = spec.get("name")
+        if not isinstance(name, str) or not name:
+            raise invalid(
+                "response_format.json_schema.name", "must be a non-empty string"
+            )
+        schema = spec.get("schema", {})
+        if not isinstance(schema, dict):
+            raise invalid("response_format.json_schema.schema", "must be an object")
+        # The agent turns the schema into a grammar; "strict" changes nothing,
+        # output that follows the grammar always follows the schema.
+        return {"type": "json_schema", "schema": json.dumps(schema)}
+    raise invalid(
+        "response_format.type", 'must be "text", "json_object" or "json_schema"'
+    )
+
+
+def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+    """The per-request sampling fields the agents honour, when given."""
+    params: dict[str, Any] = {}
+    temperature = _number(body, "temperature", 0.0, 2.0)
+    if temperature is not None:
+        params["temperature"] = temperature
+    top_p = _number(body, "top_p", 0.0, 1.0)
+    if top_p is not None:
+        params["top_p"] = top_p
+    seed = _integer(body, "seed", -(2**63), 2**63 - 1)
+    if seed is not None:
+        params["seed"] = seed
+    stops = _stop(body.get("stop"))
+    if stops:
+        params["stop"] = stops
+    return params
+
+
+def _unsupported_defaults(body: dict[str, Any]) -> None:
+    _neutral(body, "n", 1)
+    _neutral(body, "logprobs", False)
+    _neutral(body, "frequency_penalty", 0, 0.0)
+    _neutral(body, "presence_penalty", 0, 0.0)
+    _neutral(body, "logit_bias", {})
+
+
+CHAT_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "n",
+        "logprobs",
+        "top_logprobs",
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "user",
+        "metadata",
+        "store",
+    }
+)
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+# Keys a client echoes back from our own assistant messages; meaningless here.
+_ECHOED_MESSAGE_KEYS = frozenset({"refusal", "annotations", "audio", "function_call"})
+
+
+def _content(where: str, role: str, value: Any) -> str | list[dict[str, Any]]:
+    if isinstance(value, str):
+        return value
+    if value is None and role in ("assistant", "tool"):
+        return ""
+    if not isinstance(value, list):
+        raise invalid(where, "must be a string or a list of content parts")
+    parts: list[dict[str, Any]] = []
+    for index, part in enumerate(value):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise invalid(f"{where}[{index}]", "must be a typed content part")
+        if part["type"] != "text":
+            raise invalid(
+                f"{where}[{index}].type", "only text content parts are supported"
+            )
+        if not isinstance(part.get("text"), str):
+            raise invalid(f"{where}[{index}].text", "must be a string")
+        parts.append({"type": "text", "text": part["text"]})
+    return parts
+
+
+def _chat_message(index: int, value: Any) -> dict[str, Any]:
+    where = f"messages[{index}]"
+    if not isinstance(value, dict):
+        raise invalid(where, "must be an object")
+    role = value.get("role")
+    if role not in CHAT_ROLES:
+        raise invalid(f"{where}.role", f"must be one of {', '.join(CHAT_ROLES)}")
+    message: dict[str, Any] = {
+        # Chat templates know "system"; "developer" is OpenAI's newer name.
+        "role": "system" if role == "developer" else role,
+        "content": _content(f"{where}.content", role, value.get("content")),
+    }
+    for name, item in value.items():
+        if name in ("role", "content") or name in _ECHOED_MESSAGE_KEYS:
+            continue
+        if name in ("name", "tool_call_id"):
+            if not isinstance(item, str):
+                raise invalid(f"{where}.{name}", "must be a string")
+        elif name == "tool_calls":
+            if not isinstance(item, list) or not all(isinstance(c, dict) for c in item):
+                raise invalid(f"{where}.tool_calls", "must be a list of objects")
+        else:
+            raise invalid(f"{where}.{name}", "unknown field")
+        # Templates that render tool calls read these as OpenAI names them.
+        message[name] = item
+    return message
+
+
+def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+    choice = body.get("tool_choice")
+    if choice not in (None, "none", "auto"):
+        raise invalid(
+            "tool_choice",
+            'only "auto" and "none" are supported; tool calls are not enforced',
+        )
+    try:
+        tools = validate_tools(body.get("tools"))
+    except InvalidRequest as error:
+        raise invalid(error.field, error.message) from None
+    # "none": the model must not call a tool, so it is not told about any.
+    return [] if choice == "none" else tools
+
+
+def _max_tokens(body: dict[str, Any], *names: str) -> int | None:
+    for name in names:
+        value = _integer(body, name, 1, MAX_TOKENS_LIMIT)
+        if value is not None:
+            return value
+    return None
+
+
+def parse_chat_request(body: Any) -> GenerationRequest:
+    body = _object(body)
+    _reject_unknown(body, CHAT_FIELDS)
+    model = _model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise invalid("messages", "is required and must be a list of messages")
+    if not messages:
+        raise invalid("messages", "must not be empty")
+    history = [_chat_message(i, m) for i, m in enumerate(messages)]
+    _unsupported_defaults(body)
+    _neutral(body, "top_logprobs", 0)
+    stream = _boolean(body, "stream")
+    max_tokens = (
+        _max_tokens(body, "max_completion_tokens", "max_tokens") or MAX_TOKENS_LIMIT
+    )
+    params: dict[str, Any] = {
+        "conversation_history": history,
+        "add_generation_prompt": True,
+        "enable_thinking": False,
+        "max_tokens": max_tokens,
+        "grammar": response_format_grammar(body.get("response_format")),
+        "tools": _tools(body),
+        **_sampling(body),
+    }
+    return GenerationRequest(
+        model=model,
+        kind="conversation",
+        params=params,
+        max_tokens=max_tokens,
+        stream=stream,
+        include_usage=_stream_options(body, stream),
+    )
+
+
+COMPLETION_FIELDS = frozenset(
+    {
+        "model",
+        "prompt",
+        "stream",
+        "stream_options",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "n",
+        "best_of",
+        "echo",
+        "suffix",
+        "logprobs",
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",
+        "user",
+    }
+)
+
+
+def parse_completion_request(body: Any) -> GenerationRequest:
+    body = _object(body)
+    _reject_unknown(body, COMPLETION_FIELDS)
+    model = _model(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if isinstance(prompt, list):
+        raise invalid("prompt", "must be a single string; send one prompt a request")
+    if not isinstance(prompt, str):
+        raise invalid("prompt", "is required and must be a string")
+    if not prompt:
+        raise invalid("prompt", "must not be empty")
+    _unsupported_defaults(body)
+    _neutral(body, "best_of", 1)
+    _neutral(body, "echo", False)
+    _neutral(body, "suffix", "")
+    stream = _boolean(body, "stream")
+    max_tokens = _max_tokens(body, "max_tokens") or COMPLETION_DEFAULT_MAX_TOKENS
+    return GenerationRequest(
+        model=model,
+        kind="raw_prompt",
+        params={
+            "raw_prompt": prompt,
+            "max_tokens": max_tokens,
+            "grammar": None,
+            **_sampling(body),
+        },
+        max_tokens=max_tokens,
+        stream=stream,
+        include_usage=_stream_options(body, stream),
+    )
+
+
+EMBEDDING_FIELDS = frozenset(
+    {"model", "input", "encoding_format", "dimensions", "user"}
+)
+
+
+def parse_embedding_request(body: Any) -> EmbeddingRequest:
+    """Embeddings come back L2-normalized: OpenAI's are unit length, and
+    clients compare them with a plain dot product."""
+    body = _object(body)
+    _reject_unknown(body, EMBEDDING_FIELDS)
+    model = _model(body)
+    value = body.get("input")
+    inputs = [value] if isinstance(value, str) else value
+    if not isinstance(inputs, list) or not inputs:
+        raise invalid("input", "is required: a string or a non-empty list of strings")
+    if len(inputs) > MAX_EMBEDDING_INPUTS:
+        raise invalid("input", f"must hold at most {MAX_EMBEDDING_INPUTS} strings")
+    for index, text in enumerate(inputs):
+        if not isinstance(text, str):
+            raise invalid(
+                "input", f"[{index}] must be a string; token arrays are not supported"
+            )
+        if not text:
+            raise invalid("input", f"[{index}] must not be empty")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise invalid("encoding_format", 'must be "float" or "base64"')
+    _neutral(body, "dimensions")
+    return EmbeddingRequest(
+        model=model,
+        params={
+            "input_batch": [
+                {"id": str(index), "content": text} for index, text in enumerate(inputs)
+            ],
+            "normalization_method": "L2",
+        },
+        count=len(inputs),
+        encoding_format=encoding,
+    )
+
+
+# ------------------------------------------------------------ agent output
+@dataclass(frozen=True)
+class TextPiece:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The end of a generation, with the agent's token counts."""
+
+    usage: dict[str, Any]
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(
+            int(self.usage.get(name, 0))
+            for name in (
+                "content_tokens",
+                "reasoning_tokens",
+                "tool_call_tokens",
+                "undeterminable_tokens",
+            )
+        )
+
+    def finish_reason(self, max_tokens: int) -> str:
+        # The agent's Done does not say why it stopped; having produced all the
+        # tokens allowed is what "length" means.
+        return "length" if self.completion_tokens >= max_tokens else "stop"
+
+    def openai_usage(self) -> dict[str, Any]:
+        prompt = int(self.usage.get("prompt_tokens", 0))
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": prompt + self.completion_tokens,
+            "prompt_tokens_details": {
+                "cached_tokens": int(self.usage.get("cached_prompt_tokens", 0))
+            },
+        }
+
+
+# Terminal GeneratedToken variants that are the request's fault, by the
+# parameter that caused them.
+_CLIENT_FAULTS = {
+    "ChatTemplateError": ("messages", "chat_template_error"),
+    "GrammarSyntaxError": ("response_format", "invalid_response_format"),
+    "GrammarInitializationFailed": ("response_format", "invalid_response_format"),
+    "MultimodalNotSupported": ("messages", "multimodal_not_supported"),
+}
+# Token variants whose text is part of the answer (reasoning is not).
+_TEXT_VARIANTS = ("ContentToken", "ToolCallToken", "UndeterminableToken")
+
+
+def _item_error(item: OutputItem) -> OpenAIError | None:
+    if item["error"] is None:
+        return None
+    code = int(item["error"].get("code", 500))
+    description = str(item["error"].get("description", "inference failed"))
+    return OpenAIError(code, description)
+
+
+def read_generation_item(item: OutputItem) -> TextPiece | Finished | OpenAIError | None:
+    """What one output item means to an OpenAI client; None: nothing."""
+    error = _item_error(item)
+    if error is not None:
+        return error
+    response = item["response"]
+    token = response.get("GeneratedToken") if isinstance(response, dict) else None
+    if not isinstance(token, dict) or len(token) != 1:
+        return OpenAIError(502, f"unexpected output from the agent: {response!r}")
+    ((variant, payload),) = token.items()
+    if variant in _TEXT_VARIANTS:
+        return TextPiece(str(payload))
+    if variant == "ReasoningToken":
+        return None
+    if variant == "Done":
+        usage = payload.get("usage", {}) if isinstance(payload, dict) else {}
+        return Finished(usage)
+    if variant in _CLIENT_FAULTS:
+        param, code = _CLIENT_FAULTS[variant]
+        return OpenAIError(400, f"{variant}: {payload}", param=param, code=code)
+    return OpenAIError(500, f"{variant}: {payload}")
+
+
+@dataclass
+class EmbeddingResults:
+    """Vectors gathered from an embedding stream, by input index."""
+
+    count: int
+    vectors: dict[int, list[float]] = field(default_factory=dict)
+    done: bool = False
+
+    def add(self, item: OutputItem) -> None:
+        """Take one output item; raises ``OpenAIError`` for a failure."""
+        error = _item_error(item)
+        if error is not None:
+            raise error
+        response = item["response"]
+        payload = response.get("Embedding") if isinstance(response, dict) else None
+        if payload == "Done":
+            self.done = True
+            return
+        if isinstance(payload, dict) and "Error" in payload:
+            raise invalid("input", str(payload["Error"]))
+        embedding = payload.get("Embedding") if isinstance(payload, dict) else None
+        if not isinstance(embedding, dict):
+            raise OpenAIError(502, f"unexpected output from the agent: {response!r}")
+        index = int(embedding["source_document_id"])
+        self.vectors[index] = list(embedding["embedding"])
+
+    def response(self, model: str, encoding_format: str) -> dict[str, Any]:
+        missing = [i for i in range(self.count) if i not in self.vectors]
+        if missing:
+            raise OpenAIError(502, f"the agent returned no vector for input {missing}")
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "object": "embedding",
+                    "index": index,
+                    "embedding": encode_vector(self.vectors[index], encoding_format),
+                }
+                for index in range(self.count)
+            ],
+            "model": model,
+            # Agents do not report embedding token counts (yet).
+            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+        }
+
+
+def encode_vector(vector: list[float], encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        # OpenAI's base64 form: little-endian float32.
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+# -------------------------------------------------------------- responses
+@dataclass(frozen=True)
+class Reply:
+    """Identity of one response: every chunk of a stream repeats it."""
+
+    id: str
+    model: str
+    created: int
+
+    @classmethod
+    def new(cls, prefix: str, model: str) -> Reply:
+        return cls(f"{prefix}-{uuid.uuid4().hex}", model, int(time.time()))
+
+    def chat_chunk(
+        self,
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        *,
+        with_usage: bool = False,
+    ) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            ],
+        }
+        if with_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def usage_chunk(self, kind: str, usage: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage,
+        }
+
+    def chat_completion(
+        self, text: str, finished: Finished, max_tokens: int
+    ) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": finished.finish_reason(max_tokens),
+                }
+            ],
+            "usage": finished.openai_usage(),
+        }
+
+    def completion_chunk(
+        self, text: str, finish_reason: str | None = None, *, with_usage: bool = False
+    ) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "text": text,
+                    "logprobs": None,
+                    "finish_reason": finish_reason,
+                }
+            ],
+        }
+        if with_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def completion(
+        self, text: str, finished: Finished, max_tokens: int
+    ) -> dict[str, Any]:
+        response = self.completion_chunk(text, finished.finish_reason(max_tokens))
+        response["usage"] = finished.openai_usage()
+        return response
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+# ----------------------------------------------------------------- models
+def model_id(path_or_url: str) -> str:
+    """The name clients use for a model: its file name without ``.gguf``."""
+    name = PurePosixPath(path_or_url.rstrip("/")).name or path_or_url
+    return name.removesuffix(".gguf")
+
+
+def model_id_of_source(source: Any) -> str | None:
+    """The model id of a desired-state model source (Paddler's serde form)."""
+    if not isinstance(source, dict) or len(source) != 1:
+        return None
+    ((kind, value),) = source.items()
+    if kind == "LocalToAgent" and isinstance(value, str):
+        return model_id(value)
+    if kind == "HuggingFace" and isinstance(value, dict):
+        return model_id(str(value.get("filename", ""))) or None
+    if kind == "Url" and isinstance(value, dict):
+        return model_id(str(value.get("url", ""))) or None
+    return None
+
+
+def model_object(identifier: str) -> dict[str, Any]:
+    # Agents do not report when their model was made; 0 is "unknown".
+    return {"id": identifier, "object": "model", "created": 0, "owned_by": "paddler"}
+
+
+def models_list(identifiers: list[str]) -> dict[str, Any]:
+    return {"object": "list", "data": [model_object(i) for i in identifiers]}

@@ -1,0 +1,233 @@
+"""The OpenAI-compatible API: /v1/chat/completions, /v1/completions,
+/v1/embeddings and /v1/models.
+
+Thin: ``openai_schema`` checks and translates; the dispatcher does the rest,
+exactly as for the Paddler endpoints, so greedy output is the same on both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.http import (
+    HttpRequest,
+    HttpResponseBase,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from balancer import keys, registry
+from balancer.dispatch import InferenceFailure, Stream, get_dispatcher
+from inference.access import BodyTooLarge, api_key_required, read_body
+from inference.openai_schema import (
+    SSE_DONE,
+    EmbeddingResults,
+    Finished,
+    GenerationRequest,
+    OpenAIError,
+    Reply,
+    TextPiece,
+    model_id,
+    model_id_of_source,
+    model_object,
+    models_list,
+    parse_chat_request,
+    parse_completion_request,
+    parse_embedding_request,
+    read_generation_item,
+    sse,
+)
+
+
+def error_response(error: OpenAIError) -> JsonResponse:
+    return JsonResponse(error.body(), status=error.status)
+
+
+def _unauthorized(message: str) -> JsonResponse:
+    return error_response(OpenAIError(401, message, code="invalid_api_key"))
+
+
+def _json(request: HttpRequest) -> Any:
+    try:
+        return json.loads(read_body(request))
+    except BodyTooLarge as error:
+        raise OpenAIError(413, str(error), code="request_too_large") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise OpenAIError(400, f"The body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise OpenAIError(400, "The body is nested too deeply.") from None
+
+
+async def _open(kind: str, params: dict[str, Any]) -> Stream:
+    try:
+        return await get_dispatcher().open_stream(kind, params)
+    except InferenceFailure as failure:
+        raise OpenAIError(failure.code, failure.description) from None
+
+
+async def _collect(stream: Stream) -> tuple[str, Finished]:
+    """The whole text of a generation, or ``OpenAIError``."""
+    pieces: list[str] = []
+    try:
+        async for item in stream.items():
+            event = read_generation_item(item)
+            if isinstance(event, OpenAIError):
+                raise event
+            if isinstance(event, TextPiece):
+                pieces.append(event.text)
+            elif isinstance(event, Finished):
+                return "".join(pieces), event
+    finally:
+        # Also when the client went away: the agent stops, the slot is freed.
+        await stream.close()
+    raise OpenAIError(502, "the generation ended without a result")
+
+
+async def _events(
+    stream: Stream, request: GenerationRequest, reply: Reply
+) -> AsyncIterator[bytes]:
+    """Server-sent events of a chat or text completion, then ``[DONE]``.
+
+    A failure after the stream began is an ``{"error": ...}`` event, which
+    OpenAI's clients raise as an ``APIError``.
+    """
+    chat = request.kind == "conversation"
+    usage_kind = "chat.completion.chunk" if chat else "text_completion"
+    with_usage = request.include_usage
+    try:
+        if chat:
+            yield sse(
+                reply.chat_chunk(
+                    {"role": "assistant", "content": ""}, with_usage=with_usage
+                )
+            )
+        async for item in stream.items():
+            event = read_generation_item(item)
+            if isinstance(event, TextPiece):
+                yield sse(
+                    reply.chat_chunk({"content": event.text}, with_usage=with_usage)
+                    if chat
+                    else reply.completion_chunk(event.text, with_usage=with_usage)
+                )
+            elif isinstance(event, Finished):
+                reason = event.finish_reason(request.max_tokens)
+                yield sse(
+                    reply.chat_chunk({}, reason, with_usage=with_usage)
+                    if chat
+                    else reply.completion_chunk("", reason, with_usage=with_usage)
+                )
+                if with_usage:
+                    yield sse(reply.usage_chunk(usage_kind, event.openai_usage()))
+            elif isinstance(event, OpenAIError):
+                yield sse(event.body())
+        yield SSE_DONE
+    finally:
+        await stream.close()
+
+
+async def _generate(request: HttpRequest, chat: bool) -> HttpResponseBase:
+    try:
+        body = _json(request)
+        generation = (
+            parse_chat_request(body) if chat else parse_completion_request(body)
+        )
+        stream = await _open(generation.kind, generation.params)
+    except OpenAIError as error:
+        return error_response(error)
+    reply = Reply.new("chatcmpl" if chat else "cmpl", generation.model)
+    if generation.stream:
+        response = StreamingHttpResponse(
+            _events(stream, generation, reply), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        # Proxies such as nginx must pass each event on at once.
+        response["X-Accel-Buffering"] = "no"
+        return response
+    try:
+        text, finished = await _collect(stream)
+    except OpenAIError as error:
+        return error_response(error)
+    result = (
+        reply.chat_completion(text, finished, generation.max_tokens)
+        if chat
+        else reply.completion(text, finished, generation.max_tokens)
+    )
+    return JsonResponse(result)
+
+
+@csrf_exempt
+@require_POST
+@api_key_required(_unauthorized)
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    return await _generate(request, chat=True)
+
+
+@csrf_exempt
+@require_POST
+@api_key_required(_unauthorized)
+async def completions(request: HttpRequest) -> HttpResponseBase:
+    return await _generate(request, chat=False)
+
+
+@csrf_exempt
+@require_POST
+@api_key_required(_unauthorized)
+async def embeddings(request: HttpRequest) -> HttpResponseBase:
+    try:
+        embedding = parse_embedding_request(_json(request))
+        stream = await _open("embeddings", embedding.params)
+        results = EmbeddingResults(embedding.count)
+        try:
+            async for item in stream.items():
+                results.add(item)
+        finally:
+            await stream.close()
+        return JsonResponse(
+            results.response(embedding.model, embedding.encoding_format)
+        )
+    except OpenAIError as error:
+        return error_response(error)
+
+
+async def served_model_ids() -> list[str]:
+    """The models the fleet serves now, else the one it is told to serve.
+
+    With no agent up (a fleet scaled to zero) requests still wait in the
+    buffer, so the desired model is listed rather than nothing.
+    """
+    redis = get_dispatcher().redis
+    paths = {
+        str(agent.report["model_path"])
+        for agent in await registry.list_agents(redis)
+        if agent.report.get("model_path")
+    }
+    if paths:
+        return sorted({model_id(path) for path in paths})
+    raw = await redis.get(keys.desired_state())
+    desired = model_id_of_source(json.loads(raw).get("model")) if raw else None
+    return [desired] if desired else []
+
+
+@require_GET
+@api_key_required(_unauthorized)
+async def models(request: HttpRequest) -> HttpResponseBase:
+    return JsonResponse(models_list(await served_model_ids()))
+
+
+@require_GET
+@api_key_required(_unauthorized)
+async def retrieve_model(request: HttpRequest, model: str) -> HttpResponseBase:
+    if model not in await served_model_ids():
+        return error_response(
+            OpenAIError(
+                404,
+                f"The model '{model}' does not exist",
+                param="model",
+                code="model_not_found",
+            )
+        )
+    return JsonResponse(model_object(model))

@@ -1,0 +1,284 @@
+"""The inference socket end to end: daphne, Redis, a real agent, the real model.
+
+Driven by the official ``paddler_client`` where it can express the case, and by
+a bare ``websockets`` client for what it cannot (cancelling, duplicate ids,
+malformed messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from paddler_client.client_inference import ClientInference
+from paddler_client.continue_from_conversation_history_params import (
+    ContinueFromConversationHistoryParams,
+)
+from paddler_client.continue_from_raw_prompt_params import (
+    ContinueFromRawPromptParams,
+)
+from paddler_client.conversation_message import ConversationMessage
+from paddler_client.inference_message import InferenceMessage, InferenceMessageKind
+
+from tests.conftest import (
+    ENDLESS_PROMPT,
+    FIRST_TOKEN_BUDGET_S,
+    REPORT_LAG_S,
+    RedisServer,
+    WebServer,
+    claimed_slots,
+    read_ndjson,
+    seconds_to_first_token,
+    socket_url,
+    stream_text,
+    wait_for_claims,
+    wait_for_idle_slots,
+)
+
+
+def http_lines(web: WebServer, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with httpx.stream("POST", f"{web.url}{path}", json=body, timeout=60) as response:
+        assert response.status_code == 200, response.read()
+        return read_ndjson(response)
+
+
+def message_text(messages: list[InferenceMessage]) -> str:
+    return "".join(m.token or "" for m in messages if m.is_token)
+
+
+async def collect(stream: Any) -> list[InferenceMessage]:
+    return [message async for message in stream]
+
+
+def raw_request(request_id: str, prompt: str, max_tokens: int) -> str:
+    return json.dumps(
+        {
+            "Request": {
+                "id": request_id,
+                "request": {
+                    "ContinueFromRawPrompt": {
+                        "raw_prompt": prompt,
+                        "max_tokens": max_tokens,
+                    }
+                },
+            }
+        }
+    )
+
+
+async def receive(socket: Any, timeout: float = 30) -> dict[str, Any]:
+    message: dict[str, Any] = json.loads(await asyncio.wait_for(socket.recv(), timeout))
+    return message
+
+
+def request_id_of(envelope: dict[str, Any]) -> str:
+    body = envelope.get("Response") or envelope["Error"]
+    return str(body["request_id"])
+
+
+def is_final(envelope: dict[str, Any]) -> bool:
+    if "Error" in envelope:
+        return True
+    token = envelope["Response"]["response"]["GeneratedToken"]
+    return "ContentToken" not in token
+
+
+async def test_official_client_continues_a_conversation_over_the_socket_as_over_http(
+    api_platform: WebServer,
+) -> None:
+    params = ContinueFromConversationHistoryParams(
+        add_generation_prompt=True,
+        conversation_history=[
+            ConversationMessage(role="user", content="Name a fruit that is yellow.")
+        ],
+        enable_thinking=False,
+        max_tokens=16,
+    )
+    async with ClientInference(api_platform.url) as client:
+        over_socket = await collect(
+            await client.continue_from_conversation_history(params)
+        )
+        over_http = [
+            m async for m in client.post_continue_from_conversation_history(params)
+        ]
+    assert over_socket[-1].kind == InferenceMessageKind.DONE
+    assert over_socket[-1].generated_by == "agent-api"
+    assert over_socket[-1].summary is not None
+    assert over_socket[-1].summary.usage.content_tokens == 16
+    # Every envelope is keyed by the id the client chose, or the client would
+    # not have routed it to this stream at all.
+    assert len({m.request_id for m in over_socket}) == 1
+    assert message_text(over_socket) == message_text(over_http)
+    assert message_text(over_socket)
+
+
+async def test_official_client_continues_a_raw_prompt_over_the_socket_as_over_http(
+    api_platform: WebServer,
+) -> None:
+    prompt = "The three primary colors are"
+    async with ClientInference(api_platform.url) as client:
+        messages = await collect(
+            await client.continue_from_raw_prompt(
+                ContinueFromRawPromptParams(raw_prompt=prompt, max_tokens=12)
+            )
+        )
+    lines = http_lines(
+        api_platform,
+        "/api/v1/continue_from_raw_prompt",
+        {"raw_prompt": prompt, "max_tokens": 12},
+    )
+    assert messages[-1].kind == InferenceMessageKind.DONE
+    assert message_text(messages) == stream_text(lines)
+
+
+async def test_requests_are_multiplexed_on_one_socket(api_platform: WebServer) -> None:
+    prompts = ["The capital of France is", "My favourite animal is the"]
+    expected = [
+        stream_text(
+            http_lines(
+                api_platform,
+                "/api/v1/continue_from_raw_prompt",
+                {"raw_prompt": prompt, "max_tokens": 10},
+            )
+        )
+        for prompt in prompts
+    ]
+    # One socket for both: the pool's only connection.
+    async with ClientInference(api_platform.url, socket_pool_size=1) as client:
+        streams = [
+            await client.continue_from_raw_prompt(
+                ContinueFromRawPromptParams(raw_prompt=prompt, max_tokens=10)
+            )
+            for prompt in prompts
+        ]
+        results = await asyncio.gather(*(collect(stream) for stream in streams))
+    assert [message_text(messages) for messages in results] == expected
+    assert results[0][0].request_id != results[1][0].request_id
+
+
+async def test_duplicate_in_flight_id_gets_400_and_the_first_request_goes_on(
+    api_platform: WebServer,
+) -> None:
+    async with websockets.connect(socket_url(api_platform)) as socket:
+        await socket.send(raw_request("same", "Once upon a time", 8))
+        await socket.send(raw_request("same", "Something else", 8))
+        envelopes = [await receive(socket)]
+        while not (is_final(envelopes[-1]) and "Response" in envelopes[-1]):
+            envelopes.append(await receive(socket))
+    errors = [e["Error"] for e in envelopes if "Error" in e]
+    assert errors == [
+        {
+            "request_id": "same",
+            "error": {
+                "code": 400,
+                "description": "request 'same' is already in flight on this socket",
+            },
+        }
+    ]
+    done = envelopes[-1]["Response"]["response"]["GeneratedToken"]["Done"]
+    assert done["usage"]["content_tokens"] == 8
+
+
+async def test_an_id_can_be_reused_once_its_request_finished(
+    api_platform: WebServer,
+) -> None:
+    async with websockets.connect(socket_url(api_platform)) as socket:
+        for _ in range(2):
+            await socket.send(raw_request("again", "Hello", 3))
+            envelope = await receive(socket)
+            while not is_final(envelope):
+                envelope = await receive(socket)
+            assert "Done" in str(envelope.get("Response")), envelope
+
+
+async def start_long_requests(socket: Any, *ids: str) -> None:
+    """Start one long request per id and wait until each has a token."""
+    for index, request_id in enumerate(ids):
+        await socket.send(raw_request(request_id, f"{ENDLESS_PROMPT} {index}", 2000))
+    started: set[str] = set()
+    while started != set(ids):
+        started.add(request_id_of(await receive(socket)))
+
+
+async def test_stop_responding_to_cancels_and_frees_the_slot(
+    api_platform: WebServer, api_redis: RedisServer
+) -> None:
+    async with websockets.connect(socket_url(api_platform)) as socket:
+        # Both slots busy: the next request is served only once one is freed.
+        await start_long_requests(socket, "stopped", "kept")
+        assert claimed_slots(api_redis) == 2
+        await socket.send(json.dumps({"Notification": {"StopRespondingTo": "stopped"}}))
+        stopped_at = time.monotonic()
+        await asyncio.to_thread(wait_for_claims, api_redis, 1, 1.0)
+        await socket.send(raw_request("next", "Hello", 3))
+        seen: list[dict[str, Any]] = [await receive(socket)]
+        while request_id_of(seen[-1]) != "next":
+            seen.append(await receive(socket))
+        assert time.monotonic() - stopped_at < FIRST_TOKEN_BUDGET_S
+        while not (request_id_of(seen[-1]) == "next" and is_final(seen[-1])):
+            seen.append(await receive(socket))
+        assert "Done" in seen[-1]["Response"]["response"]["GeneratedToken"]
+        # Nothing more for the stopped request; the other one goes on.
+        late = [e for e in seen if request_id_of(e) == "stopped"]
+        assert not [e for e in late if is_final(e)]
+        assert request_id_of(await receive(socket)) == "kept"
+
+
+async def test_closing_the_socket_cancels_everything_in_flight(
+    api_platform: WebServer, api_redis: RedisServer
+) -> None:
+    async with websockets.connect(socket_url(api_platform)) as socket:
+        await start_long_requests(socket, "one", "two")
+        assert claimed_slots(api_redis) == 2
+    await asyncio.to_thread(wait_for_claims, api_redis, 0, 1.0)
+    # Both slots were busy; a new request is served at once.
+    waited = await asyncio.to_thread(seconds_to_first_token, api_platform)
+    assert waited < FIRST_TOKEN_BUDGET_S
+    await asyncio.to_thread(wait_for_idle_slots, api_platform, REPORT_LAG_S)
+
+
+@pytest.mark.parametrize(
+    ("message", "request_id", "description"),
+    [
+        ("{not json", "", "message is not valid JSON"),
+        ('["Request"]', "", "a message must be an object with one key"),
+        ('{"Ping": {}}', "", "unknown message 'Ping'"),
+        ('{"Notification": {"Pause": "x"}}', "", "Notification must be"),
+        ('{"Request": {"request": {}}}', "", "Request.id must be a non-empty string"),
+        (
+            '{"Request": {"id": "r", "request": {"Translate": {}}}}',
+            "r",
+            "Request.request: unknown request 'Translate'",
+        ),
+        (
+            '{"Request": {"id": "r", "request": {"ContinueFromRawPrompt":'
+            ' {"raw_prompt": "x", "max_tokens": 0}}}}',
+            "r",
+            "max_tokens: must be between 1 and",
+        ),
+        (
+            '{"Request": {"id": "r", "request": {"ContinueFromConversationHistory":'
+            ' {"conversation_history": [], "max_tokens": 5}}}}',
+            "r",
+            "conversation_history: must not be empty",
+        ),
+    ],
+)
+async def test_a_bad_message_gets_a_400_envelope_and_the_socket_stays_open(
+    api_platform: WebServer, message: str, request_id: str, description: str
+) -> None:
+    async with websockets.connect(socket_url(api_platform)) as socket:
+        await socket.send(message)
+        error = (await receive(socket))["Error"]
+        assert error["request_id"] == request_id
+        assert error["error"]["code"] == 400
+        assert error["error"]["description"].startswith(description)
+        await socket.send(raw_request("after", "Hello", 2))
+        envelope = await receive(socket)
+        assert request_id_of(envelope) == "after"
+        assert "Response" in envelope
