@@ -44,6 +44,10 @@ VIEWPORTS = {
 OPERATOR = ("operator", "operator-password-1")
 VIEWER = ("viewer", "viewer-password-1")
 AGENT = "panel-agent"
+# The inference APIs of the panel's web server need this key: the playground
+# must get in with the operator's login instead.
+INFERENCE_KEY = "panel-test-inference-key"
+INFERENCE_AUTH = {"Authorization": f"Bearer {INFERENCE_KEY}"}
 # Loading the model on a busy 2-core machine takes a while.
 AGENT_READY_S = 120
 
@@ -67,7 +71,7 @@ def panel_fleet(
     the agent starts in the first test that needs it."""
     fleet = Fleet(tmp_path_factory.mktemp("panel"), greedy_state)
     try:
-        web = fleet.web()
+        web = fleet.web(PADDLER_INFERENCE_API_KEYS=INFERENCE_KEY)
         manage(
             web,
             "from django.contrib.auth.models import User;"
@@ -237,6 +241,7 @@ def generate_in_background(web: WebServer, max_tokens: int) -> threading.Event:
             "POST",
             f"{web.url}/api/v1/continue_from_raw_prompt",
             json=body,
+            headers=INFERENCE_AUTH,
             timeout=120,
         ) as response:
             for _ in response.iter_lines():
@@ -435,6 +440,72 @@ def test_roll_back_restores_an_earlier_revision(
     assert response.json()["inference_parameters"]["top_k"] == 80
 
 
+def inference_status(web: WebServer, headers: dict[str, str]) -> int:
+    response = httpx.post(
+        f"{web.url}/api/v1/continue_from_raw_prompt",
+        json={"raw_prompt": "Hi", "max_tokens": 1},
+        headers=headers,
+        timeout=60,
+    )
+    return response.status_code
+
+
+def test_api_keys_are_shown_once_work_and_are_revoked(
+    tab: Tab, panel_fleet: Fleet, web: WebServer
+) -> None:
+    ensure_agent(panel_fleet)
+    page = tab.page
+    tab.goto("/api-keys/")
+    page_expect(page.locator(".access-note")).to_contain_text(
+        "1 from PADDLER_INFERENCE_API_KEYS"
+    )
+    page.click("button:has-text('Create key')")
+    page_expect(page.locator("[data-field=name] .errors")).to_have_text(
+        "Give the key a name."
+    )
+    page.fill("#id_name", "nightly batch")
+    page.click("button:has-text('Create key')")
+    key = page.locator("#new-key").inner_text()
+    assert key.startswith("pdl_")
+    tab.screenshot("api-keys-created")
+    row = page.locator("table.keys tbody tr", has_text="nightly batch")
+    page_expect(row.locator(".badge")).to_have_text("active")
+    page_expect(row.locator("td[data-label=Key]")).to_have_text(f"{key[:17]}…")
+    bearer = {"Authorization": f"Bearer {key}"}
+    assert inference_status(web, bearer) == 200
+    assert inference_status(web, {}) == 401
+    # Shown once: the next visit lists the key without it.
+    tab.goto("/api-keys/")
+    page_expect(page.locator("#new-key")).to_have_count(0)
+    assert key not in page.content()
+    row.locator("button:has-text('Revoke')").click()
+    page_expect(page.locator(".message")).to_contain_text("Revoked")
+    page_expect(row.locator(".badge")).to_have_text("revoked")
+    assert inference_status(web, bearer) == 401
+
+
+def test_the_socket_takes_a_staff_session_only_from_the_panel_s_own_pages(
+    tab: Tab, web: WebServer
+) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+    from websockets.typing import Origin
+
+    cookies = "; ".join(f"{c['name']}={c['value']}" for c in tab.page.context.cookies())
+    url = web.url.replace("http://", "ws://", 1) + "/api/v1/inference_socket"
+    with connect(url, origin=Origin(web.url), additional_headers={"Cookie": cookies}):
+        pass
+    for origin, headers in [
+        ("http://elsewhere.example", {"Cookie": cookies}),
+        (web.url, {}),
+    ]:
+        with (
+            pytest.raises(InvalidStatus),
+            connect(url, origin=Origin(origin), additional_headers=headers),
+        ):
+            pass
+
+
 @pytest.mark.parametrize("viewport", ["laptop", "phone"])
 def test_every_page_fits_the_screen(
     browser: Browser, web: WebServer, panel_fleet: Fleet, viewport: str
@@ -451,6 +522,7 @@ def test_every_page_fits_the_screen(
         "model": "/model/",
         "prompt": "/prompt/",
         "requests": "/requests/",
+        "api-keys": "/api-keys/",
     }
     for name, path in pages.items():
         tab.goto(path)

@@ -86,7 +86,7 @@ def test_errors_show_next_to_the_field_they_concern(
     assert not form.is_valid()
     assert form.state is None
     assert list(form.errors) == [field]
-    assert message in " ".join(form.errors[field])
+    assert message in " ".join(map(str, form.errors[field]))
 
 
 def test_an_error_from_the_service_lands_on_its_field() -> None:
@@ -162,7 +162,7 @@ def test_only_staff_may_log_in_to_the_panel() -> None:
         data={"username": "viewer", "password": "a-long-password"}
     )
     assert not refused.is_valid()
-    assert "not a staff account" in " ".join(refused.non_field_errors())
+    assert "not a staff account" in " ".join(map(str, refused.non_field_errors()))
     allowed = StaffAuthenticationForm(
         data={"username": "operator", "password": "a-long-password"}
     )

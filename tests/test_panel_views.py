@@ -200,3 +200,39 @@ def test_requests_page_lists_the_log_newest_first_and_filters_it(
     assert b"<html" not in fragment.content
     assert b"cache match" in fragment.content
     assert b"least busy" not in fragment.content
+
+
+def test_saving_an_unchanged_form_adds_no_revision(
+    staff_client: Client, isolated_redis: redis.Redis
+) -> None:
+    desired_state_update(state=GEMMA_STATE)
+    response = staff_client.post("/model/", form_post(GEMMA_STATE), follow=True)
+    assert response.redirect_chain == [("/model/", 302)]
+    assert DesiredStateRevision.objects.count() == 1
+    assert b"Nothing changed" in response.content
+
+
+def test_an_api_key_is_shown_once_and_stored_hashed(staff_client: Client) -> None:
+    from inference.models import InferenceApiKey
+
+    response = staff_client.post("/api-keys/", {"name": "ci"})
+    assert response.status_code == 200
+    assert response["Cache-Control"] == "no-store"
+    plaintext = response.context["created"]
+    assert plaintext.startswith("pdl_")
+    key = InferenceApiKey.objects.get(name="ci")
+    assert plaintext not in (key.digest, key.salt, key.prefix)
+    assert key.matches(plaintext)
+    listed = staff_client.get("/api-keys/")
+    assert plaintext.encode() not in listed.content
+    assert f"pdl_{key.prefix}_".encode() in listed.content
+
+    refused = staff_client.post("/api-keys/", {"name": "  "})
+    assert refused.context["form"].errors == {"name": ["Give the key a name."]}
+    assert refused.context["created"] is None
+
+    assert staff_client.post(f"/api-keys/{key.pk}/revoke").status_code == 302
+    key.refresh_from_db()
+    assert not key.is_active
+    assert not key.matches(plaintext)
+    assert staff_client.post("/api-keys/999/revoke").status_code == 404

@@ -1,17 +1,14 @@
 """The dashboard's live feed: agents, the buffer and recent request figures.
 
-One snapshot per Server-Sent Event, sent whenever it changes.  Agents and the
-buffer are read a few times a second; the request figures, which parse part of
-the request log, less often.
+One snapshot per Server-Sent Event (``balancer.sse``), sent whenever it
+changes.  Agents and the buffer are read at every poll; the request figures,
+which parse part of the request log, every few seconds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from django.conf import settings
@@ -22,9 +19,7 @@ from balancer.panel.queries import requests_since
 from balancer.panel.words import explain_issue, explain_status
 from balancer.views import agents_snapshot, buffer_snapshot
 
-POLL_S = 0.5
 STATS_EVERY_S = 2.0
-KEEPALIVE_S = 10.0
 
 
 def dashboard_agent(agent: dict[str, Any]) -> dict[str, Any]:
@@ -72,23 +67,3 @@ class DashboardFeed:
             },
             "requests": await self._request_figures(),
         }
-
-
-async def dashboard_events() -> AsyncIterator[str]:
-    """SSE lines: a snapshot on change, a comment when idle for a while.
-
-    Ends when the client goes away (Django cancels the iteration).
-    """
-    feed = DashboardFeed()
-    last: str | None = None
-    last_sent = time.monotonic()
-    while True:
-        current = json.dumps(await feed.snapshot())
-        now = time.monotonic()
-        if current != last:
-            last, last_sent = current, now
-            yield f"data: {current}\n\n"
-        elif now - last_sent >= KEEPALIVE_S:
-            last_sent = now
-            yield ": keep-alive\n\n"
-        await asyncio.sleep(POLL_S)

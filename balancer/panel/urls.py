@@ -19,6 +19,8 @@ urlpatterns = [
     ),
     path("prompt/", views.prompt, name="prompt"),
     path("requests/", views.requests, name="requests"),
+    path("api-keys/", views.api_keys, name="api_keys"),
+    path("api-keys/<int:key_id>/revoke", views.api_key_revoke, name="api_key_revoke"),
     path("login/", views.PanelLoginView.as_view(), name="login"),
     path("logout/", LogoutView.as_view(), name="logout"),
 ]

@@ -9,6 +9,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import user_passes_test
 from django.contrib.auth.views import LoginView
 from django.http import (
+    Http404,
     HttpRequest,
     HttpResponse,
     HttpResponseBase,
@@ -19,18 +20,27 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from balancer.panel.forms import (
+    ApiKeyForm,
     DesiredStateForm,
     StaffAuthenticationForm,
     TemplatePreviewForm,
 )
-from balancer.panel.live import dashboard_events
+from balancer.panel.live import DashboardFeed
 from balancer.panel.preview import render_preview
 from balancer.panel.queries import agent_models, request_log
 from balancer.panel.words import outcome_matches, request_row
-from balancer.services import desired_state_current, desired_state_update
+from balancer.services import (
+    desired_state_current,
+    desired_state_history,
+    desired_state_revision_current,
+    desired_state_roll_back,
+    desired_state_update,
+)
+from balancer.sse import snapshot_events, stream_end
 from inference.chat_template import ChatTemplateError
 from inference.desired_state import DesiredStateError
-from inference.models import DesiredStateRevision
+from inference.models import DesiredStateRevision, InferenceApiKey
+from inference.services import inference_api_key_create, inference_api_key_revoke
 
 # Rows on the requests page, and revisions on the model page.
 REQUESTS_SHOWN = 200
@@ -74,9 +84,12 @@ async def dashboard_stream(request: HttpRequest) -> HttpResponseBase:
     """Server-Sent Events for the dashboard (401 rather than a login redirect)."""
     if not _is_staff(await request.auser()):
         return JsonResponse({"error": "log in as staff"}, status=401)
-    response = StreamingHttpResponse(
-        dashboard_events(), content_type="text/event-stream"
+    events = snapshot_events(
+        DashboardFeed().snapshot,
+        keepalive_s=settings.PADDLER_SSE_KEEPALIVE_MS / 1000,
+        end=stream_end(getattr(request, "scope", {})),
     )
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
@@ -84,7 +97,8 @@ async def dashboard_stream(request: HttpRequest) -> HttpResponseBase:
 
 @staff_required
 def model(request: HttpRequest) -> HttpResponse:
-    current = desired_state_current()
+    current = desired_state_revision_current()
+    state = desired_state_current()
     if request.method == "POST":
         form = DesiredStateForm(request.POST)
         if form.is_valid() and form.state is not None:
@@ -95,22 +109,22 @@ def model(request: HttpRequest) -> HttpResponse:
             except DesiredStateError as error:
                 form.add_state_error(error)
             else:
+                if current is not None and revision.pk == current.pk:
+                    messages.info(request, "Nothing changed; no new revision.")
+                    return redirect("panel:model")
                 messages.success(
                     request,
                     f"Saved as revision {revision.pk}; the agents apply it now.",
                 )
                 return redirect("panel:dashboard")
     else:
-        form = DesiredStateForm(initial=DesiredStateForm.initial_from(current))
-    revisions = DesiredStateRevision.objects.newest_first().select_related(
-        "created_by"
-    )[:REVISIONS_SHOWN]
+        form = DesiredStateForm(initial=DesiredStateForm.initial_from(state))
+    revisions = desired_state_history(limit=REVISIONS_SHOWN)
     return render(
         request,
         "panel/model.html",
         {
             "form": form,
-            "current": current,
             "agent_models": agent_models(),
             "revisions": [(revision, revision.to_state()) for revision in revisions],
         },
@@ -140,19 +154,16 @@ def model_preview(request: HttpRequest) -> JsonResponse:
 @require_POST
 @staff_required
 def roll_back(request: HttpRequest, revision_id: int) -> HttpResponse:
-    target = get_object_or_404(DesiredStateRevision, pk=revision_id)
     try:
-        revision = desired_state_update(
-            state=target.to_state(),
-            user=request.user,
-            note=f"rolled back to revision {target.pk}",
-        )
+        revision = desired_state_roll_back(revision_id=revision_id, user=request.user)
+    except DesiredStateRevision.DoesNotExist:
+        raise Http404(f"no revision {revision_id}") from None
     except DesiredStateError as error:
-        messages.error(request, f"Revision {target.pk} cannot be applied: {error}")
+        messages.error(request, f"Revision {revision_id} cannot be applied: {error}")
         return redirect("panel:model")
     messages.success(
         request,
-        f"Rolled back to revision {target.pk} (saved as revision {revision.pk}); "
+        f"Rolled back to revision {revision_id} (saved as revision {revision.pk}); "
         "the agents apply it now.",
     )
     return redirect("panel:dashboard")
@@ -188,3 +199,40 @@ def requests(request: HttpRequest) -> HttpResponse:
         template,
         {"rows": rows, "wanted": wanted, "filters": REQUEST_FILTERS},
     )
+
+
+@staff_required
+def api_keys(request: HttpRequest) -> HttpResponse:
+    """Inference API keys: a new key is shown once, on the page that made it."""
+    created: str | None = None
+    if request.method == "POST":
+        form = ApiKeyForm(request.POST)
+        if form.is_valid():
+            key, created = inference_api_key_create(name=form.cleaned_data["name"])
+            messages.success(request, f"Created the key “{key.name}”.")
+            form = ApiKeyForm()
+    else:
+        form = ApiKeyForm()
+    response = render(
+        request,
+        "panel/api_keys.html",
+        {
+            "form": form,
+            "created": created,
+            "keys": InferenceApiKey.objects.all(),
+            "active": InferenceApiKey.objects.active().count(),
+            "environment_keys": len(settings.PADDLER_INFERENCE_API_KEYS),
+        },
+    )
+    # The page may hold a key in clear: no cache may keep it.
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_POST
+@staff_required
+def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    key = get_object_or_404(InferenceApiKey, pk=key_id)
+    inference_api_key_revoke(prefix=key.prefix)
+    messages.success(request, f"Revoked the key “{key.name}”; it no longer works.")
+    return redirect("panel:api_keys")
