@@ -57,19 +57,30 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
+def same_site(scope: dict[str, Any]) -> bool:
+    """Whether the page that opened the socket is on this site.
+
+    As Django's CSRF check decides for forms: the ``Origin`` names this very
+    host, or one of ``CSRF_TRUSTED_ORIGINS`` (a proxy that rewrites the Host
+    header needs it there).
+    """
+    origin, host = _header(scope, b"origin"), _header(scope, b"host")
+    if not origin:
+        return False
+    if origin in settings.CSRF_TRUSTED_ORIGINS:
+        return True
+    return host is not None and urlsplit(origin).netloc == host
+
+
 async def staff_session(scope: dict[str, Any]) -> bool:
     """Whether the socket comes from a staff user logged in to the panel.
 
     The panel's playground has no API key; it has the session cookie, which a
     browser sends along with a handshake from any site.  So a session counts
-    only when the page that opened the socket is on this very host (else a
-    page elsewhere could use the operator's login: cross-site WebSocket
-    hijacking).  Behind a proxy, the proxy must pass the Host header on.
+    only from a page of this site (else a page elsewhere could use the
+    operator's login: cross-site WebSocket hijacking).
     """
-    origin, host = _header(scope, b"origin"), _header(scope, b"host")
-    if not origin or not host or urlsplit(origin).netloc != host:
-        return False
-    if "session" not in scope:
+    if "session" not in scope or not same_site(scope):
         return False
     user = await get_user(scope)
     return bool(user.is_active and user.is_staff)
