@@ -13,8 +13,9 @@ import contextlib
 import json
 import logging
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
+from channels.auth import get_user
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -49,6 +50,42 @@ def socket_token(scope: dict[str, Any]) -> str | None:
     return tokens[0] if tokens else None
 
 
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def same_site(scope: dict[str, Any]) -> bool:
+    """Whether the page that opened the socket is on this site.
+
+    As Django's CSRF check decides for forms: the ``Origin`` names this very
+    host, or one of ``CSRF_TRUSTED_ORIGINS`` (a proxy that rewrites the Host
+    header needs it there).
+    """
+    origin, host = _header(scope, b"origin"), _header(scope, b"host")
+    if not origin:
+        return False
+    if origin in settings.CSRF_TRUSTED_ORIGINS:
+        return True
+    return host is not None and urlsplit(origin).netloc == host
+
+
+async def staff_session(scope: dict[str, Any]) -> bool:
+    """Whether the socket comes from a staff user logged in to the panel.
+
+    The panel's playground has no API key; it has the session cookie, which a
+    browser sends along with a handshake from any site.  So a session counts
+    only from a page of this site (else a page elsewhere could use the
+    operator's login: cross-site WebSocket hijacking).
+    """
+    if "session" not in scope or not same_site(scope):
+        return False
+    user = await get_user(scope)
+    return bool(user.is_active and user.is_staff)
+
+
 class InferenceSocketConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     # Output reaches this consumer through the dispatcher's Redis inbox, never
     # through the channel layer; an alias that names no layer keeps Channels
@@ -57,7 +94,8 @@ class InferenceSocketConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def connect(self) -> None:
         self.in_flight: dict[str, asyncio.Task[None]] = {}
-        if not await inference_access_allowed(token=socket_token(self.scope)):
+        allowed = await inference_access_allowed(token=socket_token(self.scope))
+        if not allowed and not await staff_session(self.scope):
             await self._deny()
             return
         await self.accept()

@@ -10,21 +10,25 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "paddler_project.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from balancer.sse import EndStreamsOnCancel  # noqa: E402
 from inference.consumers import InferenceSocketConsumer  # noqa: E402
 
-# No origin check on the socket: it authenticates with an API key sent by the
-# client (header or ``token`` parameter), never with cookies, so a page on
-# another origin gains nothing a script elsewhere could not do already.
+# The socket authenticates with an API key sent by the client (header or
+# ``token`` parameter), or with the panel's staff session.  The session is read
+# only when no key is accepted, and counts only from a page of this host
+# (``inference.consumers.staff_session``), so key callers need no origin check.
 application = ProtocolTypeRouter(
     {
         # At shutdown, event streams end their responses instead of being
         # cut off.
         "http": EndStreamsOnCancel(django_asgi_app),
-        "websocket": URLRouter(
-            [path("api/v1/inference_socket", InferenceSocketConsumer.as_asgi())]
+        "websocket": SessionMiddlewareStack(
+            URLRouter(
+                [path("api/v1/inference_socket", InferenceSocketConsumer.as_asgi())]
+            )
         ),
     }
 )

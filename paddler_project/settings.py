@@ -110,7 +110,14 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 
-LOGIN_URL = "/admin/login/"
+# Whitenoise serves static files from the apps and static/ as well as from
+# STATIC_ROOT, so the panel works without collectstatic (tests, laptops).
+WHITENOISE_USE_FINDERS = True
+
+# The panel's login (staff only); Django's admin stays at /admin/.
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
 
 REDIS_URL = env_redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
 from balancer import views as management
 from inference import openai_views as openai
@@ -51,4 +51,6 @@ urlpatterns = [
     ),
     path("metrics", management.metrics),
     path("admin/", admin.site.urls),
+    # The web admin panel, at the root: /, /model/, /prompt/, /requests/, ...
+    path("", include("balancer.panel.urls")),
 ]

@@ -42,7 +42,8 @@ cat <<MSG
 
   Paddler platform is running (Ctrl-C stops it).
 
-  Admin:            http://$HOST:$PORT/admin/     login: admin / $password
+  Panel:            http://$HOST:$PORT/           login: admin / $password
+  Django admin:     http://$HOST:$PORT/admin/
   Inference API:    http://$HOST:$PORT/api/v1/continue_from_raw_prompt
   Management API:   http://$HOST:$PORT/api/v1/agents
                     (header  Authorization: Bearer $PADDLER_MANAGEMENT_TOKEN)

@@ -1,0 +1,69 @@
+"""The dashboard's live feed: agents, the buffer and recent request figures.
+
+One snapshot per Server-Sent Event (``balancer.sse``), sent whenever it
+changes.  Agents and the buffer are read at every poll; the request figures,
+which parse part of the request log, every few seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from django.conf import settings
+
+from balancer.dispatch import get_dispatcher
+from balancer.panel import stats
+from balancer.panel.queries import requests_since
+from balancer.panel.words import explain_issue, explain_status
+from balancer.views import agents_snapshot, buffer_snapshot
+
+STATS_EVERY_S = 2.0
+
+
+def dashboard_agent(agent: dict[str, Any]) -> dict[str, Any]:
+    """An agent of the management API's snapshot, with words for people."""
+    path = agent.get("model_path") or ""
+    return {
+        **agent,
+        "model_name": os.path.basename(path) if path else None,
+        "status_words": explain_status(agent.get("state_application_status")),
+        "issues_explained": [explain_issue(i) for i in agent.get("issues") or []],
+    }
+
+
+class DashboardFeed:
+    """Builds dashboard snapshots; request figures are kept a little while."""
+
+    def __init__(self) -> None:
+        self._figures: dict[str, Any] = {}
+        self._figures_at = 0.0
+
+    async def _request_figures(self) -> dict[str, Any]:
+        now = time.time()
+        if now - self._figures_at >= STATS_EVERY_S:
+            records = await requests_since(
+                get_dispatcher().redis,
+                since=now - stats.WINDOW_S - stats.BUCKET_S,
+                limit=settings.PADDLER_REQUEST_LOG_SIZE,
+            )
+            self._figures = {
+                "series": stats.chart_series(records, now=now),
+                "summary": stats.summary(records, now=now),
+            }
+            self._figures_at = now
+        return self._figures
+
+    async def snapshot(self) -> dict[str, Any]:
+        agents = (await agents_snapshot())["agents"]
+        buffered = (await buffer_snapshot())["buffered_requests_current"]
+        return {
+            "agents": [dashboard_agent(agent) for agent in agents],
+            "buffer": {
+                "current": buffered,
+                "max": settings.PADDLER_MAX_BUFFERED_REQUESTS,
+                "timeout_ms": settings.PADDLER_BUFFERED_REQUEST_TIMEOUT_MS,
+            },
+            "requests": await self._request_figures(),
+        }

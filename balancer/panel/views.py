@@ -1,0 +1,238 @@
+"""The panel's pages.  Every page is for staff only; others go to the login."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import user_passes_test
+from django.contrib.auth.views import LoginView
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from balancer.panel.forms import (
+    ApiKeyForm,
+    DesiredStateForm,
+    StaffAuthenticationForm,
+    TemplatePreviewForm,
+)
+from balancer.panel.live import DashboardFeed
+from balancer.panel.preview import render_preview
+from balancer.panel.queries import agent_models, request_log
+from balancer.panel.words import outcome_matches, request_row
+from balancer.services import (
+    desired_state_current,
+    desired_state_history,
+    desired_state_revision_current,
+    desired_state_roll_back,
+    desired_state_update,
+)
+from balancer.sse import snapshot_events, stream_end
+from inference.chat_template import ChatTemplateError
+from inference.desired_state import DesiredStateError
+from inference.models import DesiredStateRevision, InferenceApiKey
+from inference.services import inference_api_key_create, inference_api_key_revoke
+
+# Rows on the requests page, and revisions on the model page.
+REQUESTS_SHOWN = 200
+REVISIONS_SHOWN = 20
+REQUEST_FILTERS = ("all", "done", "errors", "cancelled")
+
+
+def _is_staff(user: Any) -> bool:
+    return bool(user.is_active and user.is_staff)
+
+
+staff_required = user_passes_test(_is_staff)
+
+
+class PanelLoginView(LoginView):
+    template_name = "panel/login.html"
+    authentication_form = StaffAuthenticationForm
+
+    def dispatch(
+        self, request: HttpRequest, *args: Any, **kwargs: Any
+    ) -> HttpResponseBase:
+        # Staff who are logged in already go on; anyone else logs in (a user
+        # who lost staff status would otherwise bounce between the two pages).
+        if _is_staff(request.user):
+            return redirect(self.get_success_url())
+        return super().dispatch(request, *args, **kwargs)
+
+
+@require_GET
+@staff_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    return render(
+        request,
+        "panel/dashboard.html",
+        {"max_buffered": settings.PADDLER_MAX_BUFFERED_REQUESTS},
+    )
+
+
+@require_GET
+async def dashboard_stream(request: HttpRequest) -> HttpResponseBase:
+    """Server-Sent Events for the dashboard (401 rather than a login redirect)."""
+    if not _is_staff(await request.auser()):
+        return JsonResponse({"error": "log in as staff"}, status=401)
+    events = snapshot_events(
+        DashboardFeed().snapshot,
+        keepalive_s=settings.PADDLER_SSE_KEEPALIVE_MS / 1000,
+        end=stream_end(getattr(request, "scope", {})),
+    )
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+@staff_required
+def model(request: HttpRequest) -> HttpResponse:
+    current = desired_state_revision_current()
+    state = desired_state_current()
+    if request.method == "POST":
+        form = DesiredStateForm(request.POST)
+        if form.is_valid() and form.state is not None:
+            try:
+                revision = desired_state_update(
+                    state=form.state, user=request.user, note="panel"
+                )
+            except DesiredStateError as error:
+                form.add_state_error(error)
+            else:
+                if current is not None and revision.pk == current.pk:
+                    messages.info(request, "Nothing changed; no new revision.")
+                    return redirect("panel:model")
+                messages.success(
+                    request,
+                    f"Saved as revision {revision.pk}; the agents apply it now.",
+                )
+                return redirect("panel:dashboard")
+    else:
+        form = DesiredStateForm(initial=DesiredStateForm.initial_from(state))
+    revisions = desired_state_history(limit=REVISIONS_SHOWN)
+    return render(
+        request,
+        "panel/model.html",
+        {
+            "form": form,
+            "agent_models": agent_models(),
+            "revisions": [(revision, revision.to_state()) for revision in revisions],
+        },
+    )
+
+
+@require_POST
+@staff_required
+def model_preview(request: HttpRequest) -> JsonResponse:
+    """The template rendered against a sample conversation, or why it fails.
+
+    Always 200: the outcome is in the body, so that a browser does not report
+    a failed request while an operator is still typing.
+    """
+    form = TemplatePreviewForm(request.POST)
+    form.is_valid()
+    try:
+        rendered = render_preview(
+            form.cleaned_data.get("template", ""),
+            system_prompt=form.cleaned_data.get("default_system_prompt", ""),
+        )
+    except ChatTemplateError as error:
+        return JsonResponse({"ok": False, "error": str(error)})
+    return JsonResponse({"ok": True, "rendered": rendered})
+
+
+@require_POST
+@staff_required
+def roll_back(request: HttpRequest, revision_id: int) -> HttpResponse:
+    try:
+        revision = desired_state_roll_back(revision_id=revision_id, user=request.user)
+    except DesiredStateRevision.DoesNotExist:
+        raise Http404(f"no revision {revision_id}") from None
+    except DesiredStateError as error:
+        messages.error(request, f"Revision {revision_id} cannot be applied: {error}")
+        return redirect("panel:model")
+    messages.success(
+        request,
+        f"Rolled back to revision {revision_id} (saved as revision {revision.pk}); "
+        "the agents apply it now.",
+    )
+    return redirect("panel:dashboard")
+
+
+@require_GET
+@staff_required
+def prompt(request: HttpRequest) -> HttpResponse:
+    current = desired_state_current()
+    return render(
+        request,
+        "panel/prompt.html",
+        {"default_system_prompt": current.default_system_prompt},
+    )
+
+
+@require_GET
+@staff_required
+def requests(request: HttpRequest) -> HttpResponse:
+    wanted = request.GET.get("outcome", "all")
+    if wanted not in REQUEST_FILTERS:
+        wanted = "all"
+    rows = [
+        request_row(record)
+        for record in request_log(limit=REQUESTS_SHOWN)
+        if outcome_matches(record, wanted)
+    ]
+    template = (
+        "panel/_request_rows.html" if "rows" in request.GET else "panel/requests.html"
+    )
+    return render(
+        request,
+        template,
+        {"rows": rows, "wanted": wanted, "filters": REQUEST_FILTERS},
+    )
+
+
+@staff_required
+def api_keys(request: HttpRequest) -> HttpResponse:
+    """Inference API keys: a new key is shown once, on the page that made it."""
+    created: str | None = None
+    if request.method == "POST":
+        form = ApiKeyForm(request.POST)
+        if form.is_valid():
+            key, created = inference_api_key_create(name=form.cleaned_data["name"])
+            messages.success(request, f"Created the key “{key.name}”.")
+            form = ApiKeyForm()
+    else:
+        form = ApiKeyForm()
+    response = render(
+        request,
+        "panel/api_keys.html",
+        {
+            "form": form,
+            "created": created,
+            "keys": InferenceApiKey.objects.all(),
+            "active": InferenceApiKey.objects.active().count(),
+            "environment_keys": len(settings.PADDLER_INFERENCE_API_KEYS),
+        },
+    )
+    # The page may hold a key in clear: no cache may keep it.
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_POST
+@staff_required
+def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    key = get_object_or_404(InferenceApiKey, pk=key_id)
+    inference_api_key_revoke(prefix=key.prefix)
+    messages.success(request, f"Revoked the key “{key.name}”; it no longer works.")
+    return redirect("panel:api_keys")

@@ -1,0 +1,248 @@
+// The prompt playground: a chat over the inference socket, token by token.
+"use strict";
+
+(() => {
+  const root = document.getElementById("playground");
+  if (!root) return;
+  const { element, number } = window.panel;
+  const list = document.getElementById("conversation");
+  const empty = document.getElementById("conversation-empty");
+  const form = document.getElementById("chat-form");
+  const input = document.getElementById("chat-input");
+  const inputError = document.getElementById("chat-input-error");
+  const maxTokens = document.getElementById("max-tokens");
+  const maxTokensError = document.getElementById("max-tokens-error");
+  const systemPrompt = document.getElementById("system-prompt");
+  const sendButton = document.getElementById("send-button");
+  const stopButton = document.getElementById("stop-button");
+  const clearButton = document.getElementById("clear-button");
+  const status = document.getElementById("run-status");
+  const facts = {
+    agent: document.getElementById("fact-agent"),
+    tokens: document.getElementById("fact-tokens"),
+    ttft: document.getElementById("fact-ttft"),
+    speed: document.getElementById("fact-speed"),
+    prompt: document.getElementById("fact-prompt"),
+  };
+
+  let history = [];
+  let socket = null;
+  let opening = null;
+  let run = null; // the request in flight: {id, bubble, text, started, ...}
+  let counter = 0;
+
+  function socketUrl() {
+    const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
+    return `${scheme}//${window.location.host}${root.dataset.socketPath}`;
+  }
+
+  function openSocket() {
+    if (socket && socket.readyState === WebSocket.OPEN) return Promise.resolve(socket);
+    if (opening) return opening;
+    opening = new Promise((resolve, reject) => {
+      const next = new WebSocket(socketUrl());
+      next.onopen = () => {
+        socket = next;
+        opening = null;
+        resolve(next);
+      };
+      next.onmessage = (event) => receive(JSON.parse(event.data));
+      next.onclose = () => {
+        if (socket === next) socket = null;
+        if (opening) {
+          opening = null;
+          reject(new Error("the inference socket refused the connection"));
+        }
+        if (run) finish("The connection closed before the answer ended.", true);
+      };
+    });
+    return opening;
+  }
+
+  function setStatus(text) {
+    status.textContent = text;
+  }
+
+  function bubble(role, text) {
+    empty.hidden = true;
+    const item = element("li", `bubble ${role}`);
+    item.append(element("span", "role", role === "user" ? "You" : role === "assistant" ? "Model" : role));
+    const body = element("div", "text", text);
+    item.append(body);
+    list.append(item);
+    list.scrollTop = list.scrollHeight;
+    return item;
+  }
+
+  function showError(box, message) {
+    box.textContent = message;
+    box.hidden = !message;
+    box.closest(".field, form").classList.toggle("invalid", !!message);
+  }
+
+  function validate() {
+    let ok = true;
+    if (!input.value.trim()) {
+      showError(inputError, "Write a message first.");
+      ok = false;
+    } else {
+      showError(inputError, "");
+    }
+    const tokens = Number(maxTokens.value);
+    if (!Number.isInteger(tokens) || tokens < 1 || tokens > 32768) {
+      showError(maxTokensError, "Enter a whole number from 1 to 32768.");
+      ok = false;
+    } else {
+      showError(maxTokensError, "");
+    }
+    return ok;
+  }
+
+  function setRunning(running) {
+    sendButton.disabled = running;
+    stopButton.disabled = !running;
+    clearButton.disabled = running;
+  }
+
+  function resetFacts() {
+    for (const fact of Object.values(facts)) fact.textContent = "–";
+  }
+
+  function updateFacts() {
+    if (!run) return;
+    facts.tokens.textContent = number(run.tokens);
+    if (run.firstAt) {
+      facts.ttft.textContent = `${number(run.firstAt - run.started)} ms`;
+      const seconds = (run.lastAt - run.firstAt) / 1000;
+      if (seconds > 0 && run.tokens > 1) {
+        facts.speed.textContent = `${number((run.tokens - 1) / seconds, 1)} tokens/s`;
+      }
+    }
+  }
+
+  async function send() {
+    if (run || !validate()) return;
+    const content = input.value.trim();
+    input.value = "";
+    history.push({ role: "user", content });
+    bubble("user", content);
+    const conversation = systemPrompt.value.trim()
+      ? [{ role: "system", content: systemPrompt.value.trim() }, ...history]
+      : [...history];
+    counter += 1;
+    run = {
+      id: `panel-${Date.now().toString(36)}-${counter}`,
+      bubble: bubble("assistant", ""),
+      text: "",
+      tokens: 0,
+      started: performance.now(),
+      firstAt: 0,
+      lastAt: 0,
+    };
+    run.bubble.classList.add("streaming");
+    resetFacts();
+    setRunning(true);
+    setStatus("Waiting for a free slot…");
+    try {
+      const open = await openSocket();
+      open.send(
+        JSON.stringify({
+          Request: {
+            id: run.id,
+            request: {
+              ContinueFromConversationHistory: {
+                add_generation_prompt: true,
+                conversation_history: conversation,
+                enable_thinking: false,
+                max_tokens: Number(maxTokens.value),
+              },
+            },
+          },
+        }),
+      );
+    } catch (failure) {
+      finish(`Could not reach the inference socket: ${failure.message}`, true);
+    }
+  }
+
+  function receive(envelope) {
+    if (envelope.Error) {
+      const { request_id: id, error } = envelope.Error;
+      if (run && id === run.id) finish(`Error ${error.code}: ${error.description}`, true);
+      return;
+    }
+    const response = envelope.Response;
+    if (!response || !run || response.request_id !== run.id) return;
+    facts.agent.textContent = response.generated_by || "–";
+    const generated = (response.response || {}).GeneratedToken;
+    if (!generated) return;
+    if (typeof generated.ContentToken === "string") {
+      const now = performance.now();
+      if (!run.firstAt) {
+        run.firstAt = now;
+        setStatus(`Generating on ${response.generated_by}…`);
+      }
+      run.lastAt = now;
+      run.tokens += 1;
+      run.text += generated.ContentToken;
+      run.bubble.querySelector(".text").textContent = run.text;
+      list.scrollTop = list.scrollHeight;
+      updateFacts();
+    } else if (generated.Done) {
+      const usage = generated.Done.usage || {};
+      facts.prompt.textContent =
+        `${number(usage.prompt_tokens)} (${number(usage.cached_prompt_tokens)} cached)`;
+      finish("", false);
+    } else {
+      const [variant, detail] = Object.entries(generated)[0] || ["Error", ""];
+      finish(`${variant}: ${detail}`, true);
+    }
+  }
+
+  function finish(note, failed) {
+    if (!run) return;
+    const current = run;
+    run = null;
+    current.bubble.classList.remove("streaming");
+    if (current.text) history.push({ role: "assistant", content: current.text });
+    if (note) {
+      current.bubble.append(element("span", failed ? "note error" : "note", note));
+    }
+    if (!current.text && !note) {
+      current.bubble.querySelector(".text").textContent = "(no text)";
+    }
+    setRunning(false);
+    setStatus(failed ? "" : `Done: ${number(current.tokens)} tokens.`);
+    input.focus();
+  }
+
+  function stop() {
+    if (!run) return;
+    if (socket && socket.readyState === WebSocket.OPEN) {
+      socket.send(JSON.stringify({ Notification: { StopRespondingTo: run.id } }));
+    }
+    const tokens = run.tokens;
+    finish(`Stopped after ${number(tokens)} tokens.`, false);
+    setStatus("Stopped; the slot is free again.");
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    send();
+  });
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+      event.preventDefault();
+      send();
+    }
+  });
+  stopButton.addEventListener("click", stop);
+  clearButton.addEventListener("click", () => {
+    history = [];
+    list.replaceChildren(empty);
+    empty.hidden = false;
+    resetFacts();
+    setStatus("");
+    input.focus();
+  });
+})();
