@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import AUTH, Fleet, WebServer, wait_until
+from tests.conftest import AUTH, ENDLESS_PROMPT, Fleet, WebServer, wait_until
 
 
 class StatsdListener:
@@ -73,7 +73,8 @@ def start_request(
         results.append(
             httpx.post(
                 f"{web.url}/api/v1/continue_from_raw_prompt",
-                json={"raw_prompt": "Tell me a story:", "max_tokens": max_tokens},
+                # Greedy, this prompt does not end before max_tokens.
+                json={"raw_prompt": ENDLESS_PROMPT, "max_tokens": max_tokens},
                 timeout=120,
             )
         )
@@ -91,7 +92,7 @@ def test_gauges_follow_the_fleet_state(fleet: Fleet, statsd: StatsdListener) -> 
     assert statsd.latest("fleet.slots_processing") == "0|g"
     assert statsd.latest("fleet.agent.gauged.slots_total") == "1|g"
     results: list[Any] = []
-    running = start_request(web, 60, results)
+    running = start_request(web, 150, results)
     wait_until(
         lambda: statsd.latest("fleet.slots_processing") == "1|g", 10, "processing"
     )
