@@ -19,6 +19,7 @@ import httpx
 from balancer import keys
 from tests.conftest import (
     AUTH,
+    ENDLESS_PROMPT,
     Fleet,
     WebServer,
     read_ndjson,
@@ -128,7 +129,7 @@ def test_full_buffer_answers_503_and_a_long_wait_504(fleet: Fleet) -> None:
     results: dict[str, Any] = {}
 
     def run(name: str, max_tokens: int) -> None:
-        results[name] = post_raw(web.url, "Write a long story:", max_tokens)
+        results[name] = post_raw(web.url, ENDLESS_PROMPT, max_tokens)
 
     long_request = threading.Thread(target=run, args=("long", 120))
     long_request.start()
@@ -162,22 +163,36 @@ def test_buffered_requests_are_served_first_come_first_served(fleet: Fleet) -> N
     fleet.agent("only", slots=1)
     web.wait_for_ready_agents(1)
     finished: list[int] = []
+    everyone_waits = threading.Event()
+
+    def hold_the_slot() -> None:
+        # Streams until every other request is buffered, then hangs up.
+        with httpx.stream(
+            "POST",
+            f"{web.url}/api/v1/continue_from_raw_prompt",
+            json={"raw_prompt": ENDLESS_PROMPT, "max_tokens": 2000},
+            timeout=60,
+        ) as response:
+            for _ in response.iter_lines():
+                if everyone_waits.is_set():
+                    return
 
     def run(index: int) -> None:
-        # The first request holds the only slot while the others queue up.
-        response = post_raw(web.url, f"Request {index}:", 60 if index == 0 else 4)
+        response = post_raw(web.url, f"Request {index}:", 4)
         assert response.status_code == 200
         finished.append(index)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(5)]
-    threads[0].start()
+    holder = threading.Thread(target=hold_the_slot)
+    holder.start()
     wait_until(lambda: web.agents()[0]["slots_processing"] == 1, 10, "busy slot")
-    for index in range(1, 5):
-        threads[index].start()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(1, 5)]
+    for index, thread in enumerate(threads, start=1):
+        thread.start()
         wait_until(lambda n=index: _buffered(web) == n, 10, f"{index} buffered")
-    for thread in threads:
+    everyone_waits.set()
+    for thread in [holder, *threads]:
         thread.join()
-    assert finished == [0, 1, 2, 3, 4]
+    assert finished == [1, 2, 3, 4]
 
 
 def _buffered(web: WebServer) -> int:
@@ -290,7 +305,7 @@ def test_agent_killed_mid_stream_ends_it_with_502_and_frees_its_claims(
     with httpx.stream(
         "POST",
         f"{web.url}/api/v1/continue_from_raw_prompt",
-        json={"raw_prompt": "Write a very long story:", "max_tokens": 2000},
+        json={"raw_prompt": ENDLESS_PROMPT, "max_tokens": 2000},
         timeout=30,
     ) as response:
         for raw in response.iter_lines():
@@ -332,7 +347,7 @@ def test_no_output_for_the_item_timeout_ends_the_stream_with_504(fleet: Fleet) -
     with httpx.stream(
         "POST",
         f"{web.url}/api/v1/continue_from_raw_prompt",
-        json={"raw_prompt": "Write a very long story:", "max_tokens": 2000},
+        json={"raw_prompt": ENDLESS_PROMPT, "max_tokens": 2000},
         timeout=30,
     ) as response:
         for raw in response.iter_lines():

@@ -17,7 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import AUTH, Fleet, WebServer, request_log, wait_until
+from tests.conftest import (
+    AUTH,
+    ENDLESS_PROMPT,
+    Fleet,
+    WebServer,
+    request_log,
+    wait_until,
+)
 
 
 def fleet_is_idle(web: WebServer) -> bool:
@@ -40,7 +47,7 @@ def test_web_replica_killed_mid_stream_frees_the_agent(fleet: Fleet) -> None:
         httpx.stream(
             "POST",
             f"{doomed.url}/api/v1/continue_from_raw_prompt",
-            json={"raw_prompt": "An endless story:", "max_tokens": 100_000},
+            json={"raw_prompt": ENDLESS_PROMPT, "max_tokens": 100_000},
             timeout=30,
         ) as response,
     ):
