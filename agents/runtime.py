@@ -272,8 +272,16 @@ class Engine:
             else None
         )
 
-        own_template = self.metadata.get("tokenizer.chat_template")
-        source = chat_template_override if chat_template_override else own_template
+        self.chat_template: ChatTemplate | None = None
+        self.use_chat_template(chat_template_override)
+
+    def use_chat_template(self, override: str | None) -> None:
+        """Render conversations with ``override``, or the model's own template.
+
+        Safe while the engine runs: a request renders its prompt once, when it
+        is admitted, with whichever template is current then.
+        """
+        source = override if override else self.metadata.get("tokenizer.chat_template")
         self.chat_template = (
             None
             if source is None
@@ -1025,6 +1033,9 @@ class SyntheticEngine:
         self._stopped = threading.Event()
         self.ready = threading.Event()
         self.ready.set()
+
+    def use_chat_template(self, override: str | None) -> None:
+        """Synthetic generation renders no template."""
 
     def submit(self, job: Generation) -> None:
         self._commands.put(("submit", job))

@@ -85,6 +85,8 @@ class AgentWorker:
         self._lost_redis = False
         self._webs_missing: set[str] = set()
         self._system_prompt = ""
+        # What the running engine was built from: model and parameters.
+        self._engine_loaded_with: tuple[Any, ...] | None = None
         self._latest_state: dict[str, Any] | None = None
         self._apply_lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -471,6 +473,21 @@ class AgentWorker:
                 )
                 return
         self._system_prompt = state.default_system_prompt
+        loaded_with = (
+            state.model,
+            state.multimodal_projection,
+            state.inference_parameters,
+        )
+        if self.engine is not None and loaded_with == self._engine_loaded_with:
+            # Only the template or the system prompt changed: the model, its
+            # slots and their caches stay, and no request is drained.
+            self.engine.use_chat_template(template)
+            self.status.uses_chat_template_override = template is not None
+            await self._store_metadata(self.engine)
+            self._applied_key = fingerprint
+            self._set_issues(self._template_issues(self.engine), "Applied")
+            logger.info("agent %s applied a new template or system prompt", self.name)
+            return
         # Stop taking work and drain what is in flight before swapping.
         self._accepting = False
         self.status.state_application_status = "Fresh"
@@ -485,6 +502,7 @@ class AgentWorker:
                 SyntheticEngine(slots=self.slots, on_output=self._on_engine_output)
             )
             self._applied_key = fingerprint
+            self._engine_loaded_with = loaded_with
             self._accepting = True
             self._set_issues([], "Applied")
             return
@@ -520,13 +538,16 @@ class AgentWorker:
         await asyncio.to_thread(engine.ready.wait)
         await self._store_metadata(engine)
         self.status.model_path = path
-        issues: list[Any] = []
-        if engine.chat_template is None:
-            issues.append("UnableToFindChatTemplate")
         self._applied_key = fingerprint
+        self._engine_loaded_with = loaded_with
         self._accepting = True
-        self._set_issues(issues, "Applied")
+        self._set_issues(self._template_issues(engine), "Applied")
         logger.info("agent %s serves %s with %d slots", self.name, path, self.slots)
+
+    def _template_issues(self, engine: Engine | SyntheticEngine) -> list[Any]:
+        if self.backend != "synthetic" and engine.chat_template is None:
+            return ["UnableToFindChatTemplate"]
+        return []
 
     def _start_engine(self, engine: Engine | SyntheticEngine) -> None:
         self.engine = engine
@@ -538,6 +559,7 @@ class AgentWorker:
     async def _stop_engine(self) -> None:
         engine, thread = self.engine, self._engine_thread
         self.engine = None
+        self._engine_loaded_with = None
         self._engine_thread = None
         if engine is None:
             return

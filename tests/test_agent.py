@@ -14,7 +14,10 @@ import httpx
 import pytest
 
 from agents.model_source import cached_path_for_url
+from balancer import keys
+from inference.chat_template import GEMMA_CHAT_TEMPLATE
 from tests.conftest import (
+    ENDLESS_PROMPT,
     Fleet,
     WebServer,
     read_ndjson,
@@ -229,7 +232,7 @@ def test_new_state_drains_in_flight_requests_then_swaps(fleet: Fleet) -> None:
     results: dict[str, Any] = {}
 
     def long_request() -> None:
-        results["lines"] = generate(web, "Tell a long story:", 80)
+        results["lines"] = generate(web, ENDLESS_PROMPT, 80)
 
     thread = threading.Thread(target=long_request)
     thread.start()
@@ -251,7 +254,7 @@ def test_sigterm_finishes_in_flight_work_then_deregisters(fleet: Fleet) -> None:
     wait_for_status(web, "graceful", "Applied")
     results: dict[str, Any] = {}
     thread = threading.Thread(
-        target=lambda: results.update(lines=generate(web, "Count slowly:", 40))
+        target=lambda: results.update(lines=generate(web, ENDLESS_PROMPT, 40))
     )
     thread.start()
     wait_until(lambda: web.agents()[0]["slots_processing"] == 1, 10, "busy slot")
@@ -270,7 +273,7 @@ def test_sigterm_past_the_grace_period_fails_what_is_left_with_an_error(
     wait_for_status(web, "hasty", "Applied")
     results: dict[str, Any] = {}
     thread = threading.Thread(
-        target=lambda: results.update(lines=generate(web, "Write a saga:", 1000))
+        target=lambda: results.update(lines=generate(web, ENDLESS_PROMPT, 1000))
     )
     thread.start()
     wait_until(lambda: web.agents()[0]["slots_processing"] == 1, 10, "busy slot")
@@ -349,3 +352,69 @@ def test_slots_generate_side_by_side(platform: WebServer) -> None:
     first.join()
     # b ran entirely while a was still producing tokens.
     assert arrivals["a"][0] < arrivals["b"][0] < arrivals["b"][-1] < arrivals["a"][-1]
+
+
+def test_a_new_template_or_system_prompt_applies_without_a_reload(
+    fleet: Fleet,
+) -> None:
+    web = fleet.web()
+    fleet.agent("steady", 1)
+    (agent_id,) = [wait_for_status(web, "steady", "Applied")["id"]]
+    question = [{"role": "user", "content": "What is a press?"}]
+    before = conversation_usage(web, question)
+    prompt = "The history of the printing press begins"
+    generate(web, prompt, 3)  # the only slot now caches this prompt
+
+    lowest_slots = [2]
+    watching = threading.Event()
+    watching.set()
+
+    def watch() -> None:
+        while watching.is_set():
+            report = agent_report(web, "steady")
+            if report is not None:
+                lowest_slots[0] = min(lowest_slots[0], report["slots_total"])
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    template = GEMMA_CHAT_TEMPLATE + "{# revised #}"
+    web.put_desired_state(
+        {
+            **fleet.state,
+            "chat_template_override": {"content": template},
+            "default_system_prompt": "Answer like a printer's apprentice.",
+        }
+    )
+    client = fleet.client()
+
+    def applied_template() -> Any:
+        raw = client.get(keys.agent_metadata(agent_id))
+        assert isinstance(raw, bytes)
+        return json.loads(raw)
+
+    wait_until(
+        lambda: applied_template()["chat_template"] == template,
+        10,
+        "the agent to use the new template",
+    )
+    client.close()
+    watching.clear()
+    watcher.join()
+    assert lowest_slots[0] == 1, "the agent drained its slot for a template change"
+    # The slot's cache survived: no model reload.
+    again = generate(web, prompt, 3)[-1]["Response"]["response"]
+    usage = again["GeneratedToken"]["Done"]["usage"]
+    assert usage["cached_prompt_tokens"] == usage["prompt_tokens"] - 1
+    # And the new system prompt is in the conversation's prompt.
+    assert conversation_usage(web, question)["prompt_tokens"] > before["prompt_tokens"]
+
+
+def conversation_usage(web: WebServer, history: list[dict[str, str]]) -> Any:
+    response = httpx.post(
+        f"{web.url}/api/v1/continue_from_conversation_history",
+        json={"conversation_history": history, "max_tokens": 1},
+        timeout=60,
+    )
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    return lines[-1]["Response"]["response"]["GeneratedToken"]["Done"]["usage"]
