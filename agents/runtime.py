@@ -144,6 +144,8 @@ class _Slot:
     # Routing hashes of what the cache holds (see balancer.routing).
     prefix: list[str] = field(default_factory=list)
     started_at: float = 0.0
+    # Whether this request's output has named the slot yet.
+    told_slot: bool = False
 
     @property
     def busy(self) -> bool:
@@ -523,6 +525,7 @@ class Engine:
         slot.prompt_tokens = len(prompt)
         slot.cached_tokens = keep
         slot.generated = 0
+        slot.told_slot = False
         slot.held_text = ""
         slot.text = ""
         slot.prefix = request_prefix(job.kind, job.prefix_params())
@@ -655,9 +658,12 @@ class Engine:
         sendable, slot.held_text, stopped = _split_on_stop(text, job.stop)
         if sendable:
             slot.text += sendable
-            outputs.append(
-                self._response(job, {"GeneratedToken": {"ContentToken": sendable}})
-            )
+            output = self._response(job, {"GeneratedToken": {"ContentToken": sendable}})
+            if not slot.told_slot:
+                # The web tier logs the slot even if the request is cancelled.
+                output.meta = {"slot": slot.seq_id}
+                slot.told_slot = True
+            outputs.append(output)
         if (
             stopped
             or slot.generated >= job.max_tokens

@@ -385,3 +385,22 @@ def test_a_long_prompt_outlasts_the_item_timeout_while_it_is_evaluated(
     usage = lines[-1]["Response"]["response"]["GeneratedToken"]["Done"]["usage"]
     assert usage["prompt_tokens"] > 1200
     assert all("Response" in line for line in lines)
+
+
+def test_a_cancelled_request_is_logged_with_its_slot(fleet: Fleet) -> None:
+    web = fleet.web()
+    fleet.agent("quitter", slots=2)
+    web.wait_for_ready_agents(1)
+    with httpx.stream(
+        "POST",
+        f"{web.url}/api/v1/continue_from_raw_prompt",
+        json={"raw_prompt": ENDLESS_PROMPT, "max_tokens": 2000},
+        timeout=30,
+    ) as response:
+        for count, _ in enumerate(response.iter_lines(), start=1):
+            if count == 3:
+                break
+    (record,) = wait_until(lambda: request_log(fleet), 10, "the log record")
+    assert record["outcome"] == "cancelled"
+    assert record["slot"] in (0, 1)
+    assert record["agent"] == "quitter"
