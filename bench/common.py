@@ -12,6 +12,8 @@ import os
 import platform
 import statistics
 import sys
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,8 @@ def report(
         "title": title,
         "machine": machine(),
         "model": MODEL_NAME,
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "software": software(),
         "columns": columns,
         "rows": [[str(cell) for cell in row] for row in rows],
         "notes": notes,
@@ -96,6 +100,13 @@ def report(
         **data,
     }
     (RESULTS / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
+
+
+def software() -> str:
+    return (
+        f"Python {platform.python_version()}, "
+        f"llama-cpp-python {metadata.version('llama-cpp-python')}"
+    )
 
 
 def context_line() -> str:

@@ -279,7 +279,7 @@ def main() -> None:
         name,
         title="Routing: conversation-aware against least-busy and round-robin "
         f"({args.conversations} conversations of {args.turns} turns, "
-        f"{args.agents} agents of {args.slots} slots)",
+        f"{args.agents} agents of {args.slots} slot{'s' * (args.slots != 1)})",
         columns=[
             "policy",
             "prompt tokens from cache (turns 2+)",
