@@ -12,6 +12,8 @@ import os
 import platform
 import statistics
 import sys
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "paddler_project.settings")
 
 RESULTS = ROOT / "docs" / "benchmarks"
 MODEL = ROOT / "var" / "models" / "gemma3-270m-q4_k_m.gguf"
+MODEL_NAME = "Gemma 3 270M Q4_K_M (demo model)"
 
 
 def machine() -> str:
@@ -47,6 +50,16 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def goal(text: str, met: bool, figure: str) -> dict[str, Any]:
+    """A goal of the issue, the figure that decides it, and whether it is met."""
+    return {"goal": text, "met": met, "figure": figure}
+
+
+def goal_line(entry: dict[str, Any]) -> str:
+    verdict = "met" if entry["met"] else "NOT met"
+    return f"Goal: {entry['goal']}: {verdict} ({entry['figure']})."
+
+
 def report(
     name: str,
     *,
@@ -55,17 +68,53 @@ def report(
     rows: list[list[Any]],
     notes: list[str],
     data: dict[str, Any],
+    goals: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Print the table and write ``docs/benchmarks/<name>.{json,md}``."""
+    """Print the table and write ``docs/benchmarks/<name>.{json,md}``.
+
+    The JSON holds the table, the notes and the goals as well as the raw
+    figures (``data``), so that ``bench.report`` can build the results page
+    from the JSON files alone.
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
-    header = f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}\n"
-    body = "".join(f"| {' | '.join(str(cell) for cell in row)} |\n" for row in rows)
-    context = f"Machine: {machine()}. Model: Gemma 3 270M Q4_K_M (demo model)."
-    markdown = f"## {title}\n\n{context}\n\n{header}{body}\n" + "".join(
-        f"- {note}\n" for note in notes
+    goals = goals or []
+    markdown = (
+        f"## {title}\n\n{context_line()}\n\n"
+        + table(columns, rows)
+        + "\n"
+        + "".join(f"- {line}\n" for line in [*map(goal_line, goals), *notes])
     )
     print(markdown)
     (RESULTS / f"{name}.md").write_text(markdown)
-    (RESULTS / f"{name}.json").write_text(
-        json.dumps({"machine": machine(), **data}, indent=2) + "\n"
+    document = {
+        "name": name,
+        "title": title,
+        "machine": machine(),
+        "model": MODEL_NAME,
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "software": software(),
+        "columns": columns,
+        "rows": [[str(cell) for cell in row] for row in rows],
+        "notes": notes,
+        "goals": goals,
+        **data,
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
+
+
+def software() -> str:
+    return (
+        f"Python {platform.python_version()}, "
+        f"llama-cpp-python {metadata.version('llama-cpp-python')}"
+    )
+
+
+def context_line() -> str:
+    return f"Machine: {machine()}. Model: {MODEL_NAME}."
+
+
+def table(columns: list[str], rows: list[list[Any]]) -> str:
+    header = f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}\n"
+    return header + "".join(
+        f"| {' | '.join(str(cell) for cell in row)} |\n" for row in rows
     )

@@ -7,7 +7,9 @@ NDJSON streams from a client in its own process; tokens per stream vary, and
 the Redis messages per second must not grow with them (DESIGN.md: one message
 per decode step and destination, not per token).
 
-    .venv/bin/python -m bench.dispatch [--profile]
+    .venv/bin/python -m bench.dispatch [--runs 3] [--profile]
+
+``--profile`` needs py-spy (``.venv/bin/pip install -r bench/requirements.txt``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,10 +29,13 @@ from typing import Any
 import httpx
 import redis
 
-from bench.common import ROOT, report
+from bench.common import goal, median, report
 from tests.conftest import start_agent, start_redis, start_web, stop_process
 
 STREAMS = 64
+PROJECT_FRAME = re.compile(r"[(/](balancer|inference|agents|paddler_project)/")
+TOKENS_GOAL = 10_000  # tokens/s one web process relays across 64 streams
+FLAT_GOAL = 1.5  # messages/s at the most tokens per stream against the fewest
 
 
 def client(urls: list[str], streams: int, tokens: int, result: Any) -> None:
@@ -88,10 +95,17 @@ def measure(urls: list[str], tokens: int, redis_client: redis.Redis) -> dict[str
     }
 
 
-def profile_web(pid: int, seconds: int, output: Path) -> list[str]:
-    spy = shutil.which("py-spy") or str(ROOT / "var" / "bench-venv" / "bin" / "py-spy")
-    if not Path(spy).exists():
-        return ["(py-spy not installed: var/bench-venv/bin/pip install py-spy)"]
+def profile_web(pid: int, seconds: int, output: Path) -> dict[str, list[str]]:
+    """py-spy's samples of the web process: where its time goes.
+
+    ``own``: the functions most often at the top of the stack; ``ours``: the
+    functions of this project most often on it (a caller counts its callees).
+    """
+    beside = Path(sys.executable).parent / "py-spy"
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if spy is None:
+        message = "(py-spy is missing: .venv/bin/pip install -r bench/requirements.txt)"
+        return {"own": [], "ours": [message]}
     subprocess.run(
         [
             spy,
@@ -109,23 +123,54 @@ def profile_web(pid: int, seconds: int, output: Path) -> list[str]:
         check=False,
         capture_output=True,
     )
-    totals: dict[str, int] = {}
+    if not output.exists():
+        return {"own": [], "ours": ["(py-spy could not attach to the web process)"]}
+    own: dict[str, int] = {}
+    ours: dict[str, int] = {}
+    samples = 0
     for line in output.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        for frame in set(stack.split(";")):
-            totals[frame] = totals.get(frame, 0) + int(count)
-    grand = max(totals.values(), default=1)
-    ranked = sorted(totals.items(), key=lambda item: -item[1])
-    return [f"{count / grand:.0%} {frame}" for frame, count in ranked[:25]]
+        # "function (path/file.py:line)": one entry per function, not per line.
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        samples += int(count)
+        own[frames[-1]] = own.get(frames[-1], 0) + int(count)
+        for frame in set(frames):
+            if PROJECT_FRAME.search(frame):
+                ours[frame] = ours.get(frame, 0) + int(count)
+
+    def ranked(counts: dict[str, int]) -> list[str]:
+        top = sorted(counts.items(), key=lambda item: -item[1])[:25]
+        return [f"{count / max(samples, 1):.0%} {frame}" for frame, count in top]
+
+    return {"own": ranked(own), "ours": ranked(ours)}
+
+
+def medians(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per (tokens per stream, replicas): the median of every figure."""
+    rows = []
+    for index, first in enumerate(runs[0]):
+        same = [run[index] for run in runs]
+        rows.append(
+            {
+                **{key: first[key] for key in ("replicas", "tokens_per_stream")},
+                **{
+                    key: median([row[key] for row in same])
+                    for key in first
+                    if key not in ("replicas", "tokens_per_stream")
+                },
+            }
+        )
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", default="64,256,1024")
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    rows: list[dict[str, Any]] = []
-    hot: list[str] = []
+    runs: list[list[dict[str, Any]]] = []
+    hot: dict[str, list[str]] = {"own": [], "ours": []}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         redis_server = start_redis()
@@ -147,13 +192,16 @@ def main() -> None:
         try:
             webs[0].wait_for_ready_agents(2)
             measure([webs[0].url], 16, redis_client)  # warm-up
-            for tokens in (int(t) for t in args.tokens.split(",")):
-                for replicas in (1, 2):
-                    row = measure(
-                        [w.url for w in webs[:replicas]], tokens, redis_client
-                    )
-                    print(row, flush=True)
-                    rows.append(row)
+            for run in range(args.runs):
+                rows: list[dict[str, Any]] = []
+                for tokens in (int(t) for t in args.tokens.split(",")):
+                    for replicas in (1, 2):
+                        row = measure(
+                            [w.url for w in webs[:replicas]], tokens, redis_client
+                        )
+                        print(f"run {run + 1}", row, flush=True)
+                        rows.append(row)
+                runs.append(rows)
             if args.profile:
                 manager = multiprocessing.Manager()
                 result = manager.dict()
@@ -164,14 +212,19 @@ def main() -> None:
                 time.sleep(2)
                 hot = profile_web(webs[0].process.pid, 8, tmp / "profile.txt")
                 load.join()
-                print("\n".join(hot))
+                print("\n".join(["own:", *hot["own"], "ours:", *hot["ours"]]))
         finally:
             for agent in agents:
                 agent.stop()
             for web in webs:
                 web.stop()
             stop_process(redis_server.process)
+    rows = medians(runs)
     baseline = {r["tokens_per_stream"]: r for r in rows if r["replicas"] == 1}
+    ones = sorted(baseline.values(), key=lambda r: r["tokens_per_stream"])
+    flat = max(r["messages_per_s"] for r in ones) / min(
+        r["messages_per_s"] for r in ones
+    )
 
     def one_replica(row: dict[str, Any]) -> dict[str, Any]:
         return baseline[row["tokens_per_stream"]]
@@ -201,14 +254,44 @@ def main() -> None:
             for r in rows
         ],
         notes=[
-            "Client, web processes, Redis and agents share the same 2 cores.",
+            f"Median of {args.runs} runs.  Client, web processes, Redis and "
+            "agents share the machine's cores.",
             *(
-                [f"Top of the web process's profile (py-spy): {', '.join(hot[:8])}"]
-                if hot
-                else []
+                [
+                    "Where one web process's time goes (py-spy, 64 streams of 4096 "
+                    f"tokens; share of samples at the top of the stack): "
+                    f"{'; '.join(hot['own'][:8])}",
+                    "Our functions most often on its stack (with what they "
+                    f"call): {'; '.join(hot['ours'][:8])}",
+                ]
+                if hot["own"]
+                else hot["ours"][:1]
             ),
         ],
-        data={"rows": rows, "profile": hot},
+        goals=[
+            goal(
+                f"one web process relays at least {TOKENS_GOAL:,} tokens/s across "
+                f"{STREAMS} concurrent streams of {ones[-1]['tokens_per_stream']} "
+                "tokens",
+                ones[-1]["tokens_per_s"] >= TOKENS_GOAL,
+                ", ".join(
+                    f"{r['tokens_per_s']:,.0f} at {r['tokens_per_stream']} "
+                    "tokens/stream"
+                    for r in ones
+                ),
+            ),
+            goal(
+                "Redis messages/s stay flat as tokens per stream rise (one web "
+                f"process; most against fewest within {FLAT_GOAL}x)",
+                flat <= FLAT_GOAL,
+                ", ".join(
+                    f"{r['messages_per_s']:,.0f}/s at {r['tokens_per_stream']}"
+                    for r in ones
+                )
+                + f"; {flat:.2f}x",
+            ),
+        ],
+        data={"args": vars(args), "rows": rows, "runs": runs, "profile": hot},
     )
 
 
