@@ -383,7 +383,8 @@ class Dispatcher:
 
         The first chunk is placed before this returns, so a batch that cannot
         start raises ``InferenceFailure`` as ``open_stream`` does; a later
-        chunk that cannot be placed ends the merged stream with its error.
+        chunk that cannot be placed waits for another chunk of its batch to
+        end, or, with none running, ends the merged stream with its error.
         """
         documents: list[fanout.Document] = params["input_batch"]
         agents = sum(1 for agent in await self.agents() if agent.slots_total > 0)

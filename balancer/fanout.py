@@ -53,7 +53,7 @@ class ChunkStream(Protocol):
 # Places a chunk, preferring agents other than those it is told already serve
 # the batch (asked again whenever the placement retries).  Returns the chunk's
 # stream, or, when it could not be placed (buffer full, waited too long), the
-# error item that ends the batch.
+# error item to end the batch with.
 OpenChunk = Callable[
     [list[Document], Callable[[], Collection[str]]],
     Awaitable["ChunkStream | OutputItem"],
@@ -99,6 +99,11 @@ class FanOut:
         # instead of filling this process's memory.
         self._reads: dict[asyncio.Future[list[OutputItem]], _Chunk] = {}
         self._opening: asyncio.Future[ChunkStream | OutputItem] | None = None
+        self._opening_documents: list[Document] = []
+        # A chunk could not be placed while others of the batch ran: it waits
+        # for one of them to end, and the slot that frees, before it tries
+        # again (buffer full and 503 is immediate: no retrying in a loop).
+        self._held_back = False
         self._closed = False
 
     def serving(self) -> set[str]:
@@ -119,8 +124,10 @@ class FanOut:
 
         Ends with the batch's one ``{"Embedding": "Done"}`` once every chunk
         is done, or with the first chunk failure (an error item), after which
-        the other chunks are cancelled and their slots freed.  Per-document
-        errors (``{"Embedding": {"Error": ...}}``) are relayed like vectors.
+        the other chunks are cancelled and their slots freed.  A chunk that
+        cannot be placed (buffer full, waited too long) is a failure only when
+        no other chunk of the batch runs.  Per-document errors
+        (``{"Embedding": {"Error": ...}}``) are relayed like vectors.
         """
         last_agent = ""
         try:
@@ -137,12 +144,18 @@ class FanOut:
                 if self._opening is not None and self._opening in done:
                     opened = self._opening.result()
                     self._opening = None
-                    if isinstance(opened, dict):
+                    if not isinstance(opened, dict):
+                        chunk = _Chunk(opened, opened.batches())
+                        self._running.append(chunk)
+                        self._read(chunk)
+                    elif self._running:
+                        self._waiting.appendleft(self._opening_documents)
+                        self._held_back = True
+                    else:
+                        # Nothing of the batch runs, so nothing of it would
+                        # free a slot for this chunk: the batch fails.
                         yield "", [self._own(opened)]
                         return
-                    chunk = _Chunk(opened, opened.batches())
-                    self._running.append(chunk)
-                    self._read(chunk)
                 for read in done & set(self._reads):
                     chunk = self._reads.pop(read)
                     name = chunk.stream.agent_name
@@ -184,9 +197,15 @@ class FanOut:
 
     def _open_next(self) -> None:
         in_flight = len(self._running) + (self._opening is not None)
-        if self._opening is None and self._waiting and in_flight < self._max_in_flight:
+        if (
+            self._opening is None
+            and self._waiting
+            and not self._held_back
+            and in_flight < self._max_in_flight
+        ):
+            self._opening_documents = self._waiting.popleft()
             self._opening = asyncio.ensure_future(
-                self._open_chunk(self._waiting.popleft(), self.serving)
+                self._open_chunk(self._opening_documents, self.serving)
             )
 
     def _own(self, item: OutputItem) -> OutputItem:
@@ -208,6 +227,7 @@ class FanOut:
 
     async def _end(self, chunk: _Chunk) -> None:
         self._running.remove(chunk)
+        self._held_back = False
         # Runs the generator's ``finally``, which releases the chunk's slot
         # (and cancels it on its agent if it is unfinished); ``close`` also
         # covers a generator that never started.

@@ -83,11 +83,17 @@ class FakeChunk:
 
 
 class Placer:
-    """Places chunks on agents in turn, and remembers what it was asked."""
+    """Places chunks on agents in turn, and remembers what it was asked.
 
-    def __init__(self, agents: list[str], refuse: OutputItem | None = None) -> None:
+    The first ``refusals`` placements fail with ``refusal``.
+    """
+
+    def __init__(
+        self, agents: list[str], refusal: OutputItem | None = None, refusals: int = 0
+    ) -> None:
         self.agents = agents
-        self.refuse = refuse
+        self.refusal = refusal
+        self.refusals = refusals
         self.placed: list[FakeChunk] = []
         self.avoided: list[set[str]] = []
         self.gate = asyncio.Event()
@@ -104,8 +110,9 @@ class Placer:
     ) -> FakeChunk | OutputItem:
         self.avoided.append(set(avoid()))
         await self.gate.wait()
-        if self.refuse is not None:
-            return self.refuse
+        if self.refusal is not None and self.refusals > 0:
+            self.refusals -= 1
+            return dict(self.refusal)  # type: ignore[return-value]
         return self.chunk(documents)
 
 
@@ -260,13 +267,43 @@ async def test_a_failing_chunk_ends_the_batch_and_cancels_the_others() -> None:
     assert len(placer.placed) == 2  # the third chunk was never placed
 
 
-async def test_a_chunk_that_cannot_be_placed_ends_the_batch_with_its_error() -> None:
-    placer = Placer(["a"], refuse=error(504, "Waiting for available slot timed out"))
+async def test_a_chunk_that_cannot_be_placed_waits_for_a_sibling_to_end() -> None:
+    full = error(503, "Buffered requests overflow")
+    placer = Placer(["a", "b"], refusal=full, refusals=1)
     batch = fan_out(placer, 4, 2, in_flight=2)
-    items = [item async for item in batch.items()]
-    assert [i["error"] for i in items] == [
-        {"code": 504, "description": "Waiting for available slot timed out"}
-    ]
+    lines = batch.items()
+    reading = asyncio.ensure_future(anext(lines))
+    await settle()
+    # Refused while the first chunk runs: not tried again until it ends.
+    assert len(placer.avoided) == 1
+    assert not reading.done()
+    placer.placed[0].finish()
+    received = [await reading, await anext(lines)]
+    reading = asyncio.ensure_future(anext(lines))
+    await settle()
+    assert len(placer.avoided) == 2
+    placer.placed[1].finish()
+    received += [await reading] + [item async for item in lines]
+    assert sorted(document_ids(received[:-1])) == ["0", "1", "2", "3"]
+    assert received[-1]["response"] == {"Embedding": "Done"}
+
+
+async def test_a_chunk_that_cannot_be_placed_with_none_running_ends_the_batch() -> None:
+    timed_out = error(504, "Waiting for available slot timed out")
+    placer = Placer(["a"], refusal=timed_out, refusals=2)
+    batch = fan_out(placer, 4, 2, in_flight=2)
+    lines = batch.items()
+    reading = asyncio.ensure_future(anext(lines))
+    await settle()
+    placer.placed[0].finish()
+    received = [await reading]
+    received += [item async for item in lines]
+    assert received[-1]["error"] == {
+        "code": 504,
+        "description": "Waiting for available slot timed out",
+    }
+    assert received[-1]["request_id"] == "batch"
+    assert len(placer.avoided) == 2
     assert placer.placed[0].closed
 
 
