@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from balancer import keys, metrics, registry
+from balancer import fanout, keys, metrics, registry
 from balancer.events import (
     InferenceCancelEvent,
     InferenceRequestEvent,
@@ -102,6 +102,21 @@ class Stream:
     # a stream nobody reads any more is abandoned (see Dispatcher._reap).
     reading: bool = False
     last_read_at: float = field(default_factory=time.monotonic)
+    # A chunk of an embedding batch: the batch's request id, and the agents
+    # its other chunks are on now, which its placement tries last.
+    parent_id: str | None = None
+    avoid: Callable[[], Collection[str]] | None = None
+
+    async def agent_batches(self) -> AsyncGenerator[tuple[str, list[OutputItem]]]:
+        """``batches``, each with the name of the agent that produced it."""
+        batches = self.batches()
+        try:
+            async for batch in batches:
+                # Read after the batch came: a request moved to another agent
+                # before its first output names the agent that produced it.
+                yield self.agent_name, batch
+        finally:
+            await batches.aclose()
 
     async def items(self) -> AsyncIterator[OutputItem]:
         """The output one item at a time (see ``batches``)."""
@@ -241,6 +256,7 @@ class Stream:
         generating_s = end - self.first_item_at if self.first_item_at else 0.0
         return {
             "id": self.request_id,
+            "parent_id": self.parent_id,
             "kind": self.kind,
             "agent_id": self.agent_id,
             "agent": self.agent_name,
@@ -266,6 +282,23 @@ class Stream:
             "outcome": self.outcome,
             "finished_at": time.time(),
         }
+
+
+def _spread(decision: Decision, avoid: set[str]) -> Decision:
+    """The same order, but with the agents in ``avoid`` last.
+
+    Chunks of one batch should land on different agents.  The registry read
+    is up to ``AGENTS_CACHE_S`` old, so it may not show the slot the previous
+    chunk took a moment ago, and the Lua claim takes the first candidate with
+    a free slot: without this both chunks would go to the same least busy
+    agent, one after the other.
+    """
+    if not avoid.intersection(decision.order):
+        return decision
+    order = [a for a in decision.order if a not in avoid] + [
+        a for a in decision.order if a in avoid
+    ]
+    return Decision(order, decision.matched, f"{decision.why}; away from its batch")
 
 
 class Dispatcher:
@@ -320,12 +353,21 @@ class Dispatcher:
             ]
 
     # ------------------------------------------------------------- requests
-    async def open_stream(self, kind: str, params: dict[str, Any]) -> Stream:
+    async def open_stream(
+        self,
+        kind: str,
+        params: dict[str, Any],
+        *,
+        parent_id: str | None = None,
+        avoid: Callable[[], Collection[str]] | None = None,
+    ) -> Stream:
         """Claim a slot (waiting in the buffer if need be) and send the request.
 
         Raises ``InferenceFailure`` (503 buffer full, 504 waited too long).
         """
-        stream = Stream(uuid.uuid4().hex, kind, params, self)
+        stream = Stream(
+            uuid.uuid4().hex, kind, params, self, parent_id=parent_id, avoid=avoid
+        )
         try:
             await self._place(stream, exclude=set())
         except InferenceFailure as failure:
@@ -334,6 +376,57 @@ class Dispatcher:
             await self._log(stream)
             raise
         return stream
+
+    async def open_embedding_batch(self, params: dict[str, Any]) -> fanout.FanOut:
+        """Split the batch into chunks that agents embed in parallel, each a
+        request of its own, and merge their outputs (see ``fanout``).
+
+        The first chunk is placed before this returns, so a batch that cannot
+        start raises ``InferenceFailure`` as ``open_stream`` does; a later
+        chunk that cannot be placed waits for another chunk of its batch to
+        end, or, with none running, ends the merged stream with its error.
+        """
+        documents: list[fanout.Document] = params["input_batch"]
+        agents = sum(1 for agent in await self.agents() if agent.slots_total > 0)
+        size = fanout.chunk_size(
+            len(documents),
+            largest=settings.PADDLER_EMBEDDING_CHUNK_SIZE,
+            agents=agents,
+        )
+        first, *rest = fanout.split_batch(documents, size)
+        batch_id = uuid.uuid4().hex
+
+        async def open_chunk(
+            chunk: list[fanout.Document], avoid: Callable[[], Collection[str]]
+        ) -> Stream | OutputItem:
+            try:
+                return await self.open_stream(
+                    "embeddings",
+                    {**params, "input_batch": chunk},
+                    parent_id=batch_id,
+                    avoid=avoid,
+                )
+            except InferenceFailure as failure:
+                return {
+                    "request_id": batch_id,
+                    "response": None,
+                    "error": {"code": failure.code, "description": failure.description},
+                    "final": True,
+                    "meta": None,
+                }
+
+        opened = await self.open_stream(
+            "embeddings", {**params, "input_batch": first}, parent_id=batch_id
+        )
+        return fanout.FanOut(
+            batch_id,
+            first=opened,
+            rest=rest,
+            open_chunk=open_chunk,
+            # One chunk per agent: an agent embeds one request at a time.  With
+            # no agent yet (scale from zero) the chunks go one after another.
+            max_in_flight=agents,
+        )
 
     async def reroute(self, stream: Stream) -> None:
         """Move a request that got no output to another agent."""
@@ -399,6 +492,8 @@ class Dispatcher:
             while True:
                 agents = {a.id: a for a in await self.agents() if a.id not in exclude}
                 decision = self._decide(list(agents.values()), prefix)
+                if stream.avoid is not None:
+                    decision = _spread(decision, set(stream.avoid()))
                 acquisition = await registry.acquire_slot(
                     self.redis,
                     request_id=stream.request_id,

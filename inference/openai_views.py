@@ -179,13 +179,17 @@ async def completions(request: HttpRequest) -> HttpResponseBase:
 async def embeddings(request: HttpRequest) -> HttpResponseBase:
     try:
         embedding = parse_embedding_request(_json(request))
-        stream = await _open("embeddings", embedding.params)
+        try:
+            batch = await get_dispatcher().open_embedding_batch(embedding.params)
+        except InferenceFailure as failure:
+            raise OpenAIError(failure.code, failure.description) from None
+        # Chunks end in any order; the results are put in input order.
         results = EmbeddingResults(embedding.count)
         try:
-            async for item in stream.items():
+            async for item in batch.items():
                 results.add(item)
         finally:
-            await stream.close()
+            await batch.close()
         return JsonResponse(
             results.response(embedding.model, embedding.encoding_format)
         )

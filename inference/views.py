@@ -18,6 +18,7 @@ from django.views.decorators.http import require_POST
 
 from balancer.dispatch import InferenceFailure, Stream, get_dispatcher
 from balancer.events import OutputItem
+from balancer.fanout import FanOut
 from inference.access import BodyTooLarge, api_key_required, read_body
 from inference.envelopes import paddler_envelope
 from inference.validation import (
@@ -69,26 +70,32 @@ def ndjson_line(item: OutputItem, agent_name: str) -> str:
     return json.dumps(paddler_envelope(item, agent_name)) + "\n"
 
 
-async def ndjson_lines(stream: Stream) -> AsyncIterator[bytes]:
+async def ndjson_lines(stream: Stream | FanOut) -> AsyncIterator[bytes]:
     """The stream as NDJSON; closing it early cancels the request.
 
     When the client disconnects, Django cancels the task serving the response
     (at whichever await it is in) and closes this iterator; the ``finally``
     then tells the agent to stop and frees the slot at once, instead of
     whenever the garbage collector finalizes the generators.  Tokens that
-    arrived together go out in one write.
+    arrived together go out in one write.  Each line names the agent that
+    produced it: the chunks of one embedding batch run on several.
     """
     try:
-        async for batch in stream.batches():
-            lines = (ndjson_line(item, stream.agent_name) for item in batch)
+        async for agent_name, batch in stream.agent_batches():
+            lines = (ndjson_line(item, agent_name) for item in batch)
             yield "".join(lines).encode()
     finally:
         await stream.close()
 
 
 async def _stream(kind: str, params: dict[str, Any]) -> HttpResponseBase:
+    dispatcher = get_dispatcher()
+    stream: Stream | FanOut
     try:
-        stream = await get_dispatcher().open_stream(kind, params)
+        if kind == "embeddings":
+            stream = await dispatcher.open_embedding_batch(params)
+        else:
+            stream = await dispatcher.open_stream(kind, params)
     except InferenceFailure as failure:
         return error_response(failure.code, failure.description)
     return StreamingHttpResponse(ndjson_lines(stream), content_type="application/json")

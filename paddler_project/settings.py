@@ -166,6 +166,9 @@ PADDLER_ROUTING_POLICY = env_choice(
 PADDLER_ROUTING_MAX_LOAD_GAP = env_float(
     "PADDLER_ROUTING_MAX_LOAD_GAP", 0.5, minimum=0.0
 )
+# Embedding batches are split into chunks of at most this many documents,
+# which agents embed in parallel (fewer when that spreads a batch wider).
+PADDLER_EMBEDDING_CHUNK_SIZE = env_int("PADDLER_EMBEDDING_CHUNK_SIZE", 32, minimum=1)
 # How many finished requests the request log keeps (for the panel).
 PADDLER_REQUEST_LOG_SIZE = env_int("PADDLER_REQUEST_LOG_SIZE", 1000, minimum=0)
 # An agent whose heartbeat is older than this is dropped from the registry.
