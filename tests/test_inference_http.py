@@ -49,6 +49,9 @@ def reference_llama(model_path: Path) -> Iterator[Any]:
 
 
 def reference_completion(llm: Any, prompt: str | list[int], max_tokens: int) -> str:
+    # Evaluate the whole prompt in one batch, as a fresh slot does, instead
+    # of reusing whatever prefix the previous reference call left behind.
+    llm.reset()
     result = llm.create_completion(
         prompt, max_tokens=max_tokens, temperature=0.0, repeat_penalty=1.0
     )
