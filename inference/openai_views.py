@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from balancer import keys, registry
 from balancer.dispatch import InferenceFailure, Stream, get_dispatcher
+from balancer.events import OutputItem
 from inference.access import BodyTooLarge, api_key_required, read_body
 from inference.openai_schema import (
     SSE_DONE,
@@ -93,11 +94,32 @@ async def _events(
     """Server-sent events of a chat or text completion, then ``[DONE]``.
 
     A failure after the stream began is an ``{"error": ...}`` event, which
-    OpenAI's clients raise as an ``APIError``.
+    OpenAI's clients raise as an ``APIError``.  Events whose items arrived
+    together go out in one write.
     """
     chat = request.kind == "conversation"
     usage_kind = "chat.completion.chunk" if chat else "text_completion"
     with_usage = request.include_usage
+
+    def chunk(text: str | None, reason: str | None = None) -> bytes:
+        if chat:
+            delta = {} if text is None else {"content": text}
+            return sse(reply.chat_chunk(delta, reason, with_usage=with_usage))
+        return sse(reply.completion_chunk(text or "", reason, with_usage=with_usage))
+
+    def events(item: OutputItem) -> list[bytes]:
+        event = read_generation_item(item)
+        if isinstance(event, TextPiece):
+            return [chunk(event.text)]
+        if isinstance(event, Finished):
+            ending = [chunk(None, event.finish_reason(request.max_tokens))]
+            if with_usage:
+                ending.append(sse(reply.usage_chunk(usage_kind, event.openai_usage())))
+            return ending
+        if isinstance(event, OpenAIError):
+            return [sse(event.body())]
+        return []
+
     try:
         if chat:
             yield sse(
@@ -105,25 +127,10 @@ async def _events(
                     {"role": "assistant", "content": ""}, with_usage=with_usage
                 )
             )
-        async for item in stream.items():
-            event = read_generation_item(item)
-            if isinstance(event, TextPiece):
-                yield sse(
-                    reply.chat_chunk({"content": event.text}, with_usage=with_usage)
-                    if chat
-                    else reply.completion_chunk(event.text, with_usage=with_usage)
-                )
-            elif isinstance(event, Finished):
-                reason = event.finish_reason(request.max_tokens)
-                yield sse(
-                    reply.chat_chunk({}, reason, with_usage=with_usage)
-                    if chat
-                    else reply.completion_chunk("", reason, with_usage=with_usage)
-                )
-                if with_usage:
-                    yield sse(reply.usage_chunk(usage_kind, event.openai_usage()))
-            elif isinstance(event, OpenAIError):
-                yield sse(event.body())
+        async for batch in stream.batches():
+            written = b"".join(line for item in batch for line in events(item))
+            if written:
+                yield written
         yield SSE_DONE
     finally:
         await stream.close()

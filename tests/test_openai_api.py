@@ -54,6 +54,13 @@ def test_models_lists_the_model_the_agents_serve(client: openai.OpenAI) -> None:
 def test_chat_completion_is_what_the_paddler_endpoint_generates(
     api_platform: WebServer, client: openai.OpenAI
 ) -> None:
+    # Both requests below then find the prompt in a slot's cache and evaluate
+    # it the same way (a fresh prompt and a cached one can differ in a near-tie).
+    paddler_text(
+        api_platform,
+        "/api/v1/continue_from_conversation_history",
+        {"conversation_history": QUESTION, "max_tokens": 1},
+    )
     completion = client.chat.completions.create(
         model=MODEL, messages=QUESTION, max_tokens=16
     )
@@ -131,6 +138,12 @@ def test_text_completion_is_what_the_raw_prompt_endpoint_generates(
     api_platform: WebServer, client: openai.OpenAI
 ) -> None:
     prompt = "The capital of France is"
+    # As above: every request below finds the prompt cached.
+    paddler_text(
+        api_platform,
+        "/api/v1/continue_from_raw_prompt",
+        {"raw_prompt": prompt, "max_tokens": 1},
+    )
     completion = client.completions.create(model=MODEL, prompt=prompt, max_tokens=10)
     expected = paddler_text(
         api_platform,
