@@ -963,6 +963,8 @@ class Embedder:
                     job.destination,
                     response={"Embedding": "Done"},
                     final=True,
+                    # For usage figures (OpenAI's usage, the request log).
+                    meta={"prompt_tokens": sum(len(t) for _, t in pending)},
                 )
             ]
         )

@@ -222,7 +222,9 @@ class Stream:
         meta = item.get("meta")
         item["meta"] = None  # for this process only, not for clients
         if meta:
-            self.slot = meta.get("slot")
+            self.slot = meta.get("slot", self.slot)
+            if "prompt_tokens" in meta:  # the tokens an embedding request read
+                self.usage = {"prompt_tokens": meta["prompt_tokens"]}
         if item["final"]:
             self.finished = True
             self.ended_at = now

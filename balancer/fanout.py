@@ -44,6 +44,7 @@ class ChunkStream(Protocol):
     request_id: str
     agent_id: str
     agent_name: str
+    usage: dict[str, Any]
 
     def batches(self) -> AsyncGenerator[list[OutputItem]]: ...
 
@@ -105,6 +106,8 @@ class FanOut:
         # again (buffer full and 503 is immediate: no retrying in a loop).
         self._held_back = False
         self._closed = False
+        # Tokens the agents read, over every chunk that is done.
+        self.prompt_tokens = 0
 
     def serving(self) -> set[str]:
         """The agents that hold one of this batch's chunks now."""
@@ -174,6 +177,9 @@ class FanOut:
                             yield name, relayed
                             return
                     if ended:
+                        self.prompt_tokens += int(
+                            chunk.stream.usage.get("prompt_tokens", 0)
+                        )
                         # Free its slot now: the next chunk may need it.
                         await self._end(chunk)
                         last_agent = name

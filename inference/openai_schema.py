@@ -608,7 +608,9 @@ class EmbeddingResults:
         index = int(embedding["source_document_id"])
         self.vectors[index] = list(embedding["embedding"])
 
-    def response(self, model: str, encoding_format: str) -> dict[str, Any]:
+    def response(
+        self, model: str, encoding_format: str, prompt_tokens: int
+    ) -> dict[str, Any]:
         missing = [i for i in range(self.count) if i not in self.vectors]
         if missing:
             raise OpenAIError(502, f"the agent returned no vector for input {missing}")
@@ -623,8 +625,7 @@ class EmbeddingResults:
                 for index in range(self.count)
             ],
             "model": model,
-            # Agents do not report embedding token counts (yet).
-            "usage": {"prompt_tokens": 0, "total_tokens": 0},
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
         }
 
 

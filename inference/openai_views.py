@@ -198,7 +198,9 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
         finally:
             await batch.close()
         return JsonResponse(
-            results.response(embedding.model, embedding.encoding_format)
+            results.response(
+                embedding.model, embedding.encoding_format, batch.prompt_tokens
+            )
         )
     except OpenAIError as error:
         return error_response(error)

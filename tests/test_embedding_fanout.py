@@ -190,6 +190,9 @@ def test_openai_embeddings_over_two_agents_come_back_in_input_order(
     records = chunk_records(fleet)
     assert len({r["parent_id"] for r in records}) == 1
     assert {r["agent"] for r in records} == {"left", "right"}
+    # The usage adds up what every chunk's agent read.
+    assert response.usage.prompt_tokens == sum(r["prompt_tokens"] for r in records)
+    assert response.usage.prompt_tokens > len(TOPICS)
 
 
 def test_an_agent_killed_mid_batch_ends_the_stream_with_502_and_frees_every_slot(

@@ -61,11 +61,14 @@ class FakeChunk:
     documents: list[Document]
     outputs: asyncio.Queue[list[OutputItem]] = field(default_factory=asyncio.Queue)
     closed: bool = False
+    usage: dict[str, Any] = field(default_factory=dict)
 
     def send(self, *items: OutputItem) -> None:
         self.outputs.put_nowait(list(items))
 
     def finish(self) -> None:
+        # As dispatch.Stream does when its Done arrives: 5 tokens a document.
+        self.usage = {"prompt_tokens": 5 * len(self.documents)}
         self.send(*(vector(d["id"]) for d in self.documents), done())
 
     async def batches(self) -> AsyncGenerator[list[OutputItem]]:
@@ -349,3 +352,22 @@ async def test_a_batch_closed_before_it_was_read_frees_its_first_chunk() -> None
     batch = fan_out(placer, 2, 2, in_flight=1)
     await batch.close()
     assert placer.placed[0].closed
+
+
+async def test_the_batch_counts_the_tokens_of_every_chunk() -> None:
+    placer = Placer(["a", "b"])
+    batch = fan_out(placer, 5, 2, in_flight=2)  # chunks of 2, 2 and 1
+
+    async def finish_every_chunk() -> None:
+        while True:
+            for chunk in placer.placed:
+                if not chunk.usage:
+                    chunk.finish()
+            await asyncio.sleep(0)
+
+    finisher = asyncio.create_task(finish_every_chunk())
+    async for _ in batch.agent_batches():
+        pass
+    finisher.cancel()
+    assert len(placer.placed) == 3
+    assert batch.prompt_tokens == 5 * 5

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import WebServer, read_ndjson, running_platform
+from tests.conftest import MODEL_PATH, WebServer, read_ndjson, running_platform
 
 TEXTS = ["The cat sat on the mat.", "A kitten sat on the rug.", "Stocks fell."]
 
@@ -57,6 +57,17 @@ def paddler_vectors(web: WebServer, texts: list[str]) -> dict[str, list[float]]:
     }
 
 
+def token_count(text: str) -> int:
+    """Tokens of ``text`` as an agent reads it for an embedding (with BOS)."""
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(str(MODEL_PATH), vocab_only=True, verbose=False)
+    try:
+        return len(vocab.tokenize(text.encode(), add_bos=True))
+    finally:
+        vocab.close()
+
+
 def test_embeddings_are_the_paddler_l2_vectors_in_input_order(
     embedding_web: WebServer, client: openai.OpenAI
 ) -> None:
@@ -66,6 +77,8 @@ def test_embeddings_are_the_paddler_l2_vectors_in_input_order(
     assert [item.index for item in response.data] == [0, 1, 2]
     assert response.model == "any"
     assert response.usage is not None
+    assert response.usage.prompt_tokens == sum(map(token_count, TEXTS))
+    assert response.usage.total_tokens == response.usage.prompt_tokens
     for item in response.data:
         assert len(item.embedding) == 640
         norm = math.sqrt(sum(v * v for v in item.embedding))

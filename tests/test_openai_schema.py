@@ -260,8 +260,9 @@ def test_embedding_results_come_back_in_order_and_base64_is_float32() -> None:
         )
     results.add(item({"Embedding": "Done"}, final=True))
     assert results.done
-    body = results.response("m", "base64")
+    body = results.response("m", "base64", prompt_tokens=7)
     assert [d["index"] for d in body["data"]] == [0, 1]
+    assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
     decoded = struct.unpack("<2f", base64.b64decode(body["data"][1]["embedding"]))
     assert decoded == (0.5, 1.0)
     with pytest.raises(OpenAIError) as raised:
