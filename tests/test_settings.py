@@ -20,6 +20,7 @@ from tests.conftest import ROOT
         ("PADDLER_INFERENCE_ITEM_TIMEOUT_MS", "1.5"),
         ("PADDLER_DEBUG", "maybe"),
         ("PADDLER_SSE_KEEPALIVE_MS", "0"),
+        ("PADDLER_MAX_CLIENT_BUFFER_BYTES", "1024"),
         ("REDIS_URL", "http://127.0.0.1:6379"),
     ],
 )
