@@ -16,7 +16,7 @@ from django.urls import path  # noqa: E402
 
 from balancer.sse import EndStreamsOnCancel  # noqa: E402
 from inference.consumers import InferenceSocketConsumer  # noqa: E402
-from paddler_project.send_buffer import SendBufferLimit  # noqa: E402
+from paddler_project.connections import GuardedConnections  # noqa: E402
 
 # The socket authenticates with an API key sent by the client (header or
 # ``token`` parameter), or with the panel's staff session.  The session is read
@@ -25,8 +25,9 @@ from paddler_project.send_buffer import SendBufferLimit  # noqa: E402
 #
 # daphne buffers whatever it is sent, without limit: a client that does not
 # read its stream is cut off once it leaves PADDLER_MAX_CLIENT_BUFFER_BYTES
-# unread, which cancels its requests (paddler_project.send_buffer).
-application = SendBufferLimit(
+# unread, which cancels its requests; and a socket that breaks the WebSocket
+# protocol is closed with a code and a reason (paddler_project.connections).
+application = GuardedConnections(
     ProtocolTypeRouter(
         {
             # At shutdown, event streams end their responses instead of being
@@ -39,5 +40,5 @@ application = SendBufferLimit(
             ),
         }
     ),
-    limit=settings.PADDLER_MAX_CLIENT_BUFFER_BYTES,
+    max_unread_bytes=settings.PADDLER_MAX_CLIENT_BUFFER_BYTES,
 )

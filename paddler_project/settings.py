@@ -176,7 +176,7 @@ PADDLER_MAX_REQUEST_BYTES = env_int(
 )
 # A client that leaves more than this much of its stream unread (a reader
 # that stalled, or reads slower than tokens come) is cut off, and its request
-# cancelled: see paddler_project/send_buffer.py.
+# cancelled: see paddler_project/connections.py.
 PADDLER_MAX_CLIENT_BUFFER_BYTES = env_int(
     "PADDLER_MAX_CLIENT_BUFFER_BYTES", 4 * 1024 * 1024, minimum=4096
 )

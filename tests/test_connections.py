@@ -1,6 +1,6 @@
 """A client that never reads its stream is cut off after a bounded buffer.
 
-daphne has no backpressure: without ``paddler_project.send_buffer`` a stalled
+daphne has no backpressure: without ``paddler_project.connections`` a stalled
 reader's stream piles up in the web process until the generation ends, and
 its slot generates for nobody meanwhile.
 """
