@@ -12,17 +12,22 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 
 import httpx
+import openai
 import pytest
+import websockets
 
 from tests.conftest import (
     AUTH,
     ENDLESS_PROMPT,
     Fleet,
     WebServer,
+    claimed_slots,
     request_log,
+    socket_url,
     wait_until,
 )
 
@@ -106,62 +111,247 @@ def test_clients_disconnecting_in_a_storm_leak_no_slot(fleet: Fleet) -> None:
     assert response.status_code == 200
 
 
+# ------------------------------------------------------------------- load
+# Every way a request may end, as the request log names it.
+OUTCOMES = {"done", "503", "504", "502", "cancelled"}
+# How long the clients keep sending.
+LOAD_S = 15.0
+# Longest any one request may take before the test calls it a hang.
+REQUEST_WATCHDOG_S = 60.0
+
+
+class Tally:
+    """What the clients sent and saw: every request ends in exactly one way."""
+
+    def __init__(self) -> None:
+        self.sent: Counter[str] = Counter()
+        self.ended: Counter[tuple[str, str]] = Counter()
+
+    async def run(self, api: str, request: Coroutine[Any, Any, str]) -> str:
+        """Count ``request`` (a coroutine giving its outcome) as sent and ended."""
+        self.sent[api] += 1
+        try:
+            outcome = await asyncio.wait_for(request, REQUEST_WATCHDOG_S)
+        except TimeoutError:
+            outcome = "hang"
+        self.ended[api, outcome] += 1
+        return outcome
+
+    def outcomes(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for (_, outcome), count in self.ended.items():
+            total[outcome] += count
+        return total
+
+
+async def ndjson_request(
+    http: httpx.AsyncClient, url: str, tokens: int, give_up: bool
+) -> str:
+    async with http.stream(
+        "POST",
+        f"{url}/api/v1/continue_from_raw_prompt",
+        json={"raw_prompt": "Go on:", "max_tokens": tokens},
+    ) as response:
+        if response.status_code != 200:
+            body = json.loads(await response.aread())
+            return str(body["error"]["code"])
+        last: dict[str, Any] = {}
+        async for line in response.aiter_lines():
+            if give_up:
+                return "cancelled"  # hanging up cancels it
+            last = json.loads(line)
+    if "Error" in last:
+        return str(last["Error"]["error"]["code"])
+    assert "Done" in last["Response"]["response"]["GeneratedToken"], last
+    return "done"
+
+
+class LoadSocket:
+    """One inference socket shared by several lanes, each with its own requests.
+
+    A reader hands each envelope to the request its id names; envelopes of a
+    request already stopped (the server may have sent a few before the stop
+    arrived) are dropped.
+    """
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.requests: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self.reader = asyncio.create_task(self._read())
+        self.next_id = 0
+
+    async def _read(self) -> None:
+        async for raw in self.connection:
+            envelope = json.loads(raw)
+            body = envelope.get("Response") or envelope["Error"]
+            queue = self.requests.get(body["request_id"])
+            if queue is not None:
+                queue.put_nowait(envelope)
+
+    async def request(self, tokens: int, give_up: bool) -> str:
+        self.next_id += 1
+        request_id = f"r{self.next_id}"
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.requests[request_id] = queue
+        try:
+            await self.connection.send(
+                json.dumps(
+                    {
+                        "Request": {
+                            "id": request_id,
+                            "request": {
+                                "ContinueFromRawPrompt": {
+                                    "raw_prompt": "Tell me more:",
+                                    "max_tokens": tokens,
+                                }
+                            },
+                        }
+                    }
+                )
+            )
+            while True:
+                envelope = await queue.get()
+                if "Error" in envelope:
+                    return str(envelope["Error"]["error"]["code"])
+                token = envelope["Response"]["response"]["GeneratedToken"]
+                if "Done" in token:
+                    return "done"
+                assert "ContentToken" in token, envelope
+                if give_up:
+                    await self.connection.send(
+                        json.dumps({"Notification": {"StopRespondingTo": request_id}})
+                    )
+                    return "cancelled"
+        finally:
+            del self.requests[request_id]
+
+
+async def openai_request(
+    client: openai.AsyncOpenAI, stream: bool, tokens: int, give_up: bool
+) -> str:
+    messages: Any = [{"role": "user", "content": "Say something."}]
+    try:
+        if not stream:
+            completion = await client.completions.create(
+                model="m", prompt="Once upon a time", max_tokens=tokens
+            )
+            assert completion.choices[0].finish_reason in ("length", "stop")
+            return "done"
+        chunks = await client.chat.completions.create(
+            model="m", messages=messages, max_tokens=tokens, stream=True
+        )
+        async with chunks:
+            finish = None
+            async for chunk in chunks:
+                if not chunk.choices:
+                    continue
+                if give_up and chunk.choices[0].delta.content:
+                    return "cancelled"  # closing the stream hangs up
+                finish = chunk.choices[0].finish_reason or finish
+        assert finish in ("length", "stop"), finish
+        return "done"
+    except openai.APIStatusError as error:
+        return str(error.status_code)
+    except openai.APIError as error:
+        # An error event after the stream began: no status, only the words.
+        if "disappeared" in error.message:
+            return "502"
+        if "Timed out" in error.message:
+            return "504"
+        return f"error: {error.message}"
+
+
 @pytest.mark.load
-def test_load_over_two_agents_reconciles_exactly(fleet: Fleet) -> None:
-    """Bounded load (20 s, 16 clients) with small buffers, short timeouts and
-    clients that give up: every request ends in one known way, the client's
+def test_mixed_load_over_two_agents_reconciles_exactly(fleet: Fleet) -> None:
+    """Bounded load (15 s, 14 clients, 4 slots) over every inference API at
+    once, with small buffers,
+    short timeouts and clients that give up: NDJSON streams, inference
+    sockets with several requests each (some stopped), OpenAI completions
+    streamed and whole.  Every request ends in one known way, the clients'
     counts equal the server's request log, and the fleet ends idle."""
     web = fleet.web(
         PADDLER_MAX_BUFFERED_REQUESTS="4",
         PADDLER_BUFFERED_REQUEST_TIMEOUT_MS="1500",
+        PADDLER_REQUEST_LOG_SIZE="100000",
     )
-    fleet.agent("one", slots=2)
-    fleet.agent("two", slots=2)
+    # One thread each: two agents share the machine's cores.
+    fleet.agent("one", 2, "--threads", "1")
+    fleet.agent("two", 2, "--threads", "1")
     web.wait_for_ready_agents(2)
-    outcomes: Counter[str] = Counter()
-    deadline = time.monotonic() + 20
+    tally = Tally()
+    started = time.monotonic()
+    deadline = started + LOAD_S
 
-    async def client(index: int) -> None:
+    def plan(chance: random.Random) -> tuple[int, bool]:
+        """How many tokens to ask for, and whether to give up after the first.
+
+        A client that gives up asks for more than it can get before it hangs
+        up, so the server cannot have finished first.
+        """
+        give_up = chance.random() < 0.15
+        return (400 if give_up else chance.randint(1, 12)), give_up
+
+    async def back_off(outcome: str) -> None:
+        # As clients do; and a storm of instant retries would take the CPU
+        # the agents need on a small test machine.
+        if outcome in ("503", "504"):
+            await asyncio.sleep(0.5)
+
+    async def ndjson_client(index: int) -> None:
         chance = random.Random(index)
         async with httpx.AsyncClient(timeout=60) as http:
             while time.monotonic() < deadline:
-                give_up = chance.random() < 0.15
-                # A client that gives up asks for more than it can get before
-                # it hangs up, so the server cannot have finished first.
-                tokens = 400 if give_up else chance.randint(1, 24)
-                outcome = await one_request(http, tokens, give_up)
-                outcomes[outcome] += 1
-                if outcome == "503":
-                    await asyncio.sleep(0.1)  # back off a little, as clients do
+                tokens, give_up = plan(chance)
+                request = ndjson_request(http, web.url, tokens, give_up)
+                await back_off(await tally.run("ndjson", request))
 
-    async def one_request(http: httpx.AsyncClient, tokens: int, give_up: bool) -> str:
-        async with http.stream(
-            "POST",
-            f"{web.url}/api/v1/continue_from_raw_prompt",
-            json={"raw_prompt": "Go on:", "max_tokens": tokens},
-        ) as response:
-            if response.status_code != 200:
-                body = json.loads(await response.aread())
-                return str(body["error"]["code"])
-            last: dict[str, Any] = {}
-            async for line in response.aiter_lines():
-                if give_up:
-                    return "cancelled"
-                last = json.loads(line)
-        if "Error" in last:
-            return str(last["Error"]["error"]["code"])
-        assert "Done" in last["Response"]["response"]["GeneratedToken"]
-        return "done"
+    async def socket_client(index: int, lanes: int) -> None:
+        url = socket_url(web)
+        async with websockets.connect(url) as connection:
+            shared = LoadSocket(connection)
+
+            async def lane(lane_index: int) -> None:
+                chance = random.Random(1000 * index + lane_index)
+                while time.monotonic() < deadline:
+                    tokens, give_up = plan(chance)
+                    request = shared.request(tokens, give_up)
+                    await back_off(await tally.run("socket", request))
+
+            await asyncio.gather(*(lane(i) for i in range(lanes)))
+            shared.reader.cancel()
+
+    async def openai_client(index: int, stream: bool) -> None:
+        chance = random.Random(2000 + index)
+        async with openai.AsyncOpenAI(
+            base_url=f"{web.url}/v1", api_key="unused", max_retries=0, timeout=60
+        ) as client:
+            while time.monotonic() < deadline:
+                tokens, give_up = plan(chance)
+                request = openai_request(client, stream, tokens, give_up and stream)
+                api = "openai stream" if stream else "openai"
+                await back_off(await tally.run(api, request))
 
     async def run() -> None:
-        await asyncio.gather(*(client(i) for i in range(16)))
+        await asyncio.gather(
+            *(ndjson_client(i) for i in range(4)),
+            *(socket_client(i, lanes=3) for i in range(2)),
+            *(openai_client(i, stream=i % 2 == 0) for i in range(4)),
+        )
 
     asyncio.run(run())
+    ran_s = time.monotonic() - started
     wait_until(lambda: fleet_is_idle(web), 20, "every slot free and no buffer")
-    sent = sum(outcomes.values())
-    print(f"load: {sent} requests, outcomes {dict(outcomes)}")
-    assert set(outcomes) <= {"done", "503", "504", "502", "cancelled"}
-    assert outcomes["done"] > 0 and outcomes["503"] > 0 and outcomes["cancelled"] > 0
+    assert claimed_slots(fleet.redis) == 0
+    outcomes = tally.outcomes()
+    print(
+        f"\nload: {tally.sent.total()} requests in {ran_s:.1f}s: "
+        f"{dict(sorted(tally.ended.items()))}"
+    )
+    assert set(outcomes) <= OUTCOMES, outcomes
+    assert tally.sent.total() == outcomes.total()
+    for api in ("ndjson", "socket", "openai", "openai stream"):
+        assert tally.ended[api, "done"] > 0, api
+    assert outcomes["503"] > 0 and outcomes["cancelled"] > 0
     # The server saw exactly what the clients saw.
     server = Counter(record["outcome"] for record in request_log(fleet))
     assert server == outcomes
