@@ -1,7 +1,7 @@
 """What daphne does not do for its connections, done from the ASGI side.
 
-``GuardedConnections`` wraps the ASGI application (``asgi.py``) and does two
-things for each connection daphne serves.
+``GuardedConnections`` wraps the ASGI application (``asgi.py``) and does
+three things for each connection daphne serves.
 
 **A bound on the output a client has not taken.**  daphne has no
 backpressure.  Every ASGI message it is handed goes straight into the
@@ -44,7 +44,16 @@ autobahn's ``failByDrop`` off for our sockets, so the client gets a close
 frame with RFC 6455's code (1007, 1009, 1002) and autobahn's reason, as
 browsers report them in ``CloseEvent``.
 
-Neither is in daphne's or Twisted's public API (Twisted's producer API only
+**A response that fails midway ends in an error, not a hang.**  When the
+application raises after its response started (a token stream whose Redis
+went away), daphne tries to start a 500 response on it.  That raises inside
+daphne's periodic application checker, which then never runs again for the
+life of the process (no more clean-up of finished connections, no more
+``--application-close-timeout``), and the client waits for ever.  The
+wrapper logs the exception and resets the connection instead: the client's
+HTTP library reports a response cut short.
+
+None of this is in daphne's or Twisted's public API (Twisted's producer API only
 says "more than 64 KiB buffered"), so this reads their internals: daphne 4
 hands the application ``functools.partial(Server.handle_reply, protocol)`` as
 ``send``; the protocol's ``transport`` is Twisted's TCP transport (under TLS,
@@ -145,7 +154,8 @@ def backlog_bytes(transport: Any) -> int:
 
 
 class GuardedConnections:
-    """ASGI wrapper: bounded unread output, and WebSocket failures that say why.
+    """ASGI wrapper: bounded unread output, WebSocket failures that say why,
+    and no hang when a response fails midway.
 
     ``max_unread_bytes``: a client whose backlog passes it is cut off.
     """
@@ -169,7 +179,20 @@ class GuardedConnections:
             # handshake completes, so before any frame is read.
             protocol.failByDrop = False
         bounded = _BoundedSend(send, transport, self.max_unread_bytes, scope)
-        await self.app(scope, receive, bounded)
+        try:
+            await self.app(scope, receive, bounded)
+        except Exception:
+            if not bounded.mid_response:
+                raise  # daphne answers 500, or closes the socket with 1011
+            # daphne would try to start a 500 response on a response already
+            # started: that raises inside its periodic application checker,
+            # which then never runs again (no more clean-up or timeouts for
+            # any connection), and this client would wait for ever.
+            logger.exception(
+                "%s failed in the middle of its response; cutting the client off",
+                scope.get("path", "?"),
+            )
+            bounded.abort()
 
 
 class _BoundedSend:
@@ -183,36 +206,44 @@ class _BoundedSend:
         # A response of known length is never cut (see the module docstring).
         self.bounded = scope["type"] == "websocket"
         self.aborted = False
+        # An HTTP response started and not yet ended.
+        self.mid_response = False
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.response.start":
+            self.mid_response = True
             self.bounded = not any(
                 name.lower() == b"content-length"
                 for name, _ in message.get("headers", ())
             )
-        elif self.bounded and kind in ("http.response.body", "websocket.send"):
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            self.mid_response = False
+        if self.bounded and kind in ("http.response.body", "websocket.send"):
             if self.aborted:
                 return  # daphne reports the disconnect on the next turn
             backlog = backlog_bytes(self.transport)
             if backlog > self.limit:
-                self._abort(backlog)
+                client = self.scope.get("client")
+                logger.warning(
+                    "client %s of %s left %d bytes unread (limit %d); cutting it off",
+                    f"{client[0]}:{client[1]}" if client else "?",
+                    self.scope.get("path", "?"),
+                    backlog,
+                    self.limit,
+                )
+                self.abort()
                 return
         await self.send(message)
 
-    def _abort(self, backlog: int) -> None:
+    def abort(self) -> None:
+        """Reset the connection: the client sees an error, never a hang.
+
+        Drops Twisted's buffer and resets the connection now; daphne's
+        connectionLost follows on the next turn of the loop, and with it the
+        disconnect message to the application.
+        """
         self.aborted = True
-        client = self.scope.get("client")
-        logger.warning(
-            "client %s of %s left %d bytes unread (limit %d); cutting it off",
-            f"{client[0]}:{client[1]}" if client else "?",
-            self.scope.get("path", "?"),
-            backlog,
-            self.limit,
-        )
-        # Drops Twisted's buffer and resets the connection now; daphne's
-        # connectionLost follows on the next turn of the loop, and with it
-        # the disconnect message to the application.
         self.transport.abortConnection()
 
 

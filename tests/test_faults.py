@@ -1,4 +1,5 @@
-"""Faults under traffic: a web replica killed mid-stream, disconnect storms, load.
+"""Faults under traffic: a web replica killed mid-stream, disconnect storms, load,
+Redis restarted under load.
 
 Every test bounds its traffic in count and time and ends by checking that no
 slot is leaked and the buffer is empty.
@@ -28,6 +29,8 @@ from tests.conftest import (
     claimed_slots,
     request_log,
     socket_url,
+    start_redis,
+    wait_for_claims,
     wait_until,
 )
 
@@ -355,3 +358,214 @@ def test_mixed_load_over_two_agents_reconciles_exactly(fleet: Fleet) -> None:
     # The server saw exactly what the clients saw.
     server = Counter(record["outcome"] for record in request_log(fleet))
     assert server == outcomes
+
+
+# ---------------------------------------------------------- Redis restarted
+CUT = (httpx.ReadError, httpx.RemoteProtocolError)
+
+
+async def watched(request: Coroutine[Any, Any, str]) -> str:
+    try:
+        return await asyncio.wait_for(request, REQUEST_WATCHDOG_S)
+    except TimeoutError:
+        return "hang"
+
+
+async def ndjson_stream(url: str, prompt: str, tokens: int) -> str:
+    """How one NDJSON stream ended: done, an error code, a status, or cut.
+
+    A stream that ends done must have lost no token on the way (the
+    ``Done`` line counts what the agent generated).
+    """
+    received = 0
+    try:
+        async with (
+            httpx.AsyncClient(timeout=REQUEST_WATCHDOG_S) as http,
+            http.stream(
+                "POST",
+                f"{url}/api/v1/continue_from_raw_prompt",
+                json={"raw_prompt": prompt, "max_tokens": tokens},
+            ) as response,
+        ):
+            if response.status_code != 200:
+                return f"status {response.status_code}"
+            last: dict[str, Any] = {}
+            async for line in response.aiter_lines():
+                last = json.loads(line)
+                output = last.get("Response", {}).get("response", {})
+                if "ContentToken" in output.get("GeneratedToken", {}):
+                    received += 1
+    except CUT:
+        return "cut"
+    if "Error" in last:
+        return str(last["Error"]["error"]["code"])
+    done = last["Response"]["response"]["GeneratedToken"]["Done"]
+    generated = done["usage"]["content_tokens"]
+    return "done" if generated == received else f"done, {generated - received} lost"
+
+
+async def socket_stream(url: str, prompt: str, tokens: int) -> str:
+    """How one request on its own inference socket ended."""
+    try:
+        async with websockets.connect(url) as connection:
+            await connection.send(
+                json.dumps(
+                    {
+                        "Request": {
+                            "id": "x",
+                            "request": {
+                                "ContinueFromRawPrompt": {
+                                    "raw_prompt": prompt,
+                                    "max_tokens": tokens,
+                                }
+                            },
+                        }
+                    }
+                )
+            )
+            async for raw in connection:
+                envelope = json.loads(raw)
+                if "Error" in envelope:
+                    return str(envelope["Error"]["error"]["code"])
+                if "Done" in envelope["Response"]["response"]["GeneratedToken"]:
+                    return "done"
+    except websockets.ConnectionClosed:
+        pass
+    return "closed"
+
+
+async def openai_completion(url: str) -> str:
+    async with openai.AsyncOpenAI(
+        base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60
+    ) as client:
+        try:
+            await client.completions.create(model="m", prompt="Hi", max_tokens=2)
+        except openai.APIStatusError as error:
+            return f"status {error.status_code}"
+        except openai.APIConnectionError:
+            return "cut"
+    return "done"
+
+
+async def agents_stream(url: str, restarted: asyncio.Event) -> str:
+    """An agents event stream open across the restart: it goes on and shows
+    both agents again, or it is cut (EventSource clients reconnect)."""
+    try:
+        async with (
+            httpx.AsyncClient(timeout=REQUEST_WATCHDOG_S, headers=AUTH) as http,
+            http.stream("GET", f"{url}/api/v1/agents/stream") as response,
+        ):
+            async for line in response.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                agents = json.loads(line[len("data: ") :])["agents"]
+                ready = [a for a in agents if a["slots_total"] == 2]
+                if restarted.is_set() and len(ready) == 2:
+                    return "went on"
+    except CUT:
+        return "cut"
+    return "ended"
+
+
+# How long Redis stays away: about what restarting its container takes, and
+# longer than our Redis clients retry a command (about 2 s, settings.py).
+@pytest.mark.parametrize("outage_s", [1.0, 4.0])
+def test_redis_restarted_under_load_ends_every_stream_explicitly_and_recovers(
+    fleet: Fleet, outage_s: float
+) -> None:
+    """Redis is killed while requests stream and restarted empty on its port
+    (no persistence, as docker-compose runs it).  Every client gets an
+    explicit ending (complete, an error line or status, or a connection cut
+    short) and none waits for ever; the agents join again, new requests on
+    every API succeed, and no slot or claim is left behind."""
+    web = fleet.web()
+    fleet.agent("one", 2, "--threads", "1")
+    fleet.agent("two", 2, "--threads", "1")
+    web.wait_for_ready_agents(2)
+    port = fleet.redis.port
+    figures: dict[str, float] = {}
+
+    def kill_redis() -> None:
+        fleet.redis.process.send_signal(signal.SIGKILL)
+        fleet.redis.process.wait()
+
+    def restart_redis() -> None:
+        fleet.redis = start_redis(port)
+
+    def agents_back() -> bool:
+        agents = web.agents()
+        return len([a for a in agents if a["slots_total"] == 2]) == 2
+
+    async def first_success() -> str:
+        """A new request every 0.2 s until one completes."""
+        while True:
+            outcome = await ndjson_stream(web.url, "Hello again", 2)
+            if outcome == "done":
+                return outcome
+            await asyncio.sleep(0.2)
+
+    async def run() -> dict[str, str]:
+        restarted = asyncio.Event()
+        streaming = {
+            "ndjson 1": ndjson_stream(web.url, f"{ENDLESS_PROMPT} a", 120),
+            "ndjson 2": ndjson_stream(web.url, f"{ENDLESS_PROMPT} b", 120),
+            "socket": socket_stream(socket_url(web), f"{ENDLESS_PROMPT} c", 120),
+            "agents stream": agents_stream(web.url, restarted),
+        }
+        tasks = {name: asyncio.create_task(watched(c)) for name, c in streaming.items()}
+        # Three slots busy, one left for the requests after the restart.
+        await asyncio.to_thread(wait_for_claims, fleet.redis, 3, 30)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(kill_redis)
+        killed = time.monotonic()
+        during = {
+            "ndjson during": ndjson_stream(web.url, "Hi", 2),
+            "socket during": socket_stream(socket_url(web), "Hi", 2),
+            "openai during": openai_completion(web.url),
+        }
+        tasks |= {name: asyncio.create_task(watched(c)) for name, c in during.items()}
+        await asyncio.sleep(outage_s)
+        await asyncio.to_thread(restart_redis)
+        up = time.monotonic()
+        restarted.set()
+        figures["outage_s"] = up - killed
+        await asyncio.to_thread(wait_until, agents_back, 30, "both agents back")
+        figures["agents_back_s"] = time.monotonic() - up
+        assert await watched(first_success()) == "done"
+        figures["first_success_s"] = time.monotonic() - up
+        after = {
+            "socket after": watched(socket_stream(socket_url(web), "Hi", 2)),
+            "openai after": watched(openai_completion(web.url)),
+        }
+        names = [*tasks, *after]
+        results = await asyncio.gather(*tasks.values(), *after.values())
+        return dict(zip(names, results, strict=True))
+
+    seen = asyncio.run(run())
+    wait_until(lambda: fleet_is_idle(web), 30, "every slot free and no buffer")
+    assert claimed_slots(fleet.redis) == 0
+    print(
+        f"\nRedis away {figures['outage_s']:.2f}s; agents back "
+        f"{figures['agents_back_s']:.2f}s and a new request served "
+        f"{figures['first_success_s']:.2f}s after it restarted; clients saw {seen}"
+    )
+    assert "hang" not in seen.values()
+    for name in ("ndjson 1", "ndjson 2", "socket"):
+        # Done with every token, an error line, or a connection cut short
+        # (while Redis is away a request may end in a 500: see the README).
+        assert seen[name] in ("done", "cut", "closed") or seen[name].isdigit(), (
+            name,
+            seen[name],
+        )
+    assert seen["agents stream"] in ("went on", "cut"), seen["agents stream"]
+    for name in ("ndjson during", "socket during", "openai during"):
+        # An error status or envelope, or served: Redis came back within the
+        # retries of our Redis clients.
+        ending = seen[name]
+        assert (
+            ending in ("done", "cut")
+            or ending.startswith("status ")
+            or (ending.isdigit())
+        ), (name, ending)
+    assert seen["socket after"] == "done"
+    assert seen["openai after"] == "done"
