@@ -569,3 +569,30 @@ def test_redis_restarted_under_load_ends_every_stream_explicitly_and_recovers(
         ), (name, ending)
     assert seen["socket after"] == "done"
     assert seen["openai after"] == "done"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="balancer/dispatch.py starts its background tasks inside the first "
+    "request that needs the dispatcher, so they inherit that request's asgiref "
+    "context; once the request ends, sync_to_async in _keep_desired_state "
+    "raises (the context's executor is gone), and the state is never put back",
+)
+def test_the_web_tier_puts_the_desired_state_back_into_an_empty_redis(
+    fleet: Fleet,
+) -> None:
+    """Agents that start after Redis lost its data read the desired state
+    from Redis; the web tier, which keeps it in the database, restores it."""
+    web = fleet.web()
+    assert web.agents() == []  # a first request: it starts the dispatcher
+    applicable = f"{web.url}/api/v1/balancer_applicable_state"
+    assert httpx.get(applicable, headers=AUTH).json() is not None
+    port = fleet.redis.port
+    fleet.redis.process.send_signal(signal.SIGKILL)
+    fleet.redis.process.wait()
+    fleet.redis = start_redis(port)
+    wait_until(
+        lambda: httpx.get(applicable, headers=AUTH).json() is not None,
+        10,
+        "the desired state back in Redis",
+    )
