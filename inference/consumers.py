@@ -132,15 +132,35 @@ class InferenceSocketConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None
     ) -> None:
-        if text_data is None:
-            text_data = (bytes_data or b"").decode("utf-8", errors="replace")
         limit = settings.PADDLER_MAX_REQUEST_BYTES
-        if len(text_data) > limit or len(text_data.encode()) > limit:
+        if text_data is not None:
+            # Characters first: a text longer than the limit is over it
+            # without encoding megabytes to count their bytes.
+            too_large = len(text_data) > limit or len(text_data.encode()) > limit
+            start = text_data[:1024]
+        else:
+            # A binary message is read as the same JSON, if it is UTF-8.
+            # (Invalid UTF-8 in a text message never gets here: daphne closes
+            # the socket with 1007, as RFC 6455 asks.)
+            raw = bytes_data or b""
+            too_large = len(raw) > limit
+            start = raw[:1024].decode("utf-8", errors="replace")
+            if not too_large:
+                try:
+                    text_data = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    await self._send_json(
+                        error_envelope(
+                            request_id_hint(start),
+                            400,
+                            f"message is not UTF-8: {error}",
+                        )
+                    )
+                    return
+        if too_large or text_data is None:
             await self._send_json(
                 error_envelope(
-                    request_id_hint(text_data),
-                    413,
-                    f"message is larger than {limit} bytes",
+                    request_id_hint(start), 413, f"message is larger than {limit} bytes"
                 )
             )
             return

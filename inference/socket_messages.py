@@ -27,6 +27,9 @@ REQUEST_VARIANTS: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
     "ContinueFromRawPrompt": ("raw_prompt", validate_raw_prompt),
 }
 
+# How much of a client's own error report we keep (see ``_shortened``).
+CLIENT_ERROR_LOGGED_CHARS = 500
+
 _ID_HINT = re.compile(r'"id"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
 
 
@@ -112,11 +115,32 @@ def _parse_request(payload: Any) -> SocketRequest:
         raise InvalidSocketMessage(request_id, str(error)) from None
 
 
+def _shortened(text: str) -> str:
+    """At most ``CLIENT_ERROR_LOGGED_CHARS`` of a client's text, for our log.
+
+    A client's error report is logged; the whole of it could be megabytes.
+    """
+    if len(text) <= CLIENT_ERROR_LOGGED_CHARS:
+        return text
+    return f"{text[:CLIENT_ERROR_LOGGED_CHARS]}... ({len(text)} characters)"
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except RecursionError:
+        return "(nested too deeply to show)"
+
+
 def parse_socket_message(text: str) -> SocketMessage:
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:
+    except json.JSONDecodeError as error:
         raise InvalidSocketMessage("", f"message is not valid JSON: {error}") from None
+    except RecursionError:
+        # As the HTTP endpoints say it; the parser's own words name a limit of
+        # the Python stack, which tells a client nothing.
+        raise InvalidSocketMessage("", "message is nested too deeply") from None
     tag, payload = _single_tag(data, "a message")
     if tag == "Request":
         return _parse_request(payload)
@@ -130,7 +154,8 @@ def parse_socket_message(text: str) -> SocketMessage:
     if tag == "Error":
         request_id = payload.get("request_id") if isinstance(payload, dict) else None
         return ClientError(
-            request_id if isinstance(request_id, str) else None, json.dumps(payload)
+            request_id if isinstance(request_id, str) else None,
+            _shortened(_dumps(payload)),
         )
     raise InvalidSocketMessage(
         "", f"unknown message {tag!r}; expected Request or Notification"

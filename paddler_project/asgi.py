@@ -11,24 +11,34 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 from balancer.sse import EndStreamsOnCancel  # noqa: E402
 from inference.consumers import InferenceSocketConsumer  # noqa: E402
+from paddler_project.connections import GuardedConnections  # noqa: E402
 
 # The socket authenticates with an API key sent by the client (header or
 # ``token`` parameter), or with the panel's staff session.  The session is read
 # only when no key is accepted, and counts only from a page of this host
 # (``inference.consumers.staff_session``), so key callers need no origin check.
-application = ProtocolTypeRouter(
-    {
-        # At shutdown, event streams end their responses instead of being
-        # cut off.
-        "http": EndStreamsOnCancel(django_asgi_app),
-        "websocket": SessionMiddlewareStack(
-            URLRouter(
-                [path("api/v1/inference_socket", InferenceSocketConsumer.as_asgi())]
-            )
-        ),
-    }
+#
+# daphne buffers whatever it is sent, without limit: a client that does not
+# read its stream is cut off once it leaves PADDLER_MAX_CLIENT_BUFFER_BYTES
+# unread, which cancels its requests; and a socket that breaks the WebSocket
+# protocol is closed with a code and a reason (paddler_project.connections).
+application = GuardedConnections(
+    ProtocolTypeRouter(
+        {
+            # At shutdown, event streams end their responses instead of being
+            # cut off.
+            "http": EndStreamsOnCancel(django_asgi_app),
+            "websocket": SessionMiddlewareStack(
+                URLRouter(
+                    [path("api/v1/inference_socket", InferenceSocketConsumer.as_asgi())]
+                )
+            ),
+        }
+    ),
+    max_unread_bytes=settings.PADDLER_MAX_CLIENT_BUFFER_BYTES,
 )

@@ -177,6 +177,12 @@ PADDLER_AGENT_TTL_MS = env_int("PADDLER_AGENT_TTL_MS", 3_000, minimum=500)
 PADDLER_MAX_REQUEST_BYTES = env_int(
     "PADDLER_MAX_REQUEST_BYTES", 4 * 1024 * 1024, minimum=1024
 )
+# A client that leaves more than this much of its stream unread (a reader
+# that stalled, or reads slower than tokens come) is cut off, and its request
+# cancelled: see paddler_project/connections.py.
+PADDLER_MAX_CLIENT_BUFFER_BYTES = env_int(
+    "PADDLER_MAX_CLIENT_BUFFER_BYTES", 4 * 1024 * 1024, minimum=4096
+)
 # Management event streams (SSE) send a comment after this long without a
 # change, so that proxies do not close an idle stream.
 PADDLER_SSE_KEEPALIVE_MS = env_int("PADDLER_SSE_KEEPALIVE_MS", 10_000, minimum=100)

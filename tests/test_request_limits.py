@@ -65,8 +65,9 @@ def test_chunked_body_without_a_length_is_measured_too(
     assert response.status_code == 413
 
 
+@pytest.mark.parametrize("binary", [False, True])
 async def test_socket_message_over_the_limit_gets_a_413_envelope(
-    small_web: WebServer,
+    small_web: WebServer, binary: bool
 ) -> None:
     message = json.dumps(
         {
@@ -82,7 +83,7 @@ async def test_socket_message_over_the_limit_gets_a_413_envelope(
         }
     )
     async with websockets.connect(socket_url(small_web)) as socket:
-        await socket.send(message)
+        await socket.send(message.encode() if binary else message)
         error = json.loads(await socket.recv())["Error"]
     assert error["request_id"] == "huge"
     assert error["error"]["code"] == 413

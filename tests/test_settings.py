@@ -21,6 +21,7 @@ from tests.conftest import ROOT
         ("PADDLER_DEBUG", "maybe"),
         ("PADDLER_SSE_KEEPALIVE_MS", "0"),
         ("PADDLER_EMBEDDING_CHUNK_SIZE", "0"),
+        ("PADDLER_MAX_CLIENT_BUFFER_BYTES", "1024"),
         ("REDIS_URL", "http://127.0.0.1:6379"),
     ],
 )
