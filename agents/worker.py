@@ -84,6 +84,8 @@ class AgentWorker:
         self._applied_key: str | None = None
         self._lost_redis = False
         self._webs_missing: set[str] = set()
+        # Requests whose output Redis did not take: request id -> inbox.
+        self._undelivered: dict[str, str] = {}
         self._system_prompt = ""
         # What the running engine was built from: model and parameters.
         self._engine_loaded_with: tuple[Any, ...] | None = None
@@ -211,6 +213,7 @@ class AgentWorker:
                     # Redis came back (maybe empty): join the group again.
                     await self._rejoin()
                     self._lost_redis = False
+                await self._deliver_lost()
                 backoff = 0.1
             except Exception:
                 self._lost_redis = True
@@ -393,7 +396,25 @@ class AgentWorker:
         assert self._redis is not None
         by_destination: dict[str, list[OutputItem | CompactToken]] = {}
         any_final = False
+        lost = dict(self._undelivered)
+        for request_id, destination in lost.items():
+            # Output of these requests was lost: they end with an error
+            # instead of going on with a gap in their text.
+            by_destination.setdefault(destination, []).append(
+                {
+                    "request_id": request_id,
+                    "response": None,
+                    "error": {
+                        "code": 502,
+                        "description": "Output was lost while Redis was unreachable",
+                    },
+                    "final": True,
+                    "meta": None,
+                }
+            )
         for output in outputs:
+            if output.request_id in self._undelivered:
+                continue
             any_final = any_final or output.final
             by_destination.setdefault(output.destination, []).append(
                 compact_item(
@@ -419,11 +440,28 @@ class AgentWorker:
                     pipe.expire(destination, 60)
                 await pipe.execute()
         except Exception:
-            # Lost output ends those streams with a 504 on the web side (item
-            # timeout) or a 502 once this agent's heartbeat lapses; no hang.
             logger.warning("could not deliver output", exc_info=True)
+            self._lose(outputs)
+        else:
+            for request_id in lost:
+                self._undelivered.pop(request_id, None)
         if any_final:
             self._mark_changed()
+
+    def _lose(self, outputs: list[Output]) -> None:
+        """Stop the requests whose output could not be delivered; their error
+        goes out with the next delivery (see ``_deliver_lost``)."""
+        for output in outputs:
+            if output.request_id in self._undelivered:
+                continue
+            self._undelivered[output.request_id] = output.destination
+            if not output.final and self.engine is not None:
+                self.engine.cancel(output.request_id)
+
+    async def _deliver_lost(self) -> None:
+        """Tell the web tier about lost output as soon as Redis answers again."""
+        if self._undelivered:
+            await self._send_outputs([])
 
     # -------------------------------------------------------- desired state
     def _schedule_apply(self, state: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from balancer import fanout, keys, metrics, registry
 from balancer.events import (
@@ -60,6 +62,11 @@ class InferenceFailure(Exception):
         super().__init__(description)
         self.code = code
         self.description = description
+
+
+def _redis_failure(error: RedisError) -> InferenceFailure:
+    logger.warning("Redis failed: %s", error)
+    return InferenceFailure(503, f"The balancer cannot reach Redis: {error}")
 
 
 def _outcome(item: OutputItem) -> str:
@@ -155,7 +162,13 @@ class Stream:
                         ]
                         return
                     redis = self.dispatcher.redis
-                    if await registry.agent_is_alive(redis, self.agent_id):
+                    try:
+                        if await registry.agent_is_alive(redis, self.agent_id):
+                            continue
+                    except RedisError:
+                        # Unknown while Redis is away: the item timeout
+                        # still bounds the wait.
+                        logger.warning("liveness check failed", exc_info=True)
                         continue
                     failure = await self._move_or_fail(
                         f"Agent {self.agent_name} disappeared mid-stream"
@@ -211,7 +224,11 @@ class Stream:
                 return None
             except InferenceFailure as failure:
                 return self._end_with(failure.code, failure.description)
-        self.finished = True  # nobody is left to cancel
+            except RedisError as error:
+                lost = _redis_failure(error)
+                return self._end_with(lost.code, lost.description)
+        # Not marked finished: closing the stream tells the agent to stop, in
+        # case it lives on (its heartbeat may have lapsed in a Redis outage).
         return self._end_with(502, description or "Agent refused the request")
 
     def _note(self, item: OutputItem) -> None:
@@ -339,20 +356,23 @@ class Dispatcher:
             raise
 
     def _ensure_started(self) -> None:
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._read_inbox(), name="paddler-inbox"),
-                asyncio.create_task(self._renew_leases(), name="paddler-leases"),
-                asyncio.create_task(self._heartbeat(), name="paddler-web-heartbeat"),
-                asyncio.create_task(self._reap(), name="paddler-reaper"),
-                asyncio.create_task(
-                    self._keep_desired_state(), name="paddler-desired-state"
-                ),
-                asyncio.create_task(
-                    metrics.report_fleet(self.redis, self.web_id),
-                    name="paddler-fleet-gauges",
-                ),
-            ]
+        if self._tasks:
+            return
+        work = {
+            "paddler-inbox": self._read_inbox(),
+            "paddler-leases": self._renew_leases(),
+            "paddler-web-heartbeat": self._heartbeat(),
+            "paddler-reaper": self._reap(),
+            "paddler-desired-state": self._keep_desired_state(),
+            "paddler-fleet-gauges": metrics.report_fleet(self.redis, self.web_id),
+        }
+        # Started inside the first request, these outlive it: each gets an
+        # empty context, not a copy of that request's (whose sync_to_async
+        # executor is gone once the request ends).
+        self._tasks = [
+            asyncio.create_task(coroutine, name=name, context=contextvars.Context())
+            for name, coroutine in work.items()
+        ]
 
     # ------------------------------------------------------------- requests
     async def open_stream(
@@ -371,7 +391,10 @@ class Dispatcher:
             uuid.uuid4().hex, kind, params, self, parent_id=parent_id, avoid=avoid
         )
         try:
-            await self._place(stream, exclude=set())
+            try:
+                await self._place(stream, exclude=set())
+            except RedisError as error:
+                raise _redis_failure(error) from None
         except InferenceFailure as failure:
             stream.outcome = str(failure.code)
             stream.ended_at = time.monotonic()
@@ -389,7 +412,11 @@ class Dispatcher:
         end, or, with none running, ends the merged stream with its error.
         """
         documents: list[fanout.Document] = params["input_batch"]
-        agents = sum(1 for agent in await self.agents() if agent.slots_total > 0)
+        try:
+            fleet = await self.agents()
+        except RedisError as error:
+            raise _redis_failure(error) from None
+        agents = sum(1 for agent in fleet if agent.slots_total > 0)
         size = fanout.chunk_size(
             len(documents),
             largest=settings.PADDLER_EMBEDDING_CHUNK_SIZE,
@@ -531,10 +558,16 @@ class Dispatcher:
     async def finish(self, stream: Stream) -> None:
         if self._streams.pop(stream.request_id, None) is None:
             return
-        if not stream.finished:
-            stream.ended_at = stream.ended_at or time.monotonic()
-            await self._cancel_on_agent(stream)
-        await registry.release_slot(self.redis, stream.agent_id, stream.request_id)
+        try:
+            if not stream.finished:
+                stream.ended_at = stream.ended_at or time.monotonic()
+                await self._cancel_on_agent(stream)
+            await registry.release_slot(self.redis, stream.agent_id, stream.request_id)
+        except RedisError:
+            # The claim lapses with its lease (CLAIM_LEASE_MS) instead.
+            logger.warning(
+                "request %s: could not free its slot", stream.request_id, exc_info=True
+            )
         self._slot_freed.set()
         await self._log(stream)
 

@@ -551,33 +551,20 @@ def test_redis_restarted_under_load_ends_every_stream_explicitly_and_recovers(
     )
     assert "hang" not in seen.values()
     for name in ("ndjson 1", "ndjson 2", "socket"):
-        # Done with every token, an error line, or a connection cut short
-        # (while Redis is away a request may end in a 500: see the README).
-        assert seen[name] in ("done", "cut", "closed") or seen[name].isdigit(), (
+        # Done with every token, or an error line: never a gap, never a cut.
+        assert seen[name] == "done" or seen[name] in ("502", "503", "504"), (
             name,
             seen[name],
         )
     assert seen["agents stream"] in ("went on", "cut"), seen["agents stream"]
     for name in ("ndjson during", "socket during", "openai during"):
-        # An error status or envelope, or served: Redis came back within the
-        # retries of our Redis clients.
+        # Served (Redis came back within our clients' retries), or 503.
         ending = seen[name]
-        assert (
-            ending in ("done", "cut")
-            or ending.startswith("status ")
-            or (ending.isdigit())
-        ), (name, ending)
+        assert ending in ("done", "503", "status 503"), (name, ending)
     assert seen["socket after"] == "done"
     assert seen["openai after"] == "done"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="balancer/dispatch.py starts its background tasks inside the first "
-    "request that needs the dispatcher, so they inherit that request's asgiref "
-    "context; once the request ends, sync_to_async in _keep_desired_state "
-    "raises (the context's executor is gone), and the state is never put back",
-)
 def test_the_web_tier_puts_the_desired_state_back_into_an_empty_redis(
     fleet: Fleet,
 ) -> None:
