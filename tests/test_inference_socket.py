@@ -100,6 +100,11 @@ async def test_official_client_continues_a_conversation_over_the_socket_as_over_
         max_tokens=16,
     )
     async with ClientInference(api_platform.url) as client:
+        # A first request puts the prompt in a slot's cache, so the two
+        # compared below evaluate it the same way (a fresh prompt and a cached
+        # one can differ in a greedy near-tie).
+        warm = params.model_copy(update={"max_tokens": 1})
+        _ = [m async for m in client.post_continue_from_conversation_history(warm)]
         over_socket = await collect(
             await client.continue_from_conversation_history(params)
         )
@@ -121,6 +126,12 @@ async def test_official_client_continues_a_raw_prompt_over_the_socket_as_over_ht
     api_platform: WebServer,
 ) -> None:
     prompt = "The three primary colors are"
+    # As above: both requests compared find the prompt cached.
+    http_lines(
+        api_platform,
+        "/api/v1/continue_from_raw_prompt",
+        {"raw_prompt": prompt, "max_tokens": 1},
+    )
     async with ClientInference(api_platform.url) as client:
         messages = await collect(
             await client.continue_from_raw_prompt(
