@@ -116,7 +116,10 @@ async def conversation(
                     continue
                 if first_token is None:
                     first_token = time.perf_counter() - started
-                generated = json.loads(line)["Response"]["response"]["GeneratedToken"]
+                envelope = json.loads(line)
+                if "Error" in envelope:
+                    raise RuntimeError(f"{topic}, turn {turn + 1}: {line}")
+                generated = envelope["Response"]["response"]["GeneratedToken"]
                 text += generated.get("ContentToken", "")
                 if "Done" in generated:
                     usage = generated["Done"]["usage"]

@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_POST
 from balancer import keys, registry
 from balancer.dispatch import InferenceFailure, Stream, get_dispatcher
 from balancer.events import OutputItem
-from inference.access import BodyTooLarge, api_key_required, read_body
+from inference.access import BodyTooLarge, api_key_required
 from inference.openai_schema import (
     SSE_DONE,
     EmbeddingResults,
@@ -42,6 +42,8 @@ from inference.openai_schema import (
     read_generation_item,
     sse,
 )
+from inference.validation import InvalidRequest
+from inference.views import read_json
 
 
 def error_response(error: OpenAIError) -> JsonResponse:
@@ -53,14 +55,13 @@ def _unauthorized(message: str) -> JsonResponse:
 
 
 def _json(request: HttpRequest) -> Any:
+    """The parsed body, or ``OpenAIError`` (see ``views.read_json``)."""
     try:
-        return json.loads(read_body(request))
+        return read_json(request)
     except BodyTooLarge as error:
         raise OpenAIError(413, str(error), code="request_too_large") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise OpenAIError(400, f"The body is not valid JSON: {error}") from None
-    except RecursionError:
-        raise OpenAIError(400, "The body is nested too deeply.") from None
+    except InvalidRequest as error:
+        raise OpenAIError(400, f"The body {error.message}.") from None
 
 
 async def _open(kind: str, params: dict[str, Any]) -> Stream:
