@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import tempfile
 import time
@@ -179,6 +180,11 @@ def wait_for_fleet(web: WebServer, names: list[str], timeout: float = 120) -> No
     wait_until(ready, timeout, f"agents {names}")
 
 
+def agent_threads(agents: int) -> int:
+    """llama.cpp threads per agent: the agents share the machine's cores."""
+    return max(1, (os.cpu_count() or 1) // agents)
+
+
 def one_run(
     run: int,
     webs: dict[str, WebServer],
@@ -192,7 +198,14 @@ def one_run(
     results: dict[str, dict[str, Any]] = {}
     for policy in order:
         names = [f"{policy}-{run}-{i}" for i in range(args.agents)]
-        agents = [start_agent(redis_url, tmp, name, args.slots) for name in names]
+        # The agents share the machine: each gets its share of the cores, as
+        # on a real fleet each would have a host of its own (more llama.cpp
+        # threads than cores make every decode wait on descheduled threads).
+        threads = str(agent_threads(args.agents))
+        agents = [
+            start_agent(redis_url, tmp, name, args.slots, "--threads", threads)
+            for name in names
+        ]
         try:
             wait_for_fleet(webs[policy], names)
             results[policy] = asyncio.run(workload(webs[policy].url, args))
@@ -312,7 +325,8 @@ def main() -> None:
                 else "each with a system prompt of its own"
             )
             + f", {args.agents} agents of {args.slots} slots started afresh for "
-            f"every policy, greedy, {args.tokens} tokens per answer, random "
+            f"every policy, each with {agent_threads(args.agents)} llama.cpp "
+            f"thread(s), greedy, {args.tokens} tokens per answer, random "
             "pauses of 0 to 1.5 s between turns (seeded, the same for every "
             f"policy); median of {args.runs} runs, ratios against least-busy "
             "computed within each run.",
