@@ -479,6 +479,10 @@ class Dispatcher:
         stream.agent_id, stream.agent_name = agent.id, agent.name
         stream.decision = decision
         stream.claimed_at = time.monotonic()
+        # Time spent in the buffer is not time its reader neglected it: the
+        # reaper counts from now, or a request that waited longer than
+        # ABANDONED_S would be cancelled before its reader could start.
+        stream.last_read_at = stream.claimed_at
         self._streams[stream.request_id] = stream
         event: InferenceRequestEvent = {
             "type": "inference.request",
