@@ -34,7 +34,13 @@ from agents.runtime import (
     grammar_to_gbnf,
 )
 from balancer import keys
-from balancer.events import CompactToken, OutputBatch, OutputItem, compact_item
+from balancer.events import (
+    CompactToken,
+    OutputBatch,
+    OutputItem,
+    compact_item,
+    error_item,
+)
 from inference.chat_template import ChatTemplateError, compile_template
 from inference.desired_state import DesiredState, DesiredStateError
 
@@ -401,16 +407,9 @@ class AgentWorker:
             # Output of these requests was lost: they end with an error
             # instead of going on with a gap in their text.
             by_destination.setdefault(destination, []).append(
-                {
-                    "request_id": request_id,
-                    "response": None,
-                    "error": {
-                        "code": 502,
-                        "description": "Output was lost while Redis was unreachable",
-                    },
-                    "final": True,
-                    "meta": None,
-                }
+                error_item(
+                    request_id, 502, "Output was lost while Redis was unreachable"
+                )
             )
         for output in outputs:
             if output.request_id in self._undelivered:

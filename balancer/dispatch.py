@@ -34,6 +34,7 @@ from balancer.events import (
     InferenceCancelEvent,
     InferenceRequestEvent,
     OutputItem,
+    error_item,
     expand_item,
 )
 from balancer.routing import Candidate, Decision, decide, request_prefix
@@ -254,13 +255,7 @@ class Stream:
                     self.usage = done["Done"].get("usage", {})
 
     def _end_with(self, code: int, description: str) -> OutputItem:
-        item: OutputItem = {
-            "request_id": self.request_id,
-            "response": None,
-            "error": {"code": code, "description": description},
-            "final": True,
-            "meta": None,
-        }
+        item = error_item(self.request_id, code, description)
         self.outcome = str(code)
         self.ended_at = time.monotonic()
         return item
@@ -442,13 +437,7 @@ class Dispatcher:
                     avoid=avoid,
                 )
             except InferenceFailure as failure:
-                return {
-                    "request_id": batch_id,
-                    "response": None,
-                    "error": {"code": failure.code, "description": failure.description},
-                    "final": True,
-                    "meta": None,
-                }
+                return error_item(batch_id, failure.code, failure.description)
 
         opened = await self.open_stream(
             "embeddings", {**params, "input_batch": first}, parent_id=batch_id

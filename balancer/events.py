@@ -81,3 +81,14 @@ def expand_item(raw: OutputItem | CompactToken) -> OutputItem:
             "meta": None,
         }
     return raw
+
+
+def error_item(request_id: str, code: int, description: str) -> OutputItem:
+    """The final item of a request that ended with an error."""
+    return {
+        "request_id": request_id,
+        "response": None,
+        "error": {"code": code, "description": description},
+        "final": True,
+        "meta": None,
+    }

@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from balancer.events import OutputItem
+from balancer.events import OutputItem, error_item
 
 Document = dict[str, Any]
 
@@ -220,16 +220,9 @@ class FanOut:
         return item
 
     def _failure(self, stream: ChunkStream) -> OutputItem:
-        return {
-            "request_id": self.request_id,
-            "response": None,
-            "error": {
-                "code": 502,
-                "description": f"chunk {stream.request_id} ended without a result",
-            },
-            "final": True,
-            "meta": None,
-        }
+        return error_item(
+            self.request_id, 502, f"chunk {stream.request_id} ended without a result"
+        )
 
     async def _end(self, chunk: _Chunk) -> None:
         self._running.remove(chunk)
