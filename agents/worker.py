@@ -234,7 +234,8 @@ class AgentWorker:
                 logger.warning("checking web processes failed", exc_info=True)
             self._status_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_changed.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._status_changed.wait()
 
     async def _cancel_orphans(self) -> None:
         """Stop generating for web processes that died mid-stream.

@@ -154,9 +154,11 @@ class Stream:
             while True:
                 self.reading = True
                 try:
-                    first = await asyncio.wait_for(
-                        self.queue.get(), min(LIVENESS_CHECK_S, timeout_s)
-                    )
+                    # Not asyncio.wait_for: on Python 3.11 it swallows a
+                    # cancellation that comes as the item arrives, and the
+                    # request of a client that went away would run on.
+                    async with asyncio.timeout(min(LIVENESS_CHECK_S, timeout_s)):
+                        first = await self.queue.get()
                 except TimeoutError:
                     if time.monotonic() - last_item_at >= timeout_s:
                         yield [
@@ -546,9 +548,8 @@ class Dispatcher:
                     raise InferenceFailure(504, "Waiting for available slot timed out")
                 self._slot_freed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self._slot_freed.wait(), min(BUFFER_POLL_S, remaining)
-                    )
+                    async with asyncio.timeout(min(BUFFER_POLL_S, remaining)):
+                        await self._slot_freed.wait()
         finally:
             if buffered:
                 # Timed out, or the client went away while waiting.

@@ -77,7 +77,8 @@ async def snapshot_events(
             last_sent = now
             yield ": keep-alive\n\n"
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(end.requested.wait(), POLL_S)
+            async with asyncio.timeout(POLL_S):
+                await end.requested.wait()
 
 
 class EndStreamsOnCancel:

@@ -8,12 +8,15 @@ otherwise go on for minutes while the new request waits for a slot).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
+
+from balancer.dispatch import Stream
 
 from tests.conftest import (
     ENDLESS_PROMPT,
@@ -94,3 +97,43 @@ def test_non_streaming_client_that_gives_up_frees_the_slot(
         wait_for_claims(api_redis, 1, timeout=1.0)
         assert seconds_to_first_token(api_platform) < FIRST_TOKEN_BUDGET_S
     wait_for_idle_slots(api_platform, REPORT_LAG_S)
+
+
+class _FinishRecorder:
+    """The dispatcher as a stream sees it when it closes: ``finish`` only."""
+
+    def __init__(self) -> None:
+        self.finished: list[str] = []
+
+    async def finish(self, stream: Stream) -> None:
+        self.finished.append(stream.request_id)
+
+
+async def test_a_reader_cancelled_as_a_token_arrives_stops_and_frees_the_slot() -> None:
+    # The cancellation Django sends when the client disconnects can come in
+    # the same turn of the loop as the next token.  It must still end the
+    # reader (and with it the request); a reader that swallowed it would
+    # relay the whole generation to nobody, its slot held to the end.
+    dispatcher = _FinishRecorder()
+    stream = Stream("r1", "raw_prompt", {}, dispatcher)  # type: ignore[arg-type]
+
+    async def read() -> None:
+        async for _batch in stream.batches():
+            pass
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(0)  # the reader waits for the queue
+    stream.queue.put_nowait(
+        {
+            "request_id": "r1",
+            "response": {"GeneratedToken": {"ContentToken": " and"}},
+            "error": None,
+            "final": False,
+            "meta": None,
+        }
+    )
+    await asyncio.sleep(0)  # the queue hands the item over...
+    reader.cancel()  # ...and the client goes away in the same turn
+    done, _ = await asyncio.wait({reader}, timeout=2)
+    assert reader in done and reader.cancelled()
+    assert dispatcher.finished == ["r1"]
