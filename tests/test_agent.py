@@ -68,6 +68,42 @@ def generate(web: WebServer, prompt: str, max_tokens: int) -> list[dict[str, Any
         return read_ndjson(response)
 
 
+def generate_in_background(
+    web: WebServer, prompt: str, max_tokens: int
+) -> tuple[threading.Thread, dict[str, Any]]:
+    """Start a generation on a thread; return once its first line arrived.
+
+    ``results["lines"]`` holds every line once the thread is done.  Waiting
+    for the first line, not for the agent's report of a busy slot, keeps the
+    test right however fast the machine generates.
+    """
+    results: dict[str, Any] = {}
+    started = threading.Event()
+
+    def run() -> None:
+        lines: list[dict[str, Any]] = []
+        try:
+            with httpx.stream(
+                "POST",
+                f"{web.url}/api/v1/continue_from_raw_prompt",
+                json={"raw_prompt": prompt, "max_tokens": max_tokens},
+                timeout=120,
+            ) as response:
+                assert response.status_code == 200
+                for line in response.iter_lines():
+                    if line.strip():
+                        lines.append(json.loads(line))
+                        started.set()
+        finally:
+            results["lines"] = lines
+            started.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert started.wait(30), "no first line"
+    return thread, results
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -229,21 +265,14 @@ def test_new_state_drains_in_flight_requests_then_swaps(fleet: Fleet) -> None:
     web = fleet.web()
     fleet.agent("swapper")
     wait_for_status(web, "swapper", "Applied")
-    results: dict[str, Any] = {}
-
-    def long_request() -> None:
-        results["lines"] = generate(web, ENDLESS_PROMPT, 80)
-
-    thread = threading.Thread(target=long_request)
-    thread.start()
-    wait_until(lambda: web.agents()[0]["slots_processing"] == 1, 10, "busy slot")
+    thread, results = generate_in_background(web, ENDLESS_PROMPT, 300)
     new_state = with_model(fleet.state, fleet.state["model"], context_size=1024)
     web.put_desired_state(new_state)
     # While it drains, the agent takes no new work.
     wait_until(lambda: web.agents()[0]["slots_total"] == 0, 5, "draining")
     thread.join()
     done = results["lines"][-1]["Response"]["response"]["GeneratedToken"]
-    assert done["Done"]["usage"]["content_tokens"] == 80  # finished, not cut off
+    assert done["Done"]["usage"]["content_tokens"] == 300  # finished, not cut off
     wait_for_status(web, "swapper", "Applied")
     assert web.agents()[0]["slots_total"] == 2
 
@@ -252,15 +281,11 @@ def test_sigterm_finishes_in_flight_work_then_deregisters(fleet: Fleet) -> None:
     web = fleet.web()
     agent = fleet.agent("graceful", 2, "--shutdown-grace", "30")
     wait_for_status(web, "graceful", "Applied")
-    results: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=lambda: results.update(lines=generate(web, ENDLESS_PROMPT, 40))
-    )
-    thread.start()
-    wait_until(lambda: web.agents()[0]["slots_processing"] == 1, 10, "busy slot")
+    thread, results = generate_in_background(web, ENDLESS_PROMPT, 200)
     agent.process.send_signal(signal.SIGTERM)
     thread.join()
-    assert "Done" in results["lines"][-1]["Response"]["response"]["GeneratedToken"]
+    done = results["lines"][-1]["Response"]["response"]["GeneratedToken"]
+    assert done["Done"]["usage"]["content_tokens"] == 200  # finished, not cut off
     assert agent.process.wait(timeout=30) == 0
     assert web.agents() == []
 
@@ -271,12 +296,7 @@ def test_sigterm_past_the_grace_period_fails_what_is_left_with_an_error(
     web = fleet.web()
     agent = fleet.agent("hasty", 2, "--shutdown-grace", "0.5")
     wait_for_status(web, "hasty", "Applied")
-    results: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=lambda: results.update(lines=generate(web, ENDLESS_PROMPT, 1000))
-    )
-    thread.start()
-    wait_until(lambda: web.agents()[0]["slots_processing"] == 1, 10, "busy slot")
+    thread, results = generate_in_background(web, ENDLESS_PROMPT, 1000)
     agent.process.send_signal(signal.SIGTERM)
     thread.join()
     error = results["lines"][-1]["Error"]["error"]
