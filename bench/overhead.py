@@ -471,10 +471,17 @@ def main() -> None:
         default="lowlevel",
         help="the baseline: the low-level decode loop, or llama_cpp.Llama",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="llama.cpp threads, direct and in the agent (default: every core, "
+        "as run_agent does)",
+    )
     args = parser.parse_args()
     if args.requests < 2:
         parser.error("--requests must be at least 2 (see WORDS)")
-    threads = os.cpu_count() or 1  # what run_agent gives llama.cpp by default
+    threads = args.threads or os.cpu_count() or 1
     parameters = dict(GREEDY_PARAMETERS)
     state = {
         "model": {"LocalToAgent": str(MODEL)},
@@ -491,6 +498,7 @@ def main() -> None:
             state,
             agent_name="overhead",
             slots=1,
+            agent_args=("--threads", str(threads)),
             PADDLER_LOG_LEVEL="WARNING",
         ) as web,
     ):

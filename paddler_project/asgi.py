@@ -17,6 +17,7 @@ from django.urls import path  # noqa: E402
 from balancer.sse import EndStreamsOnCancel  # noqa: E402
 from inference.consumers import InferenceSocketConsumer  # noqa: E402
 from paddler_project.connections import GuardedConnections  # noqa: E402
+from paddler_project.handlers import ByPath, InferenceHandler  # noqa: E402
 
 # The socket authenticates with an API key sent by the client (header or
 # ``token`` parameter), or with the panel's staff session.  The session is read
@@ -31,8 +32,8 @@ application = GuardedConnections(
     ProtocolTypeRouter(
         {
             # At shutdown, event streams end their responses instead of being
-            # cut off.
-            "http": EndStreamsOnCancel(django_asgi_app),
+            # cut off.  Inference requests skip the panel's middleware.
+            "http": EndStreamsOnCancel(ByPath(InferenceHandler(), django_asgi_app)),
             "websocket": SessionMiddlewareStack(
                 URLRouter(
                     [path("api/v1/inference_socket", InferenceSocketConsumer.as_asgi())]

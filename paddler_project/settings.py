@@ -58,7 +58,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "paddler_project.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -66,6 +66,11 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# The inference endpoints (paddler_project.handlers.INFERENCE_PATHS) take no
+# cookies, sessions or forms: they go through this shorter stack, all of it on
+# the event loop (see paddler_project.middleware).
+INFERENCE_MIDDLEWARE = ["paddler_project.middleware.SecurityMiddleware"]
 
 ROOT_URLCONF = "paddler_project.urls"
 ASGI_APPLICATION = "paddler_project.asgi.application"
@@ -206,8 +211,9 @@ STATSD_HOST = PADDLER_STATSD_ADDR.rpartition(":")[0] or "127.0.0.1"
 STATSD_PORT = int(PADDLER_STATSD_ADDR.rpartition(":")[2] or 8125)
 STATSD_PREFIX = f"{PADDLER_STATSD_PREFIX}.http"
 if PADDLER_STATSD_ADDR:
-    MIDDLEWARE.insert(0, "django_statsd.middleware.StatsdMiddleware")
-    MIDDLEWARE.append("django_statsd.middleware.StatsdMiddlewareTimer")
+    for stack in (MIDDLEWARE, INFERENCE_MIDDLEWARE):
+        stack.insert(0, "django_statsd.middleware.StatsdMiddleware")
+        stack.append("django_statsd.middleware.StatsdMiddlewareTimer")
 
 # Production: behind a TLS-terminating proxy, with secure cookies and HSTS.
 # `manage.py check --deploy` is clean with the values the README gives.

@@ -509,17 +509,19 @@ def running_platform(
     agent_name: str,
     slots: int = 2,
     redis_server: RedisServer | None = None,
+    agent_args: tuple[str, ...] = (),
     **web_env: str,
 ) -> Iterator[WebServer]:
     """Daphne and one agent serving ``state``, on a Redis of their own unless
-    ``redis_server`` is given (and then left running)."""
+    ``redis_server`` is given (and then left running); ``agent_args`` go to
+    ``run_agent``."""
     own_redis = redis_server is None
     redis_server = redis_server or start_redis()
     web = start_web(redis_server.url, tmp_path, **web_env)
     agent: Agent | None = None
     try:
         web.put_desired_state(state)
-        agent = start_agent(redis_server.url, tmp_path, agent_name, slots)
+        agent = start_agent(redis_server.url, tmp_path, agent_name, slots, *agent_args)
         try:
             web.wait_for_ready_agents(1)
         except TimeoutError:

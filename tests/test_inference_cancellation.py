@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from balancer.dispatch import Stream
-
 from tests.conftest import (
     ENDLESS_PROMPT,
     FIRST_TOKEN_BUDGET_S,
