@@ -39,11 +39,14 @@ from typing import Any
 
 import httpx
 import llama_cpp
+import redis
 from websockets.asyncio.client import ClientConnection, connect
 
+from balancer import keys
 from bench.common import MODEL, goal, median, percentile, report
 from tests.conftest import (
     GREEDY_PARAMETERS,
+    WebServer,
     running_platform,
 )
 
@@ -398,49 +401,153 @@ async def over_openai(
     return Timing(first, last, made)
 
 
+# ---------------------------------------------------------- where it goes
+CPU_PARTS = ("client", "web", "redis", "agent_relay", "agent_engine")
+CPU_LABELS = {
+    "client": "client",
+    "web": "web (daphne)",
+    "redis": "Redis",
+    "agent_relay": "agent relay",
+    "agent_engine": "agent engine",
+}
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU time of a process's threads (all, or all but ``thread``, or
+    just ``thread`` when negative), from /proc."""
+    total = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if thread is not None and (int(tid) == thread) != (thread > 0):
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue  # the thread ended
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
+
+
+class CpuMeter:
+    """CPU time of each process of the stack, split by what it does.
+
+    The client is this process (for the direct block: the direct loop).  The
+    agent's main thread runs its event loop (requests in, tokens out to
+    Redis); its other threads are the engine and llama.cpp's.
+    """
+
+    def __init__(self) -> None:
+        mine = os.getpid()
+        self.pids: dict[str, int] = {"client": mine}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) != mine:
+                continue  # not started by this benchmark
+            if b"run_agent" in command:
+                self.pids["agent"] = int(entry.name)
+            elif b"daphne" in command:
+                self.pids["web"] = int(entry.name)
+            elif b"redis-server" in command:
+                self.pids["redis"] = int(entry.name)
+
+    def read(self) -> dict[str, float]:
+        agent = self.pids["agent"]
+        return {
+            "client": _proc_cpu_seconds(self.pids["client"]),
+            "web": _proc_cpu_seconds(self.pids["web"]),
+            "redis": _proc_cpu_seconds(self.pids["redis"]),
+            # The main thread's id is the process id.
+            "agent_relay": _proc_cpu_seconds(agent, thread=agent),
+            "agent_engine": _proc_cpu_seconds(agent, thread=-agent),
+        }
+
+
+def web_ttfts(redis_url: str, count: int) -> list[float]:
+    """Time to first token at the web process of the last ``count`` requests:
+    from the request's creation by the dispatcher to the first token reaching
+    it (``time_to_first_token_ms`` of the request log)."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        records = [
+            json.loads(raw) for raw in client.lrange(keys.request_log(), 0, count - 1)
+        ]
+    finally:
+        client.close()
+    return [float(r["time_to_first_token_ms"]) for r in records]
+
+
 # --------------------------------------------------------------------- runs
-def summary(timings: list[Timing]) -> dict[str, Any]:
+def summary(
+    timings: list[Timing], cpu: dict[str, float], web_ttft: list[float]
+) -> dict[str, Any]:
     ttfts = [t.first * 1000 for t in timings]
     decoded = sum(t.tokens - 1 for t in timings)
+    made = sum(t.tokens for t in timings)
     return {
         "requests": [asdict(t) for t in timings],
         "tokens_per_s": decoded / sum(t.decode_seconds for t in timings),
         "ttft_p50_ms": percentile(ttfts, 0.5),
         "ttft_p95_ms": percentile(ttfts, 0.95),
+        "web_ttft_p50_ms": percentile(web_ttft, 0.5) if web_ttft else None,
+        "cpu_ms_per_token": {part: cpu[part] * 1000 / made for part in cpu},
         "tokens": sorted({t.tokens for t in timings}),
     }
 
 
 async def block(
-    name: str, url: str, direct: Direct | DirectLlama, prompts: list[str], tokens: int
-) -> list[Timing]:
+    name: str,
+    url: str,
+    direct: Direct | DirectLlama,
+    prompts: list[str],
+    tokens: int,
+    *,
+    meter: CpuMeter,
+) -> tuple[list[Timing], dict[str, float]]:
     """One surface's requests, one at a time, after a warm-up request.
 
     The socket is open only during its own block: the direct block blocks
     this event loop, which would leave the socket's pings unanswered.
     """
     warm = PROMPT.format(word="Warm")
+    timings: list[Timing] = []
     if name == "direct":
         direct.generate(warm, 4)
-        return [direct.generate(prompt, tokens) for prompt in prompts]
-    async with httpx.AsyncClient(timeout=600) as client:
-        if name == "http_ndjson":
-            await over_http(client, url, warm, 4)
-            return [await over_http(client, url, p, tokens) for p in prompts]
-        if name == "openai_sse":
-            await over_openai(client, url, warm, 4)
-            return [await over_openai(client, url, p, tokens) for p in prompts]
-    socket_url = url.replace("http://", "ws://", 1) + "/api/v1/inference_socket"
-    async with connect(socket_url, max_size=None) as socket:
-        await over_socket(socket, warm, 4, "warm")
-        return [
-            await over_socket(socket, prompt, tokens, f"r{index}")
-            for index, prompt in enumerate(prompts)
-        ]
+        before = meter.read()
+        timings = [direct.generate(prompt, tokens) for prompt in prompts]
+    elif name in ("http_ndjson", "openai_sse"):
+        over = over_http if name == "http_ndjson" else over_openai
+        async with httpx.AsyncClient(timeout=600) as client:
+            await over(client, url, warm, 4)
+            before = meter.read()
+            timings = [await over(client, url, p, tokens) for p in prompts]
+    else:
+        socket_url = url.replace("http://", "ws://", 1) + "/api/v1/inference_socket"
+        async with connect(socket_url, max_size=None) as socket:
+            await over_socket(socket, warm, 4, "warm")
+            before = meter.read()
+            timings = [
+                await over_socket(socket, prompt, tokens, f"r{index}")
+                for index, prompt in enumerate(prompts)
+            ]
+    after = meter.read()
+    return timings, {part: after[part] - before[part] for part in CPU_PARTS}
 
 
 async def one_run(
-    run: int, url: str, direct: Direct | DirectLlama, prompts: list[str], tokens: int
+    run: int,
+    web: WebServer,
+    direct: Direct | DirectLlama,
+    prompts: list[str],
+    tokens: int,
+    *,
+    meter: CpuMeter,
 ) -> dict[str, Any]:
     # Each run starts with another surface, so a drift in the machine's speed
     # during a run does not always fall on the same one.
@@ -451,7 +558,11 @@ async def one_run(
         # llama.cpp's OpenMP threads spin a while after a decode: let the
         # previous block's (in this process or in the agent) go to sleep.
         await asyncio.sleep(0.5)
-        results[name] = summary(await block(name, url, direct, prompts, tokens))
+        timings, cpu = await block(name, web.url, direct, prompts, tokens, meter=meter)
+        web_ttft = (
+            [] if name == "direct" else web_ttfts(web.env["REDIS_URL"], len(prompts))
+        )
+        results[name] = summary(timings, cpu, web_ttft)
     base = results["direct"]
     for result in results.values():
         result["ratio"] = result["tokens_per_s"] / base["tokens_per_s"]
@@ -502,8 +613,11 @@ def main() -> None:
             PADDLER_LOG_LEVEL="WARNING",
         ) as web,
     ):
+        meter = CpuMeter()
         for run in range(args.runs):
-            outcome = asyncio.run(one_run(run, web.url, direct, prompts, args.tokens))
+            outcome = asyncio.run(
+                one_run(run, web, direct, prompts, args.tokens, meter=meter)
+            )
             runs.append(outcome)
             print(
                 f"run {run + 1}: "
@@ -519,7 +633,7 @@ def main() -> None:
     def med(surface: str, key: str) -> float:
         return median([run["surfaces"][surface][key] for run in runs])
 
-    medians = {
+    medians: dict[str, dict[str, Any]] = {
         surface: {
             key: med(surface, key)
             for key in (
@@ -533,6 +647,15 @@ def main() -> None:
         }
         for surface in SURFACES
     }
+    for surface in SURFACES:
+        if surface != "direct":
+            medians[surface]["web_ttft_p50_ms"] = med(surface, "web_ttft_p50_ms")
+        medians[surface]["cpu_ms_per_token"] = {
+            part: median(
+                [r["surfaces"][surface]["cpu_ms_per_token"][part] for r in runs]
+            )
+            for part in CPU_PARTS
+        }
     stack = SURFACES[1:]
     goals = [
         goal(
@@ -556,9 +679,11 @@ def main() -> None:
         for s in SURFACES
         if run["surfaces"][s]["tokens"] != [args.tokens]
     }
+    cores = os.cpu_count() or 1
     report(
-        "overhead",
-        title="Platform overhead: the full stack against llama.cpp called directly",
+        "overhead" if threads == cores else f"overhead-threads-{threads}",
+        title="Platform overhead: the full stack against llama.cpp called directly"
+        + ("" if threads == cores else f", {threads} of {cores} cores to llama.cpp"),
         columns=[
             "surface",
             "decode tok/s",
@@ -567,6 +692,7 @@ def main() -> None:
             "TTFT p95 (ms)",
             "TTFT added p50 (ms)",
             "TTFT added p95 (ms)",
+            "TTFT at the web p50 (ms)",
         ],
         rows=[
             [
@@ -577,6 +703,7 @@ def main() -> None:
                 f"{m['ttft_p95_ms']:.1f}",
                 "" if s == "direct" else f"{m['ttft_added_p50_ms']:+.1f}",
                 "" if s == "direct" else f"{m['ttft_added_p95_ms']:+.1f}",
+                "" if s == "direct" else f"{m['web_ttft_p50_ms']:.1f}",
             ]
             for s, m in medians.items()
         ],
@@ -589,12 +716,30 @@ def main() -> None:
             f"the context the agent makes for 1 slot ({parameters['context_size']} "
             f"tokens, n_batch {parameters['n_batch']}, F16 cache, flash "
             f"attention, {threads} threads).",
-            "Stack: daphne, Redis and one agent of 1 slot (run_agent, default "
-            "threads), measured by a client in the benchmark's process; decode "
+            f"Stack: daphne, Redis and one agent of 1 slot (run_agent --threads "
+            f"{threads}), measured by a client in the benchmark's process; decode "
             "tokens/s counts the tokens after the first over the time from the "
             "first to the last, TTFT runs from sending the request to the first "
             "token's arrival.  Client, web process, Redis and agent share the "
             "machine's cores.",
+            "TTFT at the web: from the web process creating the request (after "
+            "its HTTP handling and validation) to the first token reaching it: "
+            "the claim, Redis to the agent and back, and the agent's work.  The "
+            "rest of the added time is HTTP or WebSocket handling, in the web "
+            "process and in the client.",
+            "CPU per token, ms (median over the runs; each process's CPU time "
+            "during the surface's requests over the tokens made; 'agent relay' "
+            "is the agent's event loop thread, 'agent engine' its engine and "
+            "llama.cpp threads; for the direct loop, 'client' is the loop): "
+            + "; ".join(
+                f"{LABELS[s]}: "
+                + ", ".join(
+                    f"{CPU_LABELS[part]} {m['cpu_ms_per_token'][part]:.2f}"
+                    for part in CPU_PARTS
+                )
+                for s, m in medians.items()
+            )
+            + ".",
             *(
                 [f"Requests that did not make {args.tokens} tokens: {mismatched}."]
                 if mismatched

@@ -21,6 +21,7 @@ import openai
 import pytest
 import websockets
 
+from balancer import keys
 from tests.conftest import (
     AUTH,
     ENDLESS_PROMPT,
@@ -65,6 +66,15 @@ def test_web_replica_killed_mid_stream_frees_the_agent(fleet: Fleet) -> None:
                 doomed.process.send_signal(signal.SIGKILL)
     # The agent notices that nobody reads the stream and frees its slot.
     wait_until(lambda: survivor.agents()[0]["slots_processing"] == 0, 15, "free slot")
+    # What the agent sent the dead replica meanwhile lies in its inbox until
+    # the inbox expires (the survivor drains its own: an empty list is gone).
+    # A drained inbox is deleted, and the next output makes it anew: every
+    # push must set the expiry again.
+    redis_client = fleet.client()
+    left = [key for key in redis_client.scan_iter(match=keys.web_inbox("*"))]
+    assert left, "nothing was sent after the replica died"
+    assert all(0 < redis_client.ttl(key) <= 60 for key in left)
+    redis_client.close()
     # The dead replica's claim lapses, and the slot serves the survivor.
     response = httpx.post(
         f"{survivor.url}/api/v1/continue_from_raw_prompt",
