@@ -92,7 +92,7 @@ def test_gauges_follow_the_fleet_state(fleet: Fleet, statsd: StatsdListener) -> 
     assert statsd.latest("fleet.slots_processing") == "0|g"
     assert statsd.latest("fleet.agent.gauged.slots_total") == "1|g"
     results: list[Any] = []
-    running = start_request(web, 150, results)
+    running = start_request(web, 400, results)
     wait_until(
         lambda: statsd.latest("fleet.slots_processing") == "1|g", 10, "processing"
     )
