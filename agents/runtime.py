@@ -144,6 +144,9 @@ class _Slot:
     # Routing hashes of what the cache holds (see balancer.routing).
     prefix: list[str] = field(default_factory=list)
     started_at: float = 0.0
+    # When the slot last finished a request (0: never), for choosing the
+    # least recently used one.
+    released_at: float = 0.0
     # Whether this request's output has named the slot yet.
     told_slot: bool = False
 
@@ -170,6 +173,32 @@ def common_prefix_length(left: list[int], right: list[int]) -> int:
         if left[index] != right[index]:
             return index
     return length
+
+
+# A free slot's cache is reused when the prefix it shares with the prompt is
+# at least this share of the prompt or of what the slot holds; below both, the
+# prompt goes to the least recently used slot instead.
+REUSE_SHARE = 0.5
+
+
+def choose_slot(free: list[_Slot], prompt: list[int]) -> _Slot:
+    """The free slot a prompt should go to.
+
+    The slot whose cache shares the longest prefix with the prompt, when that
+    prefix is a good part of the prompt or of the slot's cache: the next turn
+    of the conversation it holds, a longer raw prompt that extends it, a
+    regenerated answer, a long shared system prompt.  Otherwise the least
+    recently used slot (one never used first): taking the best slot for a few
+    common tokens (a chat template's opening) would evict another
+    conversation's cache while an idle slot holds nothing worth keeping.  Among
+    slots that match equally, the least recently used.
+    """
+    by_age = sorted(free, key=lambda slot: (slot.released_at, slot.seq_id))
+    best = max(by_age, key=lambda slot: common_prefix_length(slot.cache, prompt))
+    shared = common_prefix_length(best.cache, prompt)
+    if shared > 0 and shared >= REUSE_SHARE * min(len(prompt), len(best.cache)):
+        return best
+    return by_age[0]
 
 
 def _split_on_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:
@@ -473,8 +502,7 @@ class Engine:
                     )
                 )
                 continue
-            # The free slot whose cache shares the longest prefix with this prompt.
-            slot = max(free, key=lambda s: common_prefix_length(s.cache, prompt))
+            slot = choose_slot(free, prompt)
             try:
                 sampler = self._make_sampler(job, prompt)
             except ValueError as error:
@@ -707,6 +735,7 @@ class Engine:
             slot.prefix = []
         slot.pending = []
         slot.job = None
+        slot.released_at = time.monotonic()
         self._free_sampler(slot)
 
     def _free_sampler(self, slot: _Slot) -> None:

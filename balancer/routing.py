@@ -97,6 +97,11 @@ class Candidate:
     def load(self) -> float:
         return self.slots_busy / self.slots_total if self.slots_total else 1.0
 
+    @property
+    def empty_slots(self) -> int:
+        """Idle slots that hold no conversation (never used, or cleared)."""
+        return sum(1 for prefix in self.idle_prefixes if not prefix)
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -108,9 +113,17 @@ class Decision:
 
 
 def _least_busy(candidates: list[Candidate]) -> list[Candidate]:
+    """By load; between equally loaded agents, the one with more empty slots
+    first, so a new conversation does not evict another's cache while a slot
+    elsewhere holds nothing."""
     return sorted(
         candidates,
-        key=lambda c: (c.load, -(c.slots_total - c.slots_busy), c.agent_id),
+        key=lambda c: (
+            c.load,
+            -(c.slots_total - c.slots_busy),
+            -c.empty_slots,
+            c.agent_id,
+        ),
     )
 
 

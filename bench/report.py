@@ -237,6 +237,23 @@ PLOTS: dict[str, Callable[[dict[str, Any]], Figure]] = {
 
 
 # ------------------------------------------------------------------- page
+# How to read a benchmark's figures, after its notes.
+READING = {
+    "overhead": (
+        "Reading it: every token the stack streams costs CPU outside llama.cpp, "
+        "in the client, the web process, Redis and the agent's event loop (the "
+        "CPU per token above).  When llama.cpp's threads take every core, as "
+        "they do by default, that time comes out of theirs, and decode tokens/s "
+        "falls by about as much.  The run that leaves one core to the rest "
+        "(`--threads 1`, both sides) shows the stack's cost without that "
+        "contention; on a GPU host the decode does not compete for the cores at "
+        "all.  The time to first token at the web, against the direct TTFT, is "
+        "what the claim, the two Redis hops and the agent add; the rest of the "
+        "added TTFT is HTTP or WebSocket handling."
+    ),
+}
+
+
 def section(document: dict[str, Any], image: str | None) -> str:
     context = [
         f"Machine: {document['machine']}.",
@@ -252,6 +269,7 @@ def section(document: dict[str, Any], image: str | None) -> str:
         table(document["columns"], document["rows"]),
         *(f"- {goal_line(entry)}" for entry in document["goals"]),
         *(f"- {note}" for note in document["notes"]),
+        *([f"- {READING[document['name']]}"] if document["name"] in READING else []),
         "",
     ]
     if image:

@@ -112,6 +112,53 @@ def test_conversations_stick_to_the_slot_that_holds_them(fleet: Fleet) -> None:
     assert all(r["slot"] in (0, 1) for r in records)
 
 
+def test_a_new_conversation_leaves_an_idle_conversation_cached(fleet: Fleet) -> None:
+    """One agent of 2 slots: conversation A, then B while A's reader thinks,
+    then A's next turn.  B takes the empty slot, so A's turn finds its whole
+    history cached; evicting A for the few tokens B shares with it (the chat
+    template's opening) would make A evaluate everything again."""
+    web = fleet.web()
+    fleet.agent("thinker", slots=2)
+    web.wait_for_ready_agents(1)
+
+    def turn(history: list[dict[str, str]]) -> dict[str, Any]:
+        response = httpx.post(
+            f"{web.url}/api/v1/continue_from_conversation_history",
+            json={"conversation_history": history, "max_tokens": 8},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        lines = [json.loads(line) for line in response.text.splitlines() if line]
+        history.append(
+            {
+                "role": "assistant",
+                "content": "".join(
+                    line["Response"]["response"]["GeneratedToken"].get(
+                        "ContentToken", ""
+                    )
+                    for line in lines
+                ),
+            }
+        )
+        usage: dict[str, Any] = lines[-1]["Response"]["response"]["GeneratedToken"][
+            "Done"
+        ]["usage"]
+        return usage
+
+    a = [{"role": "system", "content": briefing("owls")}]
+    b = [{"role": "system", "content": briefing("glaciers")}]
+    a.append({"role": "user", "content": "How long do owls live?"})
+    turn(a)
+    b.append({"role": "user", "content": "How thick can a glacier be?"})
+    turn(b)
+    a.append({"role": "user", "content": "What do owls eat?"})
+    usage = turn(a)
+    assert usage["cached_prompt_tokens"] >= 0.8 * usage["prompt_tokens"], usage
+    slots = [r["slot"] for r in reversed(request_log(fleet))]
+    assert slots[0] != slots[1], "B took the slot that held A"
+    assert slots[2] == slots[0]
+
+
 def post_raw(url: str, prompt: str, max_tokens: int, timeout: float = 60) -> Any:
     return httpx.post(
         f"{url}/api/v1/continue_from_raw_prompt",

@@ -85,3 +85,29 @@ def test_round_robin_rotates() -> None:
 
 def test_agents_without_slots_are_not_candidates() -> None:
     assert decide([Candidate("loading", 0, 0)], []).order == []
+
+
+def test_a_new_conversation_goes_where_a_slot_holds_nothing() -> None:
+    # Both agents idle: the one whose slots are all empty, not the one that
+    # would have to evict a conversation's cache to take it.
+    held = conversation_prefix(TURN_ONE)
+    decision = decide(
+        [
+            Candidate("a-holds-one", 2, 0, idle_prefixes=[held, []]),
+            Candidate("b-empty", 2, 0, idle_prefixes=[[], []]),
+        ],
+        conversation_prefix([{"role": "user", "content": "Something else"}]),
+    )
+    assert decision.order == ["b-empty", "a-holds-one"]
+    assert decision.why == "least busy (no cache match)"
+
+
+def test_load_still_comes_before_empty_slots() -> None:
+    decision = decide(
+        [
+            Candidate("empty-but-busier", 2, 1, idle_prefixes=[[]]),
+            Candidate("idle", 2, 0, idle_prefixes=[["x"], ["y"]]),
+        ],
+        [],
+    )
+    assert decision.order == ["idle", "empty-but-busier"]
