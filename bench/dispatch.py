@@ -36,6 +36,10 @@ STREAMS = 64
 PROJECT_FRAME = re.compile(r"[(/](balancer|inference|agents|paddler_project)/")
 TOKENS_GOAL = 10_000  # tokens/s one web process relays across 64 streams
 FLAT_GOAL = 1.5  # messages/s at the most tokens per stream against the fewest
+# The profile's load: 64 streams of this many tokens, enough to keep one web
+# process busy well past the profile's window (about 10 s at 100,000 tokens/s).
+PROFILE_TOKENS = 16_384
+PROFILE_SECONDS = 6
 
 
 def client(urls: list[str], streams: int, tokens: int, result: Any) -> None:
@@ -206,11 +210,14 @@ def main() -> None:
                 manager = multiprocessing.Manager()
                 result = manager.dict()
                 load = multiprocessing.Process(
-                    target=client, args=([webs[0].url], STREAMS, 4096, result)
+                    target=client,
+                    args=([webs[0].url], STREAMS, PROFILE_TOKENS, result),
                 )
                 load.start()
-                time.sleep(2)
-                hot = profile_web(webs[0].process.pid, 8, tmp / "profile.txt")
+                time.sleep(1)
+                hot = profile_web(
+                    webs[0].process.pid, PROFILE_SECONDS, tmp / "profile.txt"
+                )
                 load.join()
                 print("\n".join(["own:", *hot["own"], "ours:", *hot["ours"]]))
         finally:
@@ -258,8 +265,9 @@ def main() -> None:
             "agents share the machine's cores.",
             *(
                 [
-                    "Where one web process's time goes (py-spy, 64 streams of 4096 "
-                    f"tokens; share of samples at the top of the stack): "
+                    f"Where one web process's time goes (py-spy, {STREAMS} streams "
+                    f"of {PROFILE_TOKENS} tokens; share of samples at the top of "
+                    "the stack): "
                     f"{'; '.join(hot['own'][:8])}",
                     "Our functions most often on its stack (with what they "
                     f"call): {'; '.join(hot['ours'][:8])}",
