@@ -139,7 +139,12 @@ else:
 
 def _kernel_unacked(transport: Any) -> int:
     handle = getattr(transport, "getHandle", None)
-    sock = handle() if handle is not None else None
+    try:
+        sock = handle() if handle is not None else None
+    except AttributeError:
+        # Twisted drops a connection's socket once the connection is lost:
+        # the client hung up, and nothing it has not taken counts any more.
+        return 0
     if not isinstance(sock, socket.socket):
         return 0
     try:

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 
 import httpx
 import pytest
+from twisted.internet import protocol, reactor, tcp
+from twisted.internet.error import ConnectionDone
+from twisted.python import failure
 
+from paddler_project.connections import backlog_bytes
 from tests.conftest import (
     AUTH,
     ENDLESS_PROMPT,
@@ -155,3 +160,25 @@ def test_a_large_response_of_known_length_is_not_cut(fleet: Fleet) -> None:
     assert len(body) > 10 * LIMIT
     assert json.loads(body)["default_system_prompt"] == state["default_system_prompt"]
     assert not held_at_cutoff(web)
+
+
+def test_a_connection_already_lost_has_no_backlog() -> None:
+    # A client that hangs up as its last line arrives: Django still sends the
+    # response's closing (empty) message, on a Twisted connection that has
+    # dropped its socket.  The backlog check must not raise there (it did,
+    # and daphne logged "Exception inside application" for the request).
+    ours, theirs = socket.socketpair()
+    connection = tcp.Server(
+        ours,
+        protocol.Protocol(),  # type: ignore[arg-type]
+        ("127.0.0.1", 1),
+        None,  # type: ignore[arg-type]
+        1,
+        reactor,
+    )
+    assert backlog_bytes(connection) == 0
+    connection.connectionLost(failure.Failure(ConnectionDone()))  # type: ignore[no-untyped-call]
+    with pytest.raises(AttributeError):
+        connection.getHandle()  # what Twisted does once a connection is lost
+    assert backlog_bytes(connection) == 0
+    theirs.close()
