@@ -325,13 +325,6 @@ class Dispatcher:
         # the relay's many short-lived token dicts would otherwise trigger
         # over all of it (about 12% more tokens/s relayed, bench.dispatch).
         gc.freeze()
-        # And collect the young generation every 50,000 allocations instead
-        # of 700: under load the queued token dicts are many, and scanning
-        # them that often was a third of the relay's time (py-spy).  64
-        # streams of 8,192 tokens: 135,000-167,000 tokens/s relayed before,
-        # 192,000-196,000 after (two runs each).  What waits to be collected
-        # stays a few megabytes.
-        gc.set_threshold(50_000, 20, 20)
         self.web_id = uuid.uuid4().hex
         self.inbox = keys.web_inbox(self.web_id)
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
