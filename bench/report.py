@@ -87,7 +87,8 @@ def plot_overhead(document: dict[str, Any]) -> Figure:
     medians = document["medians"]
     surfaces = list(medians)
     names = ["direct", "HTTP NDJSON", "WebSocket", "OpenAI SSE"][: len(surfaces)]
-    cores = f"llama.cpp on {document.get('threads', '?')} threads"
+    threads = document.get("threads", "?")
+    cores = f"llama.cpp on {threads} thread{'' if threads == 1 else 's'}"
     figure, left, right = two_plots(
         f"Overhead: the full stack against llama.cpp direct ({cores})"
     )
