@@ -333,6 +333,7 @@ class Dispatcher:
         self._streams: dict[str, Stream] = {}
         self._slot_freed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._cleanups: set[asyncio.Future[None]] = set()
         self._turn = 0
         self._statsd = metrics.statsd_client()
         self._agents_task: asyncio.Future[list[registry.AgentRecord]] | None = None
@@ -556,8 +557,25 @@ class Dispatcher:
                 await registry.leave_buffer(self.redis, stream.request_id)
 
     async def finish(self, stream: Stream) -> None:
+        """Free the stream's slot (telling the agent to stop if unfinished)
+        and log the request.
+
+        The clean-up runs as a task of its own, shielded: the caller is often
+        the reader of a client that just hung up, and Django cancels it at
+        once.  Cancelled halfway (between taking the stream out of
+        ``_streams`` and freeing its claim), the claim would hold the slot
+        until its lease ran out, with nothing left to renew or reap it.
+        """
         if self._streams.pop(stream.request_id, None) is None:
             return
+        cleanup = asyncio.create_task(
+            self._clean_up(stream), context=contextvars.Context()
+        )
+        self._cleanups.add(cleanup)  # the loop keeps only a weak reference
+        cleanup.add_done_callback(self._cleanups.discard)
+        await asyncio.shield(cleanup)
+
+    async def _clean_up(self, stream: Stream) -> None:
         try:
             if not stream.finished:
                 stream.ended_at = stream.ended_at or time.monotonic()

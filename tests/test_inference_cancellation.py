@@ -15,8 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
-from balancer.dispatch import Stream
+from balancer import keys, registry
+from balancer.dispatch import Dispatcher, Stream
 from tests.conftest import (
     ENDLESS_PROMPT,
     FIRST_TOKEN_BUDGET_S,
@@ -25,6 +27,8 @@ from tests.conftest import (
     WebServer,
     claimed_slots,
     seconds_to_first_token,
+    start_redis,
+    stop_process,
     wait_for_claims,
     wait_for_idle_slots,
 )
@@ -136,3 +140,43 @@ async def test_a_reader_cancelled_as_a_token_arrives_stops_and_frees_the_slot() 
     done, _ = await asyncio.wait({reader}, timeout=2)
     assert reader in done and reader.cancelled()
     assert dispatcher.finished == ["r1"]
+
+
+async def test_a_reader_cancelled_while_freeing_its_slot_still_frees_it() -> None:
+    # A client that hangs up as its last token arrives: Django cancels the
+    # reader while the stream's clean-up waits on Redis to free the claim.
+    # The claim must still go; cut short, it would hold the slot until its
+    # lease ran out, with the stream already gone from the dispatcher.
+    server = start_redis()
+    redis = aioredis.Redis.from_url(server.url)
+    try:
+        dispatcher = object.__new__(Dispatcher)  # only what finish() uses
+        dispatcher.redis = redis
+        dispatcher._streams = {}
+        dispatcher._cleanups = set()
+        dispatcher._slot_freed = asyncio.Event()
+        dispatcher._statsd = None
+        stream = Stream(
+            "r2", "raw_prompt", {}, dispatcher, agent_id="agent-x", agent_name="x"
+        )
+        stream.finished = True
+        dispatcher._streams["r2"] = stream
+        claims = keys.agent_claims("agent-x")
+        # Claimed from another connection: the dispatcher's client has none
+        # yet, so freeing the claim first waits to connect.
+        setup = aioredis.Redis.from_url(server.url)
+        await setup.zadd(claims, {"r2": registry.now_ms() + 15_000})
+        closing = asyncio.create_task(stream.close())
+        await asyncio.sleep(0)  # the clean-up now waits on Redis
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        for _ in range(100):
+            if await setup.zcard(claims) == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert await setup.zcard(claims) == 0, "the claim outlived its stream"
+        await setup.aclose()
+    finally:
+        await redis.aclose()
+        stop_process(server.process)
