@@ -194,9 +194,10 @@ def choose_slot(free: list[_Slot], prompt: list[int]) -> _Slot:
     slots that match equally, the least recently used.
     """
     by_age = sorted(free, key=lambda slot: (slot.released_at, slot.seq_id))
-    best = max(by_age, key=lambda slot: common_prefix_length(slot.cache, prompt))
-    shared = common_prefix_length(best.cache, prompt)
-    if shared > 0 and shared >= REUSE_SHARE * min(len(prompt), len(best.cache)):
+    shared = {slot.seq_id: common_prefix_length(slot.cache, prompt) for slot in by_age}
+    best = max(by_age, key=lambda slot: shared[slot.seq_id])
+    reused = shared[best.seq_id]
+    if reused > 0 and reused >= REUSE_SHARE * min(len(prompt), len(best.cache)):
         return best
     return by_age[0]
 

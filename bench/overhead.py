@@ -413,20 +413,17 @@ CPU_LABELS = {
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_cpu_seconds(pid: int, thread: int | None = None) -> float:
-    """CPU time of a process's threads (all, or all but ``thread``, or
-    just ``thread`` when negative), from /proc."""
-    total = 0.0
+def _thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time of each thread of a process, by thread id, from /proc."""
+    seconds: dict[int, float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
-        if thread is not None and (int(tid) == thread) != (thread > 0):
-            continue
         try:
             stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
         except OSError:
             continue  # the thread ended
         fields = stat[stat.rindex(")") + 2 :].split()
-        total += (int(fields[11]) + int(fields[12])) / TICKS
-    return total
+        seconds[int(tid)] = (int(fields[11]) + int(fields[12])) / TICKS
+    return seconds
 
 
 class CpuMeter:
@@ -458,14 +455,15 @@ class CpuMeter:
                 self.pids["redis"] = int(entry.name)
 
     def read(self) -> dict[str, float]:
-        agent = self.pids["agent"]
+        agent = _thread_cpu_seconds(self.pids["agent"])
+        # The main thread's id is the process id.
+        relay = agent.get(self.pids["agent"], 0.0)
         return {
-            "client": _proc_cpu_seconds(self.pids["client"]),
-            "web": _proc_cpu_seconds(self.pids["web"]),
-            "redis": _proc_cpu_seconds(self.pids["redis"]),
-            # The main thread's id is the process id.
-            "agent_relay": _proc_cpu_seconds(agent, thread=agent),
-            "agent_engine": _proc_cpu_seconds(agent, thread=-agent),
+            "client": sum(_thread_cpu_seconds(self.pids["client"]).values()),
+            "web": sum(_thread_cpu_seconds(self.pids["web"]).values()),
+            "redis": sum(_thread_cpu_seconds(self.pids["redis"]).values()),
+            "agent_relay": relay,
+            "agent_engine": sum(agent.values()) - relay,
         }
 
 

@@ -375,6 +375,21 @@ def request_log(fleet: Fleet) -> list[dict[str, Any]]:
     return records
 
 
+@contextmanager
+def raw_prompt_stream(
+    web: WebServer, prompt: str, max_tokens: int, timeout: float = 120
+) -> Iterator[httpx.Response]:
+    """A streamed ``/api/v1/continue_from_raw_prompt`` request, answered 200."""
+    with httpx.stream(
+        "POST",
+        f"{web.url}/api/v1/continue_from_raw_prompt",
+        json={"raw_prompt": prompt, "max_tokens": max_tokens},
+        timeout=timeout,
+    ) as response:
+        assert response.status_code == 200, response.read()
+        yield response
+
+
 def read_ndjson(response: httpx.Response) -> list[dict[str, Any]]:
     return [json.loads(line) for line in response.iter_lines() if line.strip()]
 

@@ -195,3 +195,16 @@ def raw_prompt_request(request_id: str, prompt: str, max_tokens: int) -> Any:
             },
         }
     }
+
+
+def request_id_of(envelope: dict[str, Any]) -> str:
+    """The request id of a socket envelope, a response or an error."""
+    body = envelope.get("Response") or envelope["Error"]
+    return str(body["request_id"])
+
+
+def is_final(envelope: dict[str, Any]) -> bool:
+    """Whether a socket envelope ends its request (an error, or not a token)."""
+    if "Error" in envelope:
+        return True
+    return "ContentToken" not in envelope["Response"]["response"]["GeneratedToken"]

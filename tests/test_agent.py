@@ -20,6 +20,7 @@ from tests.conftest import (
     ENDLESS_PROMPT,
     Fleet,
     WebServer,
+    raw_prompt_stream,
     read_ndjson,
     start_redis,
     stop_process,
@@ -58,13 +59,7 @@ def with_model(state: dict[str, Any], model: Any, **parameters: Any) -> dict[str
 
 
 def generate(web: WebServer, prompt: str, max_tokens: int) -> list[dict[str, Any]]:
-    with httpx.stream(
-        "POST",
-        f"{web.url}/api/v1/continue_from_raw_prompt",
-        json={"raw_prompt": prompt, "max_tokens": max_tokens},
-        timeout=120,
-    ) as response:
-        assert response.status_code == 200
+    with raw_prompt_stream(web, prompt, max_tokens) as response:
         return read_ndjson(response)
 
 
@@ -83,13 +78,7 @@ def generate_in_background(
     def run() -> None:
         lines: list[dict[str, Any]] = []
         try:
-            with httpx.stream(
-                "POST",
-                f"{web.url}/api/v1/continue_from_raw_prompt",
-                json={"raw_prompt": prompt, "max_tokens": max_tokens},
-                timeout=120,
-            ) as response:
-                assert response.status_code == 200
+            with raw_prompt_stream(web, prompt, max_tokens) as response:
                 for line in response.iter_lines():
                     if line.strip():
                         lines.append(json.loads(line))

@@ -12,7 +12,6 @@ import re
 import socket
 import time
 
-import httpx
 import pytest
 from twisted.internet import protocol, reactor, tcp
 from twisted.internet.error import ConnectionDone
@@ -25,6 +24,7 @@ from tests.conftest import (
     Fleet,
     WebServer,
     claimed_slots,
+    raw_prompt_stream,
     read_ndjson,
     request_log,
     stream_text,
@@ -84,12 +84,7 @@ def test_a_reader_that_stalls_is_cut_off_and_frees_its_slot(
         )
     )
     # A normal client on the other slot, streaming meanwhile, is served in full.
-    with httpx.stream(
-        "POST",
-        f"{web.url}/api/v1/continue_from_raw_prompt",
-        json={"raw_prompt": "Once upon a time", "max_tokens": 40},
-        timeout=60,
-    ) as response:
+    with raw_prompt_stream(web, "Once upon a time", 40, timeout=60) as response:
         lines = read_ndjson(response)
     assert "Done" in lines[-1]["Response"]["response"]["GeneratedToken"]
     assert stream_text(lines)

@@ -39,6 +39,7 @@ from tests.conftest import (
     wait_for_claims,
     wait_for_idle_slots,
 )
+from tests.raw_clients import is_final, raw_prompt_request, request_id_of
 
 
 def http_lines(web: WebServer, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -56,36 +57,12 @@ async def collect(stream: Any) -> list[InferenceMessage]:
 
 
 def raw_request(request_id: str, prompt: str, max_tokens: int) -> str:
-    return json.dumps(
-        {
-            "Request": {
-                "id": request_id,
-                "request": {
-                    "ContinueFromRawPrompt": {
-                        "raw_prompt": prompt,
-                        "max_tokens": max_tokens,
-                    }
-                },
-            }
-        }
-    )
+    return json.dumps(raw_prompt_request(request_id, prompt, max_tokens))
 
 
 async def receive(socket: Any, timeout: float = 30) -> dict[str, Any]:
     message: dict[str, Any] = json.loads(await asyncio.wait_for(socket.recv(), timeout))
     return message
-
-
-def request_id_of(envelope: dict[str, Any]) -> str:
-    body = envelope.get("Response") or envelope["Error"]
-    return str(body["request_id"])
-
-
-def is_final(envelope: dict[str, Any]) -> bool:
-    if "Error" in envelope:
-        return True
-    token = envelope["Response"]["response"]["GeneratedToken"]
-    return "ContentToken" not in token
 
 
 async def test_official_client_continues_a_conversation_over_the_socket_as_over_http(

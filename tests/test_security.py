@@ -36,6 +36,7 @@ from tests.conftest import (
     WebServer,
     create_user,
     log_in,
+    raw_prompt_stream,
     read_ndjson,
     service_env,
     socket_url,
@@ -337,12 +338,7 @@ def test_web_and_agents_work_with_a_redis_that_wants_tls_and_a_password(
         agent = start_agent(url, tmp_path, "tls-agent", 1)
         try:
             web.wait_for_ready_agents(1)
-            with httpx.stream(
-                "POST",
-                f"{web.url}/api/v1/continue_from_raw_prompt",
-                json={"raw_prompt": "The sky is", "max_tokens": 3},
-                timeout=60,
-            ) as response:
+            with raw_prompt_stream(web, "The sky is", 3, timeout=60) as response:
                 lines = read_ndjson(response)
             assert "Done" in lines[-1]["Response"]["response"]["GeneratedToken"]
             assert stream_text(lines)

@@ -22,7 +22,9 @@ from tests.raw_clients import (
     OP_CLOSE,
     OP_TEXT,
     RawWebSocket,
+    is_final,
     raw_prompt_request,
+    request_id_of,
 )
 
 # daphne's default --websocket-max-message-size (autobahn refuses larger
@@ -48,29 +50,18 @@ def conversation(request_id: str, part: Any) -> dict[str, Any]:
     }
 
 
-def key(envelope: dict[str, Any]) -> str:
-    body = envelope.get("Response") or envelope["Error"]
-    return str(body["request_id"])
-
-
-def is_final(envelope: dict[str, Any]) -> bool:
-    if "Error" in envelope:
-        return True
-    return "ContentToken" not in envelope["Response"]["response"]["GeneratedToken"]
-
-
 def start_long_request(socket: RawWebSocket, request_id: str) -> None:
     """A request that streams on while the test goes on (a token takes from
     a tenth of a second to a second or more on a loaded machine)."""
     socket.send_json(raw_prompt_request(request_id, ENDLESS_PROMPT, 12))
-    assert key(socket.receive_json()) == request_id
+    assert request_id_of(socket.receive_json()) == request_id
 
 
 def finish(socket: RawWebSocket, request_id: str) -> dict[str, Any]:
     """Read until ``request_id`` ends; its final envelope."""
     while True:
         envelope: dict[str, Any] = socket.receive_json()
-        if key(envelope) == request_id and is_final(envelope):
+        if request_id_of(envelope) == request_id and is_final(envelope):
             return envelope
 
 
@@ -159,7 +150,7 @@ def test_bad_messages_get_error_envelopes_and_the_socket_streams_on(
             assert matched, envelope
             errors[matched[0]] += 1
         elif is_final(envelope):
-            finals[key(envelope)] = envelope
+            finals[request_id_of(envelope)] = envelope
     assert errors == expected
     assert_done(finals["long"])
     assert_done(finals["deep"])
