@@ -121,6 +121,13 @@ for i = 1, candidates do
   local slots = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
   local claims = KEYS[2 * i + 1]
   redis.call('ZREMRANGEBYSCORE', claims, '-inf', now)
+  -- Already claimed: this is the client retrying a call whose answer was
+  -- lost (a dropped connection); a second claim would hold a slot for
+  -- nobody until its lease ran out.
+  if redis.call('ZSCORE', claims, request_id) then
+    redis.call('ZREM', buffer, request_id)
+    return {'claimed', ARGV[5 + i]}
+  end
   local free = slots - redis.call('ZCARD', claims)
   if free > 0 then
     free_total = free_total + free
