@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import httpx
 from django.conf import settings
 
-from inference.desired_state import ModelSource
+from balancer.desired_state import ModelSource
 
 
 class DownloadProgress(Protocol):

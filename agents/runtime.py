@@ -26,9 +26,9 @@ from typing import Any
 
 import llama_cpp
 
+from balancer.chat_template import ChatTemplate, ChatTemplateError, message_text
+from balancer.desired_state import InferenceParameters
 from balancer.routing import request_prefix, served_prefix
-from inference.chat_template import ChatTemplate, ChatTemplateError, message_text
-from inference.desired_state import InferenceParameters
 
 logger = logging.getLogger(__name__)
 

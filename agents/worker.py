@@ -34,6 +34,8 @@ from agents.runtime import (
     grammar_to_gbnf,
 )
 from balancer import keys
+from balancer.chat_template import ChatTemplateError, compile_template
+from balancer.desired_state import DesiredState, DesiredStateError
 from balancer.events import (
     CompactToken,
     OutputBatch,
@@ -41,8 +43,6 @@ from balancer.events import (
     compact_item,
     error_item,
 )
-from inference.chat_template import ChatTemplateError, compile_template
-from inference.desired_state import DesiredState, DesiredStateError
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference.chat_template import message_text
+from balancer.chat_template import message_text
 
 TEXT_BLOCK = 256
 # Slots report at most this many hashes: enough to tell conversations apart.

@@ -17,9 +17,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from balancer import keys
+from balancer.desired_state import DesiredState
 from balancer.events import DesiredStateChangedEvent
-from inference.desired_state import DesiredState
-from inference.models import DesiredStateRevision
+from balancer.models import DesiredStateRevision
 
 
 def sync_redis() -> redis.Redis:

@@ -24,8 +24,10 @@ from django.views.decorators.http import (
 
 from balancer import keys, registry
 from balancer.authentication import operator_required
+from balancer.desired_state import DesiredStateError
 from balancer.dispatch import get_dispatcher
 from balancer.metrics import prometheus_text
+from balancer.models import DesiredStateRevision
 from balancer.services import (
     desired_state_current,
     desired_state_history,
@@ -33,8 +35,6 @@ from balancer.services import (
     desired_state_roll_back,
 )
 from balancer.sse import Snapshot, snapshot_events, stream_end
-from inference.desired_state import DesiredStateError
-from inference.models import DesiredStateRevision
 
 # Revisions listed when the caller does not say how many, and at most.
 REVISIONS_DEFAULT_LIMIT = 50

@@ -29,8 +29,8 @@ from typing import Any
 
 import httpx
 
+from balancer.chat_template import GEMMA_CHAT_TEMPLATE
 from bench.common import MODEL, goal, median, percentile, report
-from inference.chat_template import GEMMA_CHAT_TEMPLATE
 from tests.conftest import (
     WebServer,
     start_agent,

@@ -298,7 +298,7 @@ def web(redis_server: RedisServer, session_tmp: Path) -> Iterator[WebServer]:
 
 @pytest.fixture(scope="session")
 def greedy_state(model_path: Path) -> dict[str, Any]:
-    from inference.chat_template import GEMMA_CHAT_TEMPLATE
+    from balancer.chat_template import GEMMA_CHAT_TEMPLATE
 
     return {
         "model": {"LocalToAgent": str(model_path)},

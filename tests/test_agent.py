@@ -15,7 +15,7 @@ import pytest
 
 from agents.model_source import cached_path_for_url
 from balancer import keys
-from inference.chat_template import GEMMA_CHAT_TEMPLATE
+from balancer.chat_template import GEMMA_CHAT_TEMPLATE
 from tests.conftest import (
     ENDLESS_PROMPT,
     Fleet,

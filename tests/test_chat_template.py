@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference.chat_template import (
+from balancer.chat_template import (
     GEMMA_CHAT_TEMPLATE,
     ChatTemplate,
     ChatTemplateError,

@@ -22,7 +22,7 @@ from paddler_client.conversation_message import ConversationMessage
 from paddler_client.inference_message import InferenceMessageKind
 from paddler_client.tool import Function, Tool
 
-from inference.chat_template import GEMMA_CHAT_TEMPLATE, ChatTemplate
+from balancer.chat_template import GEMMA_CHAT_TEMPLATE, ChatTemplate
 from tests.conftest import WebServer, read_ndjson, running_platform, stream_text
 
 SYSTEM_PROMPT = "You answer in one short sentence."

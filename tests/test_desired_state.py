@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from inference.desired_state import (
+from balancer.desired_state import (
     DesiredState,
     DesiredStateError,
     InferenceParameters,

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inference.desired_state import DesiredState, DesiredStateError
+from balancer.desired_state import DesiredState, DesiredStateError
 from inference.validation import (
     InvalidRequest,
     validate_conversation,

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from inference.chat_template import GEMMA_CHAT_TEMPLATE, ChatTemplate
+from balancer.chat_template import GEMMA_CHAT_TEMPLATE, ChatTemplate
 from tests.conftest import WebServer, read_ndjson, running_platform, stream_text
 
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
+from balancer.chat_template import GEMMA_CHAT_TEMPLATE, ChatTemplateError
+from balancer.desired_state import DesiredState, DesiredStateError
 from balancer.panel.forms import DesiredStateForm, StaffAuthenticationForm
 from balancer.panel.preview import render_preview
-from inference.chat_template import GEMMA_CHAT_TEMPLATE, ChatTemplateError
-from inference.desired_state import DesiredState, DesiredStateError
 
 
 def form_data(**changes: Any) -> dict[str, Any]:

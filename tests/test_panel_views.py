@@ -16,11 +16,11 @@ from django.contrib.auth.models import User
 from django.test import Client, override_settings
 
 from balancer import keys
+from balancer.chat_template import GEMMA_CHAT_TEMPLATE
+from balancer.desired_state import DesiredState
+from balancer.models import DesiredStateRevision
 from balancer.panel.forms import DesiredStateForm
 from balancer.services import desired_state_current, desired_state_update
-from inference.chat_template import GEMMA_CHAT_TEMPLATE
-from inference.desired_state import DesiredState
-from inference.models import DesiredStateRevision
 from tests.conftest import RedisServer
 
 PAGES = ["/", "/model/", "/prompt/", "/requests/"]

@@ -14,13 +14,13 @@ import redis
 from django.db import IntegrityError, transaction
 
 from balancer import keys
+from balancer.desired_state import DesiredState, DesiredStateError, ModelSource
+from balancer.models import DesiredStateRevision
 from balancer.services import (
     desired_state_current,
     desired_state_roll_back,
     desired_state_update,
 )
-from inference.desired_state import DesiredState, DesiredStateError, ModelSource
-from inference.models import DesiredStateRevision
 from tests.conftest import (
     AUTH,
     WebServer,
@@ -50,7 +50,7 @@ STATE_B: dict[str, Any] = {
     "default_system_prompt": "",
     "inference_parameters": {"context_size": 1024, "pooling_type": "Mean"},
 }
-ADMIN_REVISIONS = "/admin/inference/desiredstaterevision/"
+ADMIN_REVISIONS = "/admin/balancer/desiredstaterevision/"
 
 
 def wire(state: dict[str, Any]) -> dict[str, Any]:

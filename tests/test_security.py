@@ -26,8 +26,9 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import URLPattern, reverse
 
+from balancer.models import DesiredStateRevision
 from balancer.panel import urls as panel_urls
-from inference.models import DesiredStateRevision, InferenceApiKey
+from inference.models import InferenceApiKey
 from tests.conftest import (
     AUTH,
     MANAGEMENT_TOKEN,

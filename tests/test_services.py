@@ -8,9 +8,9 @@ import pytest
 import redis
 
 from balancer import keys
+from balancer.desired_state import DesiredState
+from balancer.models import DesiredStateRevision
 from balancer.services import desired_state_current, desired_state_update
-from inference.desired_state import DesiredState
-from inference.models import DesiredStateRevision
 
 
 @pytest.mark.django_db

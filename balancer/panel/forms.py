@@ -1,7 +1,7 @@
 """The panel's forms: the desired state and inference API keys.
 
 Values are checked by the same rules as the management API
-(``inference.desired_state``); an error that names a field shows next to it.
+(``balancer.desired_state``); an error that names a field shows next to it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from django import forms
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 
-from inference.chat_template import ChatTemplateError, compile_template
-from inference.desired_state import (
+from balancer.chat_template import ChatTemplateError, compile_template
+from balancer.desired_state import (
     KV_CACHE_DTYPES,
     POOLING_TYPES,
     DesiredState,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from inference.chat_template import ChatTemplate
+from balancer.chat_template import ChatTemplate
 
 SAMPLE_CONVERSATION: list[dict[str, Any]] = [
     {"role": "user", "content": "Hello! Who are you?"},

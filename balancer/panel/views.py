@@ -19,6 +19,9 @@ from django.http import (
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from balancer.chat_template import ChatTemplateError
+from balancer.desired_state import DesiredStateError
+from balancer.models import DesiredStateRevision
 from balancer.panel.forms import (
     ApiKeyForm,
     DesiredStateForm,
@@ -37,9 +40,7 @@ from balancer.services import (
     desired_state_update,
 )
 from balancer.sse import snapshot_events, stream_end
-from inference.chat_template import ChatTemplateError
-from inference.desired_state import DesiredStateError
-from inference.models import DesiredStateRevision, InferenceApiKey
+from inference.models import InferenceApiKey
 from inference.services import inference_api_key_create, inference_api_key_revoke
 
 # Rows on the requests page, and revisions on the model page.

@@ -8,9 +8,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from balancer.chat_template import GEMMA_CHAT_TEMPLATE
+from balancer.desired_state import DesiredState, DesiredStateError
 from balancer.services import desired_state_current, desired_state_update
-from inference.chat_template import GEMMA_CHAT_TEMPLATE
-from inference.desired_state import DesiredState, DesiredStateError
 
 
 class Command(BaseCommand):
