@@ -14,14 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import gc
-import json
 import logging
 import time
 import uuid
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -29,276 +26,23 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from balancer import fanout, keys, metrics, registry
+from balancer import background, fanout, keys, metrics, registry, request_log
+from balancer.background import CLAIM_LEASE_MS
 from balancer.events import (
     InferenceCancelEvent,
     InferenceRequestEvent,
     OutputItem,
     error_item,
-    expand_item,
 )
 from balancer.routing import Candidate, Decision, decide, request_prefix
+from balancer.stream import InferenceFailure, Stream, redis_failure
 
 logger = logging.getLogger(__name__)
 
-# A claim outlives a silent web replica by at most this long.
-CLAIM_LEASE_MS = 15_000
 # How often buffered requests look for a free slot anywhere in the fleet.
 BUFFER_POLL_S = 0.05
-# How often a stream waiting for output checks that its agent is alive.
-LIVENESS_CHECK_S = 1.0
-# A stream whose consumer has not read for this long is cancelled.
-ABANDONED_S = 5.0
-# A web process silent this long is taken for dead by the agents.
-WEB_HEARTBEAT_TTL_MS = 4_000
 # How old the registry read that routes a request may be.
 AGENTS_CACHE_S = 0.05
-# How often a web process checks that Redis still holds the desired state.
-DESIRED_STATE_CHECK_S = 2.0
-
-
-class InferenceFailure(Exception):
-    """A request failed before its stream started; ``code`` is the HTTP status."""
-
-    def __init__(self, code: int, description: str) -> None:
-        super().__init__(description)
-        self.code = code
-        self.description = description
-
-
-def _redis_failure(error: RedisError) -> InferenceFailure:
-    logger.warning("Redis failed: %s", error)
-    return InferenceFailure(503, f"The balancer cannot reach Redis: {error}")
-
-
-def _outcome(item: OutputItem) -> str:
-    """How a request ended, from its final item: done, a status, or a variant."""
-    if item["error"] is not None:
-        return str(item["error"].get("code", "error"))
-    response = item["response"]
-    if isinstance(response, dict):
-        generated = response.get("GeneratedToken")
-        if isinstance(generated, dict):
-            return "done" if "Done" in generated else next(iter(generated), "error")
-        if response.get("Embedding") == "Done":
-            return "done"
-    return "error"
-
-
-@dataclass
-class Stream:
-    """The output of one request, on the agent that serves it."""
-
-    request_id: str
-    kind: str
-    params: dict[str, Any]
-    dispatcher: Dispatcher
-    agent_id: str = ""
-    agent_name: str = ""
-    decision: Decision | None = None
-    queue: asyncio.Queue[OutputItem] = field(default_factory=asyncio.Queue)
-    finished: bool = False
-    outcome: str = "cancelled"
-    retried: bool = False
-    received: int = 0
-    created_at: float = field(default_factory=time.monotonic)
-    claimed_at: float = 0.0
-    first_item_at: float = 0.0
-    ended_at: float = 0.0
-    slot: int | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
-    # Whether the consumer is waiting for output now, and when it last did:
-    # a stream nobody reads any more is abandoned (see Dispatcher._reap).
-    reading: bool = False
-    last_read_at: float = field(default_factory=time.monotonic)
-    # A chunk of an embedding batch: the batch's request id, and the agents
-    # its other chunks are on now, which its placement tries last.
-    parent_id: str | None = None
-    avoid: Callable[[], Collection[str]] | None = None
-
-    async def agent_batches(self) -> AsyncGenerator[tuple[str, list[OutputItem]]]:
-        """``batches``, each with the name of the agent that produced it."""
-        batches = self.batches()
-        try:
-            async for batch in batches:
-                # Read after the batch came: a request moved to another agent
-                # before its first output names the agent that produced it.
-                yield self.agent_name, batch
-        finally:
-            await batches.aclose()
-
-    async def items(self) -> AsyncIterator[OutputItem]:
-        """The output one item at a time (see ``batches``)."""
-        batches = self.batches()
-        try:
-            async for batch in batches:
-                for item in batch:
-                    yield item
-        finally:
-            # Release the slot now, not when the generator is collected.
-            await batches.aclose()
-
-    async def batches(self) -> AsyncGenerator[list[OutputItem]]:
-        """Yield the output until its final item; never hangs.
-
-        Each batch holds every item that arrived since the last one, so a
-        client that reads slower than tokens come gets them in fewer, larger
-        writes.  No output for ``PADDLER_INFERENCE_ITEM_TIMEOUT_MS`` ends the
-        stream with a 504 item; an agent whose heartbeat lapsed ends it with a
-        502, unless it had sent nothing yet: then the request moves, once, to
-        another agent, and the client does not notice.
-        """
-        timeout_s = settings.PADDLER_INFERENCE_ITEM_TIMEOUT_MS / 1000
-        last_item_at = time.monotonic()
-        try:
-            while True:
-                self.reading = True
-                try:
-                    # Not asyncio.wait_for: on Python 3.11 it swallows a
-                    # cancellation that comes as the item arrives, and the
-                    # request of a client that went away would run on.
-                    async with asyncio.timeout(min(LIVENESS_CHECK_S, timeout_s)):
-                        first = await self.queue.get()
-                except TimeoutError:
-                    if time.monotonic() - last_item_at >= timeout_s:
-                        yield [
-                            self._end_with(504, "Timed out waiting for the next token")
-                        ]
-                        return
-                    redis = self.dispatcher.redis
-                    try:
-                        if await registry.agent_is_alive(redis, self.agent_id):
-                            continue
-                    except RedisError:
-                        # Unknown while Redis is away: the item timeout
-                        # still bounds the wait.
-                        logger.warning("liveness check failed", exc_info=True)
-                        continue
-                    failure = await self._move_or_fail(
-                        f"Agent {self.agent_name} disappeared mid-stream"
-                    )
-                    if failure is not None:
-                        yield [failure]
-                        return
-                    last_item_at = time.monotonic()
-                    continue
-                finally:
-                    self.reading = False
-                    self.last_read_at = time.monotonic()
-                pending = [first]
-                while not self.queue.empty():
-                    pending.append(self.queue.get_nowait())
-                last_item_at = time.monotonic()
-                batch: list[OutputItem] = []
-                for item in pending:
-                    if item["response"] is None and item["error"] is None:
-                        continue  # progress on a long prompt: nothing to send
-                    if self._refused_before_start(item):
-                        failure = await self._move_or_fail(None)
-                        if failure is not None:
-                            yield [*batch, failure]
-                            return
-                        break  # the request went to another agent
-                    self._note(item)
-                    batch.append(item)
-                    if item["final"]:
-                        yield batch
-                        return
-                if batch:
-                    yield batch
-        finally:
-            await self.close()
-
-    def _refused_before_start(self, item: OutputItem) -> bool:
-        """The agent turned the request away (no model, shutting down)."""
-        error = item["error"]
-        return (
-            self.received == 0
-            and not self.retried
-            and error is not None
-            and error.get("code") == 503
-        )
-
-    async def _move_or_fail(self, description: str | None) -> OutputItem | None:
-        """Move to another agent if nothing was sent yet; else a 502 item."""
-        if self.received == 0 and not self.retried:
-            self.retried = True
-            try:
-                await self.dispatcher.reroute(self)
-                return None
-            except InferenceFailure as failure:
-                return self._end_with(failure.code, failure.description)
-            except RedisError as error:
-                lost = _redis_failure(error)
-                return self._end_with(lost.code, lost.description)
-        # Not marked finished: closing the stream tells the agent to stop, in
-        # case it lives on (its heartbeat may have lapsed in a Redis outage).
-        return self._end_with(502, description or "Agent refused the request")
-
-    def _note(self, item: OutputItem) -> None:
-        now = time.monotonic()
-        if self.received == 0:
-            self.first_item_at = now
-        self.received += 1
-        meta = item.get("meta")
-        item["meta"] = None  # for this process only, not for clients
-        if meta:
-            self.slot = meta.get("slot", self.slot)
-            if "prompt_tokens" in meta:  # the tokens an embedding request read
-                self.usage = {"prompt_tokens": meta["prompt_tokens"]}
-        if item["final"]:
-            self.finished = True
-            self.ended_at = now
-            self.outcome = _outcome(item)
-            response = item["response"]
-            if isinstance(response, dict):
-                done = response.get("GeneratedToken", {})
-                if isinstance(done, dict) and "Done" in done:
-                    self.usage = done["Done"].get("usage", {})
-
-    def _end_with(self, code: int, description: str) -> OutputItem:
-        item = error_item(self.request_id, code, description)
-        self.outcome = str(code)
-        self.ended_at = time.monotonic()
-        return item
-
-    async def close(self) -> None:
-        """Release the slot; cancel on the agent if the output is unfinished."""
-        await self.dispatcher.finish(self)
-
-    def record(self) -> dict[str, Any]:
-        """The request log record: where it went, why, and how it went."""
-        end = self.ended_at or time.monotonic()
-        generated = int(self.usage.get("content_tokens", 0))
-        generating_s = end - self.first_item_at if self.first_item_at else 0.0
-        return {
-            "id": self.request_id,
-            "parent_id": self.parent_id,
-            "kind": self.kind,
-            "agent_id": self.agent_id,
-            "agent": self.agent_name,
-            "slot": self.slot,
-            "matched_prefix_blocks": self.decision.matched if self.decision else 0,
-            "why": self.decision.why if self.decision else "",
-            "retried": self.retried,
-            "prompt_tokens": int(self.usage.get("prompt_tokens", 0)),
-            "cached_prompt_tokens": int(self.usage.get("cached_prompt_tokens", 0)),
-            "generated_tokens": generated,
-            "queue_wait_ms": round(
-                ((self.claimed_at or end) - self.created_at) * 1000, 1
-            ),
-            "time_to_first_token_ms": (
-                round((self.first_item_at - self.created_at) * 1000, 1)
-                if self.first_item_at
-                else None
-            ),
-            "tokens_per_second": (
-                round(generated / generating_s, 1) if generating_s > 0 else None
-            ),
-            "duration_ms": round((end - self.created_at) * 1000, 1),
-            "outcome": self.outcome,
-            "finished_at": time.time(),
-        }
 
 
 def _spread(decision: Decision, avoid: set[str]) -> Decision:
@@ -319,18 +63,19 @@ def _spread(decision: Decision, avoid: set[str]) -> Decision:
 
 
 class Dispatcher:
+    """Places the requests of one web process and relays their output.
+
+    It owns the process's streams (``streams``, by request id); the loops of
+    ``background`` run beside it for as long as the process does.
+    """
+
     def __init__(self) -> None:
-        # Everything loaded so far (Django, the apps) lives as long as the
-        # process: keep it out of the garbage collector's full passes, which
-        # the relay's many short-lived token dicts would otherwise trigger
-        # over all of it (about 12% more tokens/s relayed, bench.dispatch).
-        gc.freeze()
         self.web_id = uuid.uuid4().hex
         self.inbox = keys.web_inbox(self.web_id)
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             settings.REDIS_URL, **settings.REDIS_OPTIONS
         )
-        self._streams: dict[str, Stream] = {}
+        self.streams: dict[str, Stream] = {}
         self._slot_freed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._cleanups: set[asyncio.Future[None]] = set()
@@ -363,11 +108,11 @@ class Dispatcher:
         if self._tasks:
             return
         work = {
-            "paddler-inbox": self._read_inbox(),
-            "paddler-leases": self._renew_leases(),
-            "paddler-web-heartbeat": self._heartbeat(),
-            "paddler-reaper": self._reap(),
-            "paddler-desired-state": self._keep_desired_state(),
+            "paddler-inbox": background.read_inbox(self),
+            "paddler-leases": background.renew_leases(self),
+            "paddler-web-heartbeat": background.web_heartbeat(self.redis, self.web_id),
+            "paddler-reaper": background.reap(self),
+            "paddler-desired-state": background.keep_desired_state(self.redis),
             "paddler-fleet-gauges": metrics.report_fleet(self.redis, self.web_id),
         }
         # Started inside the first request, these outlive it: each gets an
@@ -378,7 +123,6 @@ class Dispatcher:
             for name, coroutine in work.items()
         ]
 
-    # ------------------------------------------------------------- requests
     async def open_stream(
         self,
         kind: str,
@@ -398,7 +142,7 @@ class Dispatcher:
             try:
                 await self._place(stream, exclude=set())
             except RedisError as error:
-                raise _redis_failure(error) from None
+                raise redis_failure(error) from None
         except InferenceFailure as failure:
             stream.outcome = str(failure.code)
             stream.ended_at = time.monotonic()
@@ -419,7 +163,7 @@ class Dispatcher:
         try:
             fleet = await self.agents()
         except RedisError as error:
-            raise _redis_failure(error) from None
+            raise redis_failure(error) from None
         agents = sum(1 for agent in fleet if agent.slots_total > 0)
         size = fanout.chunk_size(
             len(documents),
@@ -457,7 +201,7 @@ class Dispatcher:
 
     async def reroute(self, stream: Stream) -> None:
         """Move a request that got no output to another agent."""
-        self._streams.pop(stream.request_id, None)
+        self.streams.pop(stream.request_id, None)
         await registry.release_slot(self.redis, stream.agent_id, stream.request_id)
         logger.warning(
             "request %s: agent %s lost before the first token; moving it",
@@ -475,7 +219,7 @@ class Dispatcher:
         # reaper counts from now, or a request that waited longer than
         # ABANDONED_S would be cancelled before its reader could start.
         stream.last_read_at = stream.claimed_at
-        self._streams[stream.request_id] = stream
+        self.streams[stream.request_id] = stream
         event: InferenceRequestEvent = {
             "type": "inference.request",
             "request_id": stream.request_id,
@@ -566,7 +310,7 @@ class Dispatcher:
         ``_streams`` and freeing its claim), the claim would hold the slot
         until its lease ran out, with nothing left to renew or reap it.
         """
-        if self._streams.pop(stream.request_id, None) is None:
+        if self.streams.pop(stream.request_id, None) is None:
             return
         cleanup = asyncio.create_task(
             self._clean_up(stream), context=contextvars.Context()
@@ -605,125 +349,16 @@ class Dispatcher:
 
     async def _log(self, stream: Stream) -> None:
         record = stream.record()
-        logger.info(
-            "request %s %s -> agent %s slot %s (%s); cached %s/%s prompt tokens; "
-            "waited %sms; outcome %s",
-            record["id"],
-            record["kind"],
-            record["agent"] or "-",
-            record["slot"],
-            record["why"] or "-",
-            record["cached_prompt_tokens"],
-            record["prompt_tokens"],
-            record["queue_wait_ms"],
-            record["outcome"],
-        )
+        request_log.log_line(record)
         if self._statsd is not None:
             self._statsd.send(metrics.request_lines(record))
-        size = settings.PADDLER_REQUEST_LOG_SIZE
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 metrics.count_request(pipe, record)
-                if size > 0:
-                    pipe.lpush(keys.request_log(), json.dumps(record))
-                    pipe.ltrim(keys.request_log(), 0, size - 1)
+                request_log.write(pipe, record, size=settings.PADDLER_REQUEST_LOG_SIZE)
                 await pipe.execute()
         except Exception:
             logger.warning("could not record the request", exc_info=True)
-
-    # ------------------------------------------------------ background work
-    async def _read_inbox(self) -> None:
-        # A dedicated connection: BLPOP holds it while it waits.
-        reader = aioredis.Redis.from_url(settings.REDIS_URL, **settings.REDIS_OPTIONS)
-        while True:
-            try:
-                popped = await reader.blpop([self.inbox], timeout=1)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.warning("reading the inbox failed; retrying", exc_info=True)
-                await asyncio.sleep(0.5)
-                continue
-            if popped is None:
-                continue
-            batch = json.loads(popped[1])
-            for raw in batch["items"]:
-                item = expand_item(raw)
-                stream = self._streams.get(item["request_id"])
-                if stream is not None:
-                    stream.queue.put_nowait(item)
-
-    async def _keep_desired_state(self) -> None:
-        """Put the desired state back into Redis if Redis lost it (a restart).
-
-        Agents read it from there when they start; the database stays the
-        source of truth.  SET NX: a newer state written meanwhile wins.
-        """
-        from asgiref.sync import sync_to_async
-
-        from balancer.services import desired_state_revision_current
-
-        while True:
-            try:
-                if not await self.redis.exists(keys.desired_state()):
-                    revision = await sync_to_async(desired_state_revision_current)()
-                    if revision is not None:
-                        state = json.dumps(revision.to_state().to_json())
-                        await self.redis.set(keys.desired_state(), state, nx=True)
-            except Exception:
-                logger.warning("could not check the desired state", exc_info=True)
-            await asyncio.sleep(DESIRED_STATE_CHECK_S)
-
-    async def _reap(self) -> None:
-        """Cancel streams that nobody reads any more.
-
-        A client that went away before its response started leaves a stream
-        whose generator never runs, so no ``finally`` of it ever frees the
-        slot; and a consumer that stopped reading holds a slot for nothing.
-        Either way the agent is told to stop and the claim is released, and a
-        reader that comes back finds an error at the end of its stream.
-        """
-        while True:
-            await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for stream in list(self._streams.values()):
-                if stream.reading or now - stream.last_read_at < ABANDONED_S:
-                    continue
-                logger.warning(
-                    "request %s: nobody read its output for %.0fs; cancelling",
-                    stream.request_id,
-                    now - stream.last_read_at,
-                )
-                try:
-                    await self.finish(stream)
-                except Exception:
-                    logger.warning(
-                        "cancelling an abandoned stream failed", exc_info=True
-                    )
-                stream.queue.put_nowait(
-                    stream._end_with(408, "The client stopped reading its stream")
-                )
-
-    async def _heartbeat(self) -> None:
-        """Tell agents this process is alive: they stop generating for the
-        streams of a web process that died (see agents.worker)."""
-        while True:
-            try:
-                await self.redis.set(
-                    keys.web_alive(self.web_id), 1, px=WEB_HEARTBEAT_TTL_MS
-                )
-            except Exception:
-                logger.warning("web heartbeat failed", exc_info=True)
-            await asyncio.sleep(WEB_HEARTBEAT_TTL_MS / 4000)
-
-    async def _renew_leases(self) -> None:
-        while True:
-            await asyncio.sleep(CLAIM_LEASE_MS / 3000)
-            claims = {rid: s.agent_id for rid, s in self._streams.items()}
-            try:
-                await registry.renew_claims(self.redis, claims, CLAIM_LEASE_MS)
-            except Exception:
-                logger.warning("renewing slot claims failed", exc_info=True)
 
 
 _dispatchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dispatcher] = (

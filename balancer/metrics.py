@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +92,7 @@ def fleet_gauges(agents: list[registry.AgentRecord], buffered: int) -> list[str]
     return lines
 
 
-def request_lines(record: dict[str, Any]) -> list[str]:
+def request_lines(record: Mapping[str, Any]) -> list[str]:
     kind, outcome = _metric_name(record["kind"]), _metric_name(record["outcome"])
     lines = [f"requests.{kind}.{outcome}:1|c"]
     for field, name in TIMINGS.items():
@@ -103,7 +104,7 @@ def request_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
-def count_request(pipe: Any, record: dict[str, Any]) -> None:
+def count_request(pipe: Any, record: Mapping[str, Any]) -> None:
     """Add a finished request to the tier-wide counters behind /metrics.
 
     ``pipe`` is a Redis pipeline: the caller sends these with its own writes.

@@ -19,7 +19,8 @@ from channels.auth import get_user
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from balancer.dispatch import InferenceFailure, get_dispatcher
+from balancer.dispatch import get_dispatcher
+from balancer.stream import InferenceFailure
 from inference.api_keys import bearer_token
 from inference.envelopes import error_envelope, paddler_envelope
 from inference.services import inference_access_allowed

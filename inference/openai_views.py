@@ -21,8 +21,9 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from balancer import keys, registry
-from balancer.dispatch import InferenceFailure, Stream, get_dispatcher
+from balancer.dispatch import get_dispatcher
 from balancer.events import OutputItem
+from balancer.stream import InferenceFailure, Stream
 from inference.access import BodyTooLarge, api_key_required
 from inference.openai_schema import (
     SSE_DONE,

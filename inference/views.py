@@ -16,9 +16,10 @@ from django.http import (
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from balancer.dispatch import InferenceFailure, Stream, get_dispatcher
+from balancer.dispatch import get_dispatcher
 from balancer.events import OutputItem
 from balancer.fanout import FanOut
+from balancer.stream import InferenceFailure, Stream
 from inference.access import BodyTooLarge, api_key_required, read_body
 from inference.envelopes import paddler_envelope
 from inference.validation import (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -43,3 +44,9 @@ application = GuardedConnections(
     ),
     max_unread_bytes=settings.PADDLER_MAX_CLIENT_BUFFER_BYTES,
 )
+
+# Everything loaded so far (Django, the apps, the application above) lives as
+# long as the web process: keep it out of the garbage collector's full passes,
+# which the relay's many short-lived token dicts would otherwise trigger over
+# all of it (about 12% more tokens/s relayed, bench.dispatch).
+gc.freeze()

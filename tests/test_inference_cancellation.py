@@ -18,7 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from balancer import keys, registry
-from balancer.dispatch import Dispatcher, Stream
+from balancer.dispatch import Dispatcher
+from balancer.stream import Stream
 from tests.conftest import (
     ENDLESS_PROMPT,
     FIRST_TOKEN_BUDGET_S,
@@ -152,7 +153,7 @@ async def test_a_reader_cancelled_while_freeing_its_slot_still_frees_it() -> Non
     try:
         dispatcher = object.__new__(Dispatcher)  # only what finish() uses
         dispatcher.redis = redis
-        dispatcher._streams = {}
+        dispatcher.streams = {}
         dispatcher._cleanups = set()
         dispatcher._slot_freed = asyncio.Event()
         dispatcher._statsd = None
@@ -160,7 +161,7 @@ async def test_a_reader_cancelled_while_freeing_its_slot_still_frees_it() -> Non
             "r2", "raw_prompt", {}, dispatcher, agent_id="agent-x", agent_name="x"
         )
         stream.finished = True
-        dispatcher._streams["r2"] = stream
+        dispatcher.streams["r2"] = stream
         claims = keys.agent_claims("agent-x")
         # Claimed from another connection: the dispatcher's client has none
         # yet, so freeing the claim first waits to connect.

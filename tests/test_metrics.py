@@ -75,7 +75,7 @@ def start_request(
                 f"{web.url}/api/v1/continue_from_raw_prompt",
                 # Greedy, this prompt does not end before max_tokens.
                 json={"raw_prompt": ENDLESS_PROMPT, "max_tokens": max_tokens},
-                timeout=120,
+                timeout=600,
             )
         )
 
@@ -85,14 +85,16 @@ def start_request(
 
 
 def test_gauges_follow_the_fleet_state(fleet: Fleet, statsd: StatsdListener) -> None:
-    web = statsd_web(fleet, statsd, PADDLER_BUFFERED_REQUEST_TIMEOUT_MS="60000")
+    # The second request waits in the buffer until the first ends: however
+    # slow the machine, it must not time out there.
+    web = statsd_web(fleet, statsd, PADDLER_BUFFERED_REQUEST_TIMEOUT_MS="600000")
     fleet.agent("gauged", slots=1)
     web.wait_for_ready_agents(1)
     wait_until(lambda: statsd.latest("fleet.slots_total") == "1|g", 10, "slots_total")
     assert statsd.latest("fleet.slots_processing") == "0|g"
     assert statsd.latest("fleet.agent.gauged.slots_total") == "1|g"
     results: list[Any] = []
-    running = start_request(web, 400, results)
+    running = start_request(web, 100, results)
     wait_until(
         lambda: statsd.latest("fleet.slots_processing") == "1|g", 10, "processing"
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -20,6 +20,7 @@ from balancer.chat_template import GEMMA_CHAT_TEMPLATE
 from balancer.desired_state import DesiredState
 from balancer.models import DesiredStateRevision
 from balancer.panel.forms import DesiredStateForm
+from balancer.request_log import RequestRecord
 from balancer.services import desired_state_current, desired_state_update
 from tests.conftest import RedisServer
 
@@ -178,6 +179,31 @@ def test_roll_back_saves_the_old_state_as_a_new_revision(
     assert staff_client.get(f"/model/revisions/{first.pk}/roll_back").status_code == 405
 
 
+def logged_request(**fields: Any) -> RequestRecord:
+    """A complete request log record, with ``fields`` set."""
+    record: RequestRecord = {
+        "id": "r",
+        "parent_id": None,
+        "kind": "conversation",
+        "agent_id": "",
+        "agent": "",
+        "slot": None,
+        "matched_prefix_blocks": 0,
+        "why": "",
+        "retried": False,
+        "prompt_tokens": 0,
+        "cached_prompt_tokens": 0,
+        "generated_tokens": 0,
+        "queue_wait_ms": 0.0,
+        "time_to_first_token_ms": None,
+        "tokens_per_second": None,
+        "duration_ms": 0.0,
+        "outcome": "done",
+        "finished_at": 0.0,
+    }
+    return cast(RequestRecord, {**record, **fields})
+
+
 def test_requests_page_lists_the_log_newest_first_and_filters_it(
     staff_client: Client, isolated_redis: redis.Redis
 ) -> None:
@@ -188,9 +214,11 @@ def test_requests_page_lists_the_log_newest_first_and_filters_it(
     ]
     for record in records:
         isolated_redis.lpush(
-            keys.request_log(), json.dumps({**record, "finished_at": 1e9})
+            keys.request_log(), json.dumps(logged_request(**record, finished_at=1e9))
         )
+    # Neither is a record: the page skips them.
     isolated_redis.lpush(keys.request_log(), b"not json")
+    isolated_redis.lpush(keys.request_log(), json.dumps({"id": "partial"}))
     rows = staff_client.get("/requests/").context["rows"]
     assert [row["id"] for row in rows] == ["c", "b", "a"]
     assert [row["badge"].tone for row in rows] == ["muted", "error", "ok"]

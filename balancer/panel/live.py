@@ -13,9 +13,9 @@ from typing import Any
 
 from django.conf import settings
 
+from balancer import request_log
 from balancer.dispatch import get_dispatcher
 from balancer.panel import stats
-from balancer.panel.queries import requests_since
 from balancer.panel.words import explain_issue, explain_status
 from balancer.views import agents_snapshot, buffer_snapshot
 
@@ -43,7 +43,7 @@ class DashboardFeed:
     async def _request_figures(self) -> dict[str, Any]:
         now = time.time()
         if now - self._figures_at >= STATS_EVERY_S:
-            records = await requests_since(
+            records = await request_log.read_since(
                 get_dispatcher().redis,
                 since=now - stats.WINDOW_S - stats.BUCKET_S,
                 limit=settings.PADDLER_REQUEST_LOG_SIZE,

@@ -1,4 +1,7 @@
-"""What the panel reads from Redis: the request log and the agents' models."""
+"""What the panel reads from Redis about the agents: their models.
+
+(The request log has its own reader, ``balancer.request_log``.)
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from balancer import keys
 from balancer.services import sync_redis
-
-# The request log is read in pages of this many records.
-PAGE = 200
 
 
 def _decode(raw: bytes | str) -> dict[str, Any] | None:
@@ -21,43 +19,6 @@ def _decode(raw: bytes | str) -> dict[str, Any] | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return record if isinstance(record, dict) else None
-
-
-def request_log(*, limit: int) -> list[dict[str, Any]]:
-    """The newest ``limit`` finished requests, newest first."""
-    if limit < 1:
-        return []
-    raw = sync_redis().lrange(keys.request_log(), 0, limit - 1)
-    return [record for item in raw if (record := _decode(item)) is not None]
-
-
-async def requests_since(
-    redis: aioredis.Redis, *, since: float, limit: int
-) -> list[dict[str, Any]]:
-    """The requests that finished after ``since`` (a Unix time), newest first.
-
-    The log is newest first, so reading stops at the first older record;
-    replicas push as their requests end, so the order is only nearly exact,
-    which is close enough for charts.
-    """
-    records: list[dict[str, Any]] = []
-    offset = 0
-    while offset < limit:
-        raw = await redis.lrange(
-            keys.request_log(), offset, min(offset + PAGE, limit) - 1
-        )
-        for item in raw:
-            record = _decode(item)
-            if record is None:
-                continue
-            finished = record.get("finished_at")
-            if isinstance(finished, (int, float)) and finished < since:
-                return records
-            records.append(record)
-        if len(raw) < PAGE:
-            break
-        offset += PAGE
-    return records
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Figures for the dashboard's charts, from request log records.
 
-Framework-free.  Records are those of ``balancer.dispatch.Stream.record``;
+Framework-free.  Records are ``balancer.request_log.RequestRecord``s;
 each counts in the time bucket it finished in.  Bucket edges are multiples of
 the bucket length, so that two snapshots taken a moment apart agree on every
 bucket but the newest.
@@ -9,7 +9,7 @@ bucket but the newest.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 WINDOW_S = 300
@@ -32,7 +32,7 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def figure(record: dict[str, Any], name: str) -> float | None:
+def figure(record: Mapping[str, Any], name: str) -> float | None:
     """One of ``SERIES`` of a record; None where unknown or meaningless."""
     if name == "tokens_per_second":
         generated = _number(record.get("generated_tokens")) or 0
@@ -47,7 +47,7 @@ def window_end(now: float, bucket_s: int = BUCKET_S) -> float:
 
 
 def chart_series(
-    records: Iterable[dict[str, Any]],
+    records: Iterable[Mapping[str, Any]],
     *,
     now: float,
     window_s: int = WINDOW_S,
@@ -58,7 +58,7 @@ def chart_series(
     count = window_s // bucket_s
     end = window_end(now, bucket_s)
     start = end - count * bucket_s
-    buckets: list[list[dict[str, Any]]] = [[] for _ in range(count)]
+    buckets: list[list[Mapping[str, Any]]] = [[] for _ in range(count)]
     for record in records:
         finished = _number(record.get("finished_at"))
         if finished is None or not start <= finished < end:
@@ -89,7 +89,7 @@ def chart_series(
 
 
 def summary(
-    records: Iterable[dict[str, Any]], *, now: float, last_s: int = 60
+    records: Iterable[Mapping[str, Any]], *, now: float, last_s: int = 60
 ) -> dict[str, Any]:
     """Headline figures of the requests that finished in the last ``last_s``."""
     recent = [

@@ -19,6 +19,7 @@ from django.http import (
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from balancer import request_log
 from balancer.chat_template import ChatTemplateError
 from balancer.desired_state import DesiredStateError
 from balancer.models import DesiredStateRevision
@@ -30,7 +31,7 @@ from balancer.panel.forms import (
 )
 from balancer.panel.live import DashboardFeed
 from balancer.panel.preview import render_preview
-from balancer.panel.queries import agent_models, request_log
+from balancer.panel.queries import agent_models
 from balancer.panel.words import outcome_matches, request_row
 from balancer.services import (
     desired_state_current,
@@ -38,6 +39,7 @@ from balancer.services import (
     desired_state_revision_current,
     desired_state_roll_back,
     desired_state_update,
+    sync_redis,
 )
 from balancer.sse import snapshot_events, stream_end
 from inference.models import InferenceApiKey
@@ -189,7 +191,7 @@ def requests(request: HttpRequest) -> HttpResponse:
         wanted = "all"
     rows = [
         request_row(record)
-        for record in request_log(limit=REQUESTS_SHOWN)
+        for record in request_log.read_newest(sync_redis(), limit=REQUESTS_SHOWN)
         if outcome_matches(record, wanted)
     ]
     template = (

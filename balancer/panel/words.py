@@ -6,6 +6,7 @@ PROTOCOL.md), request outcomes are those of the request log.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -117,7 +118,7 @@ def format_ms(value: Any) -> str:
     return f"{value:.1f} ms"
 
 
-def request_row(record: dict[str, Any]) -> dict[str, Any]:
+def request_row(record: Mapping[str, Any]) -> dict[str, Any]:
     """A request log record with what the requests page shows beside it."""
     finished = record.get("finished_at")
     return {
@@ -134,7 +135,7 @@ def request_row(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def outcome_matches(record: dict[str, Any], wanted: str) -> bool:
+def outcome_matches(record: Mapping[str, Any], wanted: str) -> bool:
     """Whether a record belongs under the requests page's ``wanted`` filter."""
     if wanted == "errors":
         return outcome_badge(record.get("outcome")).tone == "error"

@@ -1,0 +1,129 @@
+"""The work a web process does in the background, beside its requests.
+
+Each function is one loop that runs as long as the process's ``Dispatcher``:
+reading the inbox agents push output to, renewing the slot claims of running
+requests, telling agents this process lives, cancelling streams nobody reads,
+and putting the desired state back into a Redis that lost it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from balancer import keys, registry
+from balancer.events import expand_item
+from balancer.services import desired_state_revision_current
+
+if TYPE_CHECKING:
+    from balancer.dispatch import Dispatcher
+
+logger = logging.getLogger(__name__)
+
+# A claim outlives a silent web replica by at most this long.
+CLAIM_LEASE_MS = 15_000
+# A stream whose consumer has not read for this long is cancelled.
+ABANDONED_S = 5.0
+# A web process silent this long is taken for dead by the agents.
+WEB_HEARTBEAT_TTL_MS = 4_000
+# How often a web process checks that Redis still holds the desired state.
+DESIRED_STATE_CHECK_S = 2.0
+
+
+async def read_inbox(dispatcher: Dispatcher) -> None:
+    """Hand each item in the process's inbox to the stream it belongs to."""
+    # A dedicated connection: BLPOP holds it while it waits.
+    reader = aioredis.Redis.from_url(settings.REDIS_URL, **settings.REDIS_OPTIONS)
+    while True:
+        try:
+            popped = await reader.blpop([dispatcher.inbox], timeout=1)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("reading the inbox failed; retrying", exc_info=True)
+            await asyncio.sleep(0.5)
+            continue
+        if popped is None:
+            continue
+        batch = json.loads(popped[1])
+        for raw in batch["items"]:
+            item = expand_item(raw)
+            stream = dispatcher.streams.get(item["request_id"])
+            if stream is not None:
+                stream.queue.put_nowait(item)
+
+
+async def keep_desired_state(redis: aioredis.Redis) -> None:
+    """Put the desired state back into Redis if Redis lost it (a restart).
+
+    Agents read it from there when they start; the database stays the
+    source of truth.  SET NX: a newer state written meanwhile wins.
+    """
+    while True:
+        try:
+            if not await redis.exists(keys.desired_state()):
+                revision = await sync_to_async(desired_state_revision_current)()
+                if revision is not None:
+                    state = json.dumps(revision.to_state().to_json())
+                    await redis.set(keys.desired_state(), state, nx=True)
+        except Exception:
+            logger.warning("could not check the desired state", exc_info=True)
+        await asyncio.sleep(DESIRED_STATE_CHECK_S)
+
+
+async def reap(dispatcher: Dispatcher) -> None:
+    """Cancel streams that nobody reads any more.
+
+    A client that went away before its response started leaves a stream
+    whose generator never runs, so no ``finally`` of it ever frees the
+    slot; and a consumer that stopped reading holds a slot for nothing.
+    Either way the agent is told to stop and the claim is released, and a
+    reader that comes back finds an error at the end of its stream.
+    """
+    while True:
+        await asyncio.sleep(1.0)
+        now = time.monotonic()
+        for stream in list(dispatcher.streams.values()):
+            if stream.reading or now - stream.last_read_at < ABANDONED_S:
+                continue
+            logger.warning(
+                "request %s: nobody read its output for %.0fs; cancelling",
+                stream.request_id,
+                now - stream.last_read_at,
+            )
+            try:
+                await dispatcher.finish(stream)
+            except Exception:
+                logger.warning("cancelling an abandoned stream failed", exc_info=True)
+            stream.queue.put_nowait(
+                stream.end_with(408, "The client stopped reading its stream")
+            )
+
+
+async def web_heartbeat(redis: aioredis.Redis, web_id: str) -> None:
+    """Tell agents this process is alive: they stop generating for the
+    streams of a web process that died (see agents.worker)."""
+    while True:
+        try:
+            await redis.set(keys.web_alive(web_id), 1, px=WEB_HEARTBEAT_TTL_MS)
+        except Exception:
+            logger.warning("web heartbeat failed", exc_info=True)
+        await asyncio.sleep(WEB_HEARTBEAT_TTL_MS / 4000)
+
+
+async def renew_leases(dispatcher: Dispatcher) -> None:
+    """Keep the claims of this process's running requests from lapsing."""
+    while True:
+        await asyncio.sleep(CLAIM_LEASE_MS / 3000)
+        claims = {rid: s.agent_id for rid, s in dispatcher.streams.items()}
+        try:
+            await registry.renew_claims(dispatcher.redis, claims, CLAIM_LEASE_MS)
+        except Exception:
+            logger.warning("renewing slot claims failed", exc_info=True)
