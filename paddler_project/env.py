@@ -6,6 +6,7 @@ the variable, so a bad deploy fails at start instead of at the first request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -105,7 +106,8 @@ def env_hosts(name: str) -> list[tuple[str, int | None]]:
             host, _, port = entry.partition(":")
             malformed = False
         else:  # a plain name, or a bare IPv6 address
-            host, port, malformed = entry, None, False
+            host, port = entry, None
+            malformed = ":" in entry and not _is_ipv6(entry)
         if port is not None and (not port.isdigit() or not 0 < int(port) < 65536):
             malformed = True
         if malformed or not host:
@@ -114,3 +116,11 @@ def env_hosts(name: str) -> list[tuple[str, int | None]]:
             )
         hosts.append((host.lower(), int(port) if port is not None else None))
     return hosts
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True

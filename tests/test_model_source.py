@@ -9,7 +9,10 @@ servers and the cache.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +25,8 @@ from pytest_django.fixtures import Settings
 
 from agents.model_source import ModelSourceError, resolve_model_path
 from inference.desired_state import ModelSource
-from tests.conftest import free_port, start_redis, stop_process
+from paddler_project.env import env_hosts
+from tests.conftest import ROOT, free_port, start_redis, stop_process
 from tests.model_server import ModelServer
 
 # The message every unreachable or refused address gets, whatever the cause.
@@ -334,3 +338,48 @@ async def test_hugging_face_token_does_not_follow_a_redirect_to_another_host(
         ((_, cdn_headers),) = cdn.requests
         assert hub_headers["Authorization"] == "Bearer hf_secret"
         assert "Authorization" not in cdn_headers
+
+
+def test_allowed_hosts_setting_reads_names_addresses_and_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(
+        "PADDLER_MODEL_SOURCE_ALLOWED_HOSTS",
+        "Models.Internal, 127.0.0.1:8081,[::1]:9000,fd00::5,[fd00::6]",
+    )
+    assert env_hosts("PADDLER_MODEL_SOURCE_ALLOWED_HOSTS") == [
+        ("models.internal", None),
+        ("127.0.0.1", 8081),
+        ("::1", 9000),
+        ("fd00::5", None),
+        ("fd00::6", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PADDLER_MODEL_SOURCE_ALLOWED_HOSTS", "models.internal:http"),
+        ("PADDLER_MODEL_SOURCE_ALLOWED_HOSTS", "127.0.0.1:0"),
+        ("PADDLER_MODEL_SOURCE_ALLOWED_HOSTS", "host:1:2"),
+        ("PADDLER_MODEL_SOURCE_ALLOWED_HOSTS", "[::1:80"),
+        ("PADDLER_MODEL_SOURCE_ALLOWED_HOSTS", ":8080"),
+        ("PADDLER_MODEL_MAX_BYTES", "0"),
+        ("PADDLER_MODEL_MAX_BYTES", "1G"),
+    ],
+)
+def test_bad_model_source_setting_stops_the_start_naming_it(
+    variable: str, value: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, variable: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert variable in result.stderr
