@@ -16,8 +16,10 @@ ends.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import re
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,8 +31,53 @@ STREAM_LIMIT = 64 << 20
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 
 
+def self_signed_tls(directory: Path, name: str = "localhost") -> ssl.SSLContext:
+    """A server TLS context for ``name``; its certificate is ``directory/ca.pem``.
+
+    Point ``SSL_CERT_FILE`` at that file for a client to trust it.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file = directory / "ca.pem"
+    key_file = directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
 class ModelServer:
-    def __init__(self, model_path: Path, repo_id: str = "paddler/demo-gguf") -> None:
+    def __init__(
+        self,
+        model_path: Path,
+        repo_id: str = "paddler/demo-gguf",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.model_path = model_path
         self.repo_id = repo_id
         self.filename = model_path.name
@@ -47,13 +94,16 @@ class ModelServer:
         # Bytes per second for GET bodies; 0 means as fast as possible.
         self.throttle = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._scheme = "https" if tls else "http"
+        if tls:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self._scheme}://{host!s}:{port}"
 
     def __enter__(self) -> ModelServer:
         self._thread.start()

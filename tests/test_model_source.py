@@ -27,7 +27,7 @@ from agents.model_source import ModelSourceError, resolve_model_path
 from inference.desired_state import ModelSource
 from paddler_project.env import env_hosts
 from tests.conftest import ROOT, free_port, start_redis, stop_process
-from tests.model_server import ModelServer
+from tests.model_server import ModelServer, self_signed_tls
 
 # The message every unreachable or refused address gets, whatever the cause.
 UNREACHABLE = (
@@ -383,3 +383,24 @@ def test_bad_model_source_setting_stops_the_start_naming_it(
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert variable in result.stderr
+
+
+async def test_https_connects_to_the_checked_address_and_verifies_the_name(
+    settings: Settings,
+    cache: Path,
+    model_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The connection goes to the resolved address, not the name, so the
+    # certificate must still be checked against the name (SNI and hostname).
+    tls = self_signed_tls(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    with ModelServer(model_path, tls=tls) as secure:
+        port = port_of(secure)
+        allow(settings, ("localhost", port), ("127.0.0.1", port))
+        by_name = f"https://localhost:{port}/files/{secure.filename}"
+        assert sha256(Path(await fetch(by_name))) == sha256(model_path)
+        # The certificate names localhost, not 127.0.0.1: refused.
+        by_address = f"https://127.0.0.1:{port}/files/{secure.filename}"
+        assert await issue_of(by_address) == url_error(by_address, UNREACHABLE)
