@@ -1,32 +1,47 @@
 """Turns a model source from the desired state into a GGUF file on this host.
 
-``LocalToAgent`` is a path on the agent; ``HuggingFace`` goes through
-``huggingface_hub`` (which honours ``HF_ENDPOINT``, ``HF_TOKEN`` and
-``HF_HOME``); ``Url`` is streamed into ``PADDLER_CACHE_DIR`` with resume and an
-atomic rename, so a half-downloaded file is never taken for a model.
+``LocalToAgent`` is a path on the agent. ``Url`` and ``HuggingFace`` are both
+downloaded by ``agents.model_download``, under the same rules (public
+addresses or trusted hosts only, a size cap, nothing left behind on failure):
+a Hugging Face file is the Hub's ``resolve`` URL for it, at ``HF_ENDPOINT``
+with ``HF_TOKEN``, kept under ``HF_HOME``. Not ``huggingface_hub``'s own
+downloader, since its redirects, its Xet transfers and its partial files are
+out of our reach.
+
+A downloaded file is kept by its URL (a Hugging Face one by endpoint,
+repository, revision and file) and not fetched again: a branch revision such
+as ``main`` is read once, so pin a commit, or remove the file, to take a newer
+upload.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlparse
 
-import httpx
 from django.conf import settings
 
+from agents.model_download import (
+    DownloadFailed,
+    DownloadProgress,
+    DownloadRules,
+    download_file,
+)
 from balancer.desired_state import ModelSource
 
+__all__ = [
+    "DownloadProgress",
+    "ModelSourceError",
+    "cached_path_for_url",
+    "resolve_model_path",
+]
 
-class DownloadProgress(Protocol):
-    current: int
-    total: int
-    filename: str | None
-    indeterminate: bool
+# What the Hub answers in X-Error-Code when the file is not there to have.
+_HUB_MISSING = frozenset({"RepoNotFound", "RevisionNotFound", "EntryNotFound"})
 
 
 class ModelSourceError(Exception):
@@ -47,38 +62,10 @@ async def resolve_model_path(
             raise ModelSourceError({"ModelFileDoesNotExist": source.local_path})
         return source.local_path
     if source.kind == "HuggingFace":
-        return await asyncio.to_thread(_huggingface_download, source)
+        return await _huggingface_download(source, progress, on_progress)
     if source.kind == "Url":
         return await _url_download(source.url, progress, on_progress)
     raise ModelSourceError({"UnsupportedModelSource": source.kind})
-
-
-def _huggingface_download(source: ModelSource) -> str:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    reference = {
-        "repo_id": source.repo_id,
-        "filename": source.filename,
-        "revision": source.revision,
-    }
-    try:
-        return hf_hub_download(
-            repo_id=source.repo_id,
-            filename=source.filename,
-            revision=source.revision,
-        )
-    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
-        raise ModelSourceError({"HuggingFaceModelDoesNotExist": reference}) from None
-    except (HfHubHTTPError, OSError) as error:
-        raise ModelSourceError(
-            {"HuggingFaceDownloadFailed": {**reference, "error": str(error)}}
-        ) from None
 
 
 def cached_path_for_url(url: str) -> Path:
@@ -93,52 +80,78 @@ async def _url_download(
     target = cached_path_for_url(url)
     if target.is_file():
         return str(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".part")
-    progress.filename = target.name
-    done = partial.stat().st_size if partial.exists() else 0
-    headers = {"Range": f"bytes={done}-"} if done else {}
     try:
-        async with (
-            httpx.AsyncClient(follow_redirects=True, timeout=30.0) as client,
-            client.stream("GET", url, headers=headers) as response,
-        ):
-            if response.status_code == 416:
-                # The part file is already complete.
-                pass
-            elif response.status_code == 206:
-                pass
-            elif response.status_code == 200:
-                done = 0  # the server ignored the range: start over
-            else:
-                raise ModelSourceError(
-                    {
-                        "ModelDownloadFailed": {
-                            "url": url,
-                            "error": f"HTTP {response.status_code}",
-                        }
-                    }
-                )
-            length = response.headers.get("content-length")
-            progress.total = done + int(length) if length else 0
-            progress.indeterminate = length is None
-            progress.current = done
-            on_progress()
-            if response.status_code != 416:
-                mode = "ab" if done else "wb"
-                with open(partial, mode) as handle:
-                    async for chunk in response.aiter_bytes(1 << 20):
-                        handle.write(chunk)
-                        progress.current += len(chunk)
-                        on_progress()
-    except httpx.HTTPError as error:
+        await download_file(
+            url,
+            target,
+            rules=DownloadRules.from_settings(),
+            progress=progress,
+            on_progress=on_progress,
+        )
+    except DownloadFailed as error:
         raise ModelSourceError(
-            {"ModelDownloadFailed": {"url": url, "error": str(error)}}
+            {"ModelDownloadFailed": {"url": url, "error": error.message}}
         ) from None
-    finally:
-        progress.filename = None
-        progress.indeterminate = False
-    os.replace(partial, target)
-    progress.current = progress.total = 0
-    on_progress()
     return str(target)
+
+
+async def _huggingface_download(
+    source: ModelSource, progress: DownloadProgress, on_progress: Callable[[], None]
+) -> str:
+    from huggingface_hub import hf_hub_url
+
+    # Read at each download, as huggingface_hub reads them, with its defaults.
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+        "huggingface",
+    )
+    reference = {
+        "repo_id": source.repo_id,
+        "filename": source.filename,
+        "revision": source.revision,
+    }
+    key = "\n".join((endpoint, source.repo_id, source.revision, source.filename))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    name = os.path.basename(source.filename) or "model.gguf"
+    target = Path(home) / "paddler" / f"{digest}-{name}"
+    if target.is_file():
+        return str(target)
+    url = hf_hub_url(
+        source.repo_id, source.filename, revision=source.revision, endpoint=endpoint
+    )
+    token = _huggingface_token(home)
+    try:
+        await download_file(
+            url,
+            target,
+            rules=DownloadRules.from_settings(),
+            progress=progress,
+            on_progress=on_progress,
+            headers={"Authorization": f"Bearer {token}"} if token else None,
+        )
+    except DownloadFailed as error:
+        if error.status in (401, 404) and error.error_code in _HUB_MISSING:
+            raise ModelSourceError(
+                {"HuggingFaceModelDoesNotExist": reference}
+            ) from None
+        raise ModelSourceError(
+            {"HuggingFaceDownloadFailed": {**reference, "error": error.message}}
+        ) from None
+    return str(target)
+
+
+def _huggingface_token(home: str) -> str | None:
+    """``HF_TOKEN``, else the token file ``hf auth login`` writes.
+
+    Not ``huggingface_hub.get_token``: it may exchange or refresh tokens over
+    the network, outside the download rules.
+    """
+    token = os.environ.get("HF_TOKEN", "").strip()
+    if token:
+        return token
+    path = os.environ.get("HF_TOKEN_PATH") or os.path.join(home, "token")
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError:
+        return None

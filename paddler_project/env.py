@@ -6,6 +6,7 @@ the variable, so a bad deploy fails at start instead of at the first request.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -87,3 +88,39 @@ def env_host_port(name: str) -> str:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ImproperlyConfigured(f"{name} must be host:port, got {value!r}")
     return value
+
+
+def env_hosts(name: str) -> list[tuple[str, int | None]]:
+    """Comma-separated ``host`` or ``host:port`` entries (``[v6]:port`` for IPv6).
+
+    A ``None`` port means any port of that host.  Hosts are lowercased, as URLs
+    carry them.
+    """
+    hosts: list[tuple[str, int | None]] = []
+    for entry in env_list(name, []):
+        if entry.startswith("["):
+            host, closed, rest = entry[1:].partition("]")
+            port = rest.removeprefix(":") if closed and rest else None
+            malformed = not closed or (bool(rest) and not rest.startswith(":"))
+        elif entry.count(":") == 1:
+            host, _, port = entry.partition(":")
+            malformed = False
+        else:  # a plain name, or a bare IPv6 address
+            host, port = entry, None
+            malformed = ":" in entry and not _is_ipv6(entry)
+        if port is not None and (not port.isdigit() or not 0 < int(port) < 65536):
+            malformed = True
+        if malformed or not host:
+            raise ImproperlyConfigured(
+                f"{name} must list host or host:port entries, got {entry!r}"
+            )
+        hosts.append((host.lower(), int(port) if port is not None else None))
+    return hosts
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True

@@ -23,6 +23,7 @@ from paddler_project.env import (
     env_choice,
     env_float,
     env_host_port,
+    env_hosts,
     env_int,
     env_list,
     env_redis_url,
@@ -200,6 +201,12 @@ PADDLER_INFERENCE_API_KEYS = env_list("PADDLER_INFERENCE_API_KEYS", [])
 PADDLER_CACHE_DIR = env_str(
     "PADDLER_CACHE_DIR", str(Path.home() / ".cache" / "paddler")
 )
+# URL and Hugging Face model sources reach only public addresses, except these
+# hosts the operator trusts (agents/model_source.py says why).
+PADDLER_MODEL_SOURCE_ALLOWED_HOSTS = env_hosts("PADDLER_MODEL_SOURCE_ALLOWED_HOSTS")
+# Above any single GGUF file (Hugging Face takes none over 50 GB, so larger
+# models come split); it bounds an endless or lying download, not the disk.
+PADDLER_MODEL_MAX_BYTES = env_int("PADDLER_MODEL_MAX_BYTES", 256 << 30, minimum=1)
 
 # StatsD: fleet gauges every interval, request counters and timings, and
 # django-statsd's HTTP timings.  Unset address: off.

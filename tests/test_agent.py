@@ -93,6 +93,11 @@ def generate_in_background(
     return thread, results
 
 
+def allowed_host(server: ModelServer) -> str:
+    """The local model server, for PADDLER_MODEL_SOURCE_ALLOWED_HOSTS."""
+    return server.url.removeprefix("http://")
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -120,7 +125,11 @@ def test_model_from_hugging_face_is_downloaded_and_served(
         )
         fleet.agent(
             "hf",
-            env={"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")},
+            env={
+                "HF_ENDPOINT": hub.url,
+                "HF_HOME": str(tmp_path / "hf-home"),
+                "PADDLER_MODEL_SOURCE_ALLOWED_HOSTS": allowed_host(hub),
+            },
         )
         report = wait_for_status(web, "hf", "Applied")
         downloaded = Path(report["model_path"])
@@ -142,7 +151,11 @@ def test_unknown_hugging_face_repo_is_an_issue_and_the_agent_keeps_running(
         web.put_desired_state(with_model(fleet.state, {"HuggingFace": missing}))
         fleet.agent(
             "hf-missing",
-            env={"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")},
+            env={
+                "HF_ENDPOINT": hub.url,
+                "HF_HOME": str(tmp_path / "hf-home"),
+                "PADDLER_MODEL_SOURCE_ALLOWED_HOSTS": allowed_host(hub),
+            },
         )
         report = wait_for_status(web, "hf-missing", "AttemptedAndNotAppliable")
         assert report["issues"] == [{"HuggingFaceModelDoesNotExist": missing}]
@@ -172,7 +185,13 @@ def test_model_from_a_url_resumes_reports_progress_and_lands_atomically(
         server.throttle = 60_000_000  # bytes/s: about 2.5 s for the rest
         web = fleet.web()
         web.put_desired_state(with_model(fleet.state, {"Url": {"url": url}}))
-        fleet.agent("url", env={"PADDLER_CACHE_DIR": str(cache)})
+        fleet.agent(
+            "url",
+            env={
+                "PADDLER_CACHE_DIR": str(cache),
+                "PADDLER_MODEL_SOURCE_ALLOWED_HOSTS": allowed_host(server),
+            },
+        )
         seen: list[tuple[int, int, str | None]] = []
 
         def downloading() -> bool:

@@ -551,7 +551,15 @@ def test_dashboard_shows_the_download_of_a_model_chosen_by_url(
         f"User.objects.create_user({OPERATOR[0]!r}, password={OPERATOR[1]!r},"
         " is_staff=True)",
     )
-    fleet.agent("downloader", 2, env={"PADDLER_CACHE_DIR": str(tmp_path / "cache")})
+    # The model server starts later, on a port not known yet: trust loopback.
+    fleet.agent(
+        "downloader",
+        2,
+        env={
+            "PADDLER_CACHE_DIR": str(tmp_path / "cache"),
+            "PADDLER_MODEL_SOURCE_ALLOWED_HOSTS": "127.0.0.1",
+        },
+    )
     web.wait_for_ready_agents(1, timeout=AGENT_READY_S)
     tab = open_tab(browser, web)
     tab.goto("/model/")
