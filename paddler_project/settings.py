@@ -248,3 +248,11 @@ LOGGING = {
         "daphne": {"level": "WARNING"},
     },
 }
+
+# Login attempts (the panel's and the admin's), per username and per client
+# address, counted in Redis across web replicas: after this many failures
+# within the window, attempts are refused (429) until the window ends.
+PADDLER_LOGIN_MAX_FAILURES = env_int("PADDLER_LOGIN_MAX_FAILURES", 10, minimum=1)
+PADDLER_LOGIN_FAILURE_WINDOW_S = env_int(
+    "PADDLER_LOGIN_FAILURE_WINDOW_S", 300, minimum=1
+)

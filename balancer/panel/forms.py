@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from django import forms
-from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 
+from balancer.login_limits import LimitedAuthenticationForm
 from inference.chat_template import ChatTemplateError, compile_template
 from inference.desired_state import (
     KV_CACHE_DTYPES,
@@ -369,8 +369,9 @@ class ApiKeyForm(forms.Form):
     )
 
 
-class StaffAuthenticationForm(AuthenticationForm):
-    """The panel's login: only staff accounts may use it."""
+class StaffAuthenticationForm(LimitedAuthenticationForm):
+    """The panel's login: only staff accounts may use it, so many tries at a
+    time (``balancer.login_limits``)."""
 
     def confirm_login_allowed(self, user: Any) -> None:
         super().confirm_login_allowed(user)

@@ -68,6 +68,17 @@ class PanelLoginView(LoginView):
             return redirect(self.get_success_url())
         return super().dispatch(request, *args, **kwargs)
 
+    def form_invalid(self, form: StaffAuthenticationForm) -> HttpResponse:  # type: ignore[override]
+        # A refusal that no password can change says so in its status too,
+        # for clients that read no page.
+        response = super().form_invalid(form)
+        if form.refused_for:
+            response.status_code = 429
+            response["Retry-After"] = str(form.refused_for)
+        elif form.unavailable:
+            response.status_code = 503
+        return response
+
 
 @require_GET
 @staff_required
