@@ -51,9 +51,9 @@ def operator(db: None) -> User:
 
 
 def log_in(
-    client: Client, username: str, password: str, path: str = "/login/", **extra: str
+    client: Client, username: str, password: str, path: str = "/login/"
 ) -> tuple[int, str]:
-    response = client.post(path, {"username": username, "password": password}, **extra)
+    response = client.post(path, {"username": username, "password": password})
     return response.status_code, response.content.decode()
 
 
