@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import user_passes_test
+from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
 from django.http import (
     Http404,
@@ -19,6 +20,7 @@ from django.http import (
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from balancer.login_limits import LimitedAuthenticationForm
 from balancer.panel.forms import (
     ApiKeyForm,
     DesiredStateForm,
@@ -68,10 +70,12 @@ class PanelLoginView(LoginView):
             return redirect(self.get_success_url())
         return super().dispatch(request, *args, **kwargs)
 
-    def form_invalid(self, form: StaffAuthenticationForm) -> HttpResponse:  # type: ignore[override]
+    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
         # A refusal that no password can change says so in its status too,
         # for clients that read no page.
         response = super().form_invalid(form)
+        if not isinstance(form, LimitedAuthenticationForm):
+            return response
         if form.refused_for:
             response.status_code = 429
             response["Retry-After"] = str(form.refused_for)
