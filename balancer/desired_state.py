@@ -25,6 +25,60 @@ KV_CACHE_DTYPES = (
 POOLING_TYPES = ("Unspecified", "None", "Mean", "Cls", "Last", "Rank")
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The range a number of the inference parameters must lie in."""
+
+    low: float
+    high: float
+    # True when ``low`` itself is refused (a divisor must not be 0).
+    above: bool = False
+    # What the special values mean, for the error message.
+    meaning: str = ""
+
+    def message(self) -> str:
+        low, high = _plain(self.low), _plain(self.high)
+        text = (
+            f"must be above {low} and at most {high}"
+            if self.above
+            else f"must be between {low} and {high}"
+        )
+        return f"{text} ({self.meaning})" if self.meaning else text
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if number == int(number) else str(number)
+
+
+# Every number of the inference parameters, with its range.  The upper bounds
+# are generous for real GPU hosts, yet keep what an agent allocates from them
+# within reach of a host: llama.cpp allocates a batch of ``n_batch`` tokens
+# (and an embedding context of ``embedding_batch_size``), a KV cache of
+# ``context_size`` x slots cells and a penalty window of ``penalty_last_n``
+# tokens per slot, up front; and every value fits the C ``int32`` llama.cpp
+# keeps it in (2^31 would wrap, or ask for gigabytes and kill the agent).
+# 1,048,576 tokens is the longest context open models train for (Qwen2.5-1M);
+# no model has more than a few hundred layers, nor a vocabulary (``top_k``) of
+# a million tokens; an image side of 16,384 pixels is above any vision
+# encoder's input.  Sampling values beyond these ranges change nothing more (a
+# temperature of 100 is already noise) and OpenAI's penalties stop at 2.
+NUMBER_RANGES: dict[str, Bounds] = {
+    "n_batch": Bounds(1, 65_536),
+    "context_size": Bounds(1, 1_048_576),
+    "embedding_batch_size": Bounds(1, 65_536),
+    "image_resize_to_fit": Bounds(1, 16_384),
+    "n_gpu_layers": Bounds(-1, 4_096, meaning="-1: all layers, 0: CPU only"),
+    "top_k": Bounds(0, 1_000_000, meaning="0: off"),
+    "top_p": Bounds(0, 1),
+    "min_p": Bounds(0, 1),
+    "temperature": Bounds(0, 100),
+    "penalty_last_n": Bounds(-1, 1_048_576, meaning="-1: the whole context, 0: off"),
+    "penalty_repeat": Bounds(0, 100, above=True, meaning="1: off"),
+    "penalty_presence": Bounds(-100, 100, meaning="0: off"),
+    "penalty_frequency": Bounds(-100, 100, meaning="0: off"),
+}
+
+
 class DesiredStateError(ValueError):
     """A value that cannot be applied; ``field`` names it in dotted form."""
 
@@ -89,13 +143,12 @@ class InferenceParameters:
 
     def validate(self) -> None:
         where = "inference_parameters"
-        for name in ("n_batch", "context_size", "embedding_batch_size"):
-            if getattr(self, name) < 1:
-                raise DesiredStateError(f"{where}.{name}", "must be at least 1")
-        if self.image_resize_to_fit < 1:
-            raise DesiredStateError(
-                f"{where}.image_resize_to_fit", "must be at least 1"
-            )
+        for name, bounds in NUMBER_RANGES.items():
+            value = getattr(self, name)
+            # NaN fails every comparison, so it is refused here too.
+            low_ok = value > bounds.low if bounds.above else value >= bounds.low
+            if not (low_ok and value <= bounds.high):
+                raise DesiredStateError(f"{where}.{name}", bounds.message())
         for name in ("k_cache_dtype", "v_cache_dtype"):
             if getattr(self, name) not in KV_CACHE_DTYPES:
                 raise DesiredStateError(
@@ -105,24 +158,6 @@ class InferenceParameters:
             raise DesiredStateError(
                 f"{where}.pooling_type", f"must be one of {', '.join(POOLING_TYPES)}"
             )
-        if self.n_gpu_layers < -1:
-            raise DesiredStateError(
-                f"{where}.n_gpu_layers", "must be -1 (all) or a layer count"
-            )
-        if not 0.0 <= self.top_p <= 1.0:
-            raise DesiredStateError(f"{where}.top_p", "must be between 0 and 1")
-        if not 0.0 <= self.min_p <= 1.0:
-            raise DesiredStateError(f"{where}.min_p", "must be between 0 and 1")
-        if self.top_k < 0:
-            raise DesiredStateError(f"{where}.top_k", "must be 0 (off) or more")
-        if self.temperature < 0.0:
-            raise DesiredStateError(f"{where}.temperature", "must be 0 or more")
-        if self.penalty_last_n < -1:
-            raise DesiredStateError(
-                f"{where}.penalty_last_n", "must be -1 (whole context), 0 or more"
-            )
-        if self.penalty_repeat <= 0.0:
-            raise DesiredStateError(f"{where}.penalty_repeat", "must be above 0")
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -74,3 +74,9 @@ def metrics_counters() -> str:
 def statsd_reporter() -> str:
     """Lease naming the one web replica that sends the fleet gauges."""
     return f"{PREFIX}metrics:statsd_reporter"
+
+
+def login_attempts(kind: str, digest: str) -> str:
+    """Counter of recent login attempts by one username or from one address
+    (``kind``), by the digest of either; expires at the end of its window."""
+    return f"{PREFIX}login:{kind}:{digest}"

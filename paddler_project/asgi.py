@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 
 from django.core.asgi import get_asgi_application
@@ -19,6 +20,16 @@ from balancer.sse import EndStreamsOnCancel  # noqa: E402
 from inference.consumers import InferenceSocketConsumer  # noqa: E402
 from paddler_project.connections import GuardedConnections  # noqa: E402
 from paddler_project.handlers import ByPath, InferenceHandler  # noqa: E402
+
+# Here, not in the settings: every manage.py command and agent reads those, and
+# only the web tier (daphne, runserver) signs sessions.
+if not settings.PADDLER_SECRET_KEY_IS_SET:
+    logging.getLogger("paddler.web").warning(
+        "PADDLER_SECRET_KEY is not set, so this web process signs sessions with "
+        "a random key of its own: logins will not survive a restart and will "
+        "not work on a second web replica. Set PADDLER_SECRET_KEY to one secret "
+        "value, the same on every replica, to keep them."
+    )
 
 # The socket authenticates with an API key sent by the client (header or
 # ``token`` parameter), or with the panel's staff session.  The session is read

@@ -37,7 +37,9 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEBUG = env_bool("PADDLER_DEBUG", False)
 # Without a configured key every process makes its own: sessions then do not
-# survive a restart nor work across replicas, which is fine for a laptop only.
+# survive a restart nor work across replicas, which is fine for a laptop only
+# (the web tier says so at start: paddler_project.asgi).
+PADDLER_SECRET_KEY_IS_SET = bool(env_str("PADDLER_SECRET_KEY", ""))
 SECRET_KEY = env_str("PADDLER_SECRET_KEY", "") or secrets.token_urlsafe(50)
 ALLOWED_HOSTS = env_list("PADDLER_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("PADDLER_CSRF_TRUSTED_ORIGINS", [])
@@ -255,3 +257,11 @@ LOGGING = {
         "daphne": {"level": "WARNING"},
     },
 }
+
+# Login attempts (the panel's and the admin's), per username and per client
+# address, counted in Redis across web replicas: after this many failures
+# within the window, attempts are refused (429) until the window ends.
+PADDLER_LOGIN_MAX_FAILURES = env_int("PADDLER_LOGIN_MAX_FAILURES", 10, minimum=1)
+PADDLER_LOGIN_FAILURE_WINDOW_S = env_int(
+    "PADDLER_LOGIN_FAILURE_WINDOW_S", 300, minimum=1
+)

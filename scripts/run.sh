@@ -4,17 +4,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
+# From here on, what the demo writes (its secrets, the SQLite database with
+# password hashes and sessions) is readable by this user only.
+umask 077
+
 PORT=${PADDLER_PORT:-8000}
 HOST=${PADDLER_HOST:-127.0.0.1}
-export PADDLER_MANAGEMENT_TOKEN=${PADDLER_MANAGEMENT_TOKEN:-$(cat var/management-token 2>/dev/null || true)}
-if [ -z "$PADDLER_MANAGEMENT_TOKEN" ]; then
-  PADDLER_MANAGEMENT_TOKEN=$(.venv/bin/python -c "import secrets; print(secrets.token_urlsafe(24))")
-  echo "$PADDLER_MANAGEMENT_TOKEN" > var/management-token
-fi
+scripts/demo_secrets.sh var
+export PADDLER_MANAGEMENT_TOKEN=${PADDLER_MANAGEMENT_TOKEN:-$(cat var/management-token)}
 # One key for every process of this demo, kept across restarts.
-if [ ! -s var/secret-key ]; then
-  .venv/bin/python -c "import secrets; print(secrets.token_urlsafe(50))" > var/secret-key
-fi
 export PADDLER_SECRET_KEY=${PADDLER_SECRET_KEY:-$(cat var/secret-key)}
 
 py=.venv/bin/python

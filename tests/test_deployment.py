@@ -7,12 +7,22 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
-from tests.conftest import ROOT, WebServer
+from tests.conftest import (
+    ROOT,
+    RedisServer,
+    WebServer,
+    free_port,
+    service_env,
+    stop_process,
+    wait_until,
+)
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
@@ -156,3 +166,126 @@ def test_agent_health_command_finds_live_agents_only(platform: WebServer) -> Non
 
     assert health("agent-one") == 0
     assert health("no-such-agent") != 0
+
+
+SECRET_KEY_WARNING = "logins will not survive a restart and will not work on a second"
+
+
+def entrypoint(*command: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """The image's entry point, run here as the image runs it."""
+    base = {k: v for k, v in os.environ.items() if k != "PADDLER_SECRET_KEY"}
+    # The image's python is its virtualenv's; here, the one running the tests.
+    base["PATH"] = f"{Path(sys.executable).parent}:{base.get('PATH', '')}"
+    return subprocess.run(
+        [str(ROOT / "deploy" / "entrypoint.sh"), *command],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_image_refuses_to_start_the_web_tier_without_a_secret_key() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    entry = re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.MULTILINE)
+    assert entry is not None
+    assert json.loads(entry.group(1)) == ["/app/deploy/entrypoint.sh"]
+    assert "WORKDIR /app" in dockerfile
+    command = json.loads(
+        re.search(r"^CMD (\[.*\])$", dockerfile, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    )
+    assert command[0] == "daphne"
+    # The image's own command, and the compose's web and migration commands.
+    for args in (command, SERVICES["web-1"]["command"], SERVICES["migrate"]["command"]):
+        refused = entrypoint(*args)
+        assert refused.returncode == 64, refused.stdout + refused.stderr
+        assert "refusing to start: set PADDLER_SECRET_KEY" in refused.stderr
+        refused = entrypoint(*args, PADDLER_SECRET_KEY="")
+        assert refused.returncode == 64
+    started = entrypoint("python", "-c", "print('started')", PADDLER_SECRET_KEY="k")
+    assert (started.returncode, started.stdout) == (0, "started\n")
+
+
+def test_image_starts_agents_without_the_secret_key() -> None:
+    # Agents sign nothing: a GPU host need not hold the web tier's secret.
+    for name in ("agent", "agent-gpu"):
+        assert SERVICES[name]["command"][:3] == ["python", "manage.py", "run_agent"]
+    started = entrypoint("python", "manage.py", "agent_health", "--help")
+    assert started.returncode == 0, started.stderr
+    assert "usage:" in started.stdout
+
+
+def test_compose_refuses_to_start_without_a_secret_key() -> None:
+    for name, service in SERVICES.items():
+        if service.get("image", "").startswith("paddler"):
+            assert (
+                service["environment"]["PADDLER_SECRET_KEY"]
+                == "${PADDLER_SECRET_KEY:?set PADDLER_SECRET_KEY}"
+            ), name
+
+
+def test_web_replicas_count_logins_per_client_behind_the_proxy() -> None:
+    # The proxy replaces X-Forwarded-For with the client's address (appending
+    # would let a client choose the first one), and daphne reads it.
+    for name in ("web-1", "web-2"):
+        assert "--proxy-headers" in SERVICES[name]["command"], name
+    config = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in config
+    assert "$proxy_add_x_forwarded_for" not in config
+
+
+def test_web_tier_says_at_start_that_logins_need_a_secret_key(
+    redis_server: RedisServer, tmp_path: Path, web: WebServer
+) -> None:
+    port = free_port()
+    env = service_env(
+        redis_server.url, DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    )
+    del env["PADDLER_SECRET_KEY"]
+    log = tmp_path / "daphne.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-p",
+            str(port),
+            "paddler_project.asgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_until(
+            lambda: (
+                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).text == "OK"
+            ),
+            30,
+            "daphne",
+        )
+    finally:
+        stop_process(process)
+    warnings = [line for line in log.read_text().splitlines() if "WARNING" in line]
+    assert [line for line in warnings if SECRET_KEY_WARNING in line] != [], warnings
+    assert log.read_text().count("PADDLER_SECRET_KEY is not set") == 1
+    # With a key (as every test server has one), no word of it.
+    assert "PADDLER_SECRET_KEY is not set" not in web.log.read_text()
+
+
+def test_commands_and_agents_say_nothing_of_the_secret_key() -> None:
+    # They read the settings too, but sign no session.
+    env = {k: v for k, v in os.environ.items() if k != "PADDLER_SECRET_KEY"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "PADDLER_SECRET_KEY" not in result.stdout + result.stderr

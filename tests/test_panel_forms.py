@@ -52,8 +52,8 @@ def test_a_changed_parameter_is_in_the_state() -> None:
     ("changes", "field", "message"),
     [
         ({"top_p": "1.5"}, "top_p", "Must be between 0 and 1."),
-        ({"temperature": "-1"}, "temperature", "Must be 0 or more."),
-        ({"n_gpu_layers": "-2"}, "n_gpu_layers", "-1 (all)"),
+        ({"temperature": "-1"}, "temperature", "Must be between 0 and 100."),
+        ({"n_gpu_layers": "-2"}, "n_gpu_layers", "-1: all layers"),
         ({"context_size": "many"}, "context_size", "Enter a whole number."),
         ({"model_local_path": "models/a.gguf"}, "model_local_path", "absolute path"),
         (

@@ -156,7 +156,7 @@ def test_an_invalid_form_saves_nothing_and_says_why_next_to_the_field(
     form = response.context["form"]
     assert form.errors == {
         "top_p": ["Must be between 0 and 1."],
-        "penalty_repeat": ["Must be above 0."],
+        "penalty_repeat": ["Must be above 0 and at most 100 (1: off)."],
     }
     assert b"Must be between 0 and 1." in response.content
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from django import forms
-from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 
 from balancer.chat_template import ChatTemplateError, compile_template
@@ -24,6 +23,7 @@ from balancer.desired_state import (
     InferenceParameters,
     ModelSource,
 )
+from balancer.login_limits import LimitedAuthenticationForm
 
 # Label and one-line help of every inference parameter, in the order shown.
 PARAMETERS: dict[str, tuple[str, str]] = {
@@ -369,8 +369,9 @@ class ApiKeyForm(forms.Form):
     )
 
 
-class StaffAuthenticationForm(AuthenticationForm):
-    """The panel's login: only staff accounts may use it."""
+class StaffAuthenticationForm(LimitedAuthenticationForm):
+    """The panel's login: only staff accounts may use it, so many tries at a
+    time (``balancer.login_limits``)."""
 
     def confirm_login_allowed(self, user: Any) -> None:
         super().confirm_login_allowed(user)

@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import user_passes_test
+from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
 from django.http import (
     Http404,
@@ -22,6 +23,7 @@ from django.views.decorators.http import require_GET, require_POST
 from balancer import request_log
 from balancer.chat_template import ChatTemplateError
 from balancer.desired_state import DesiredStateError
+from balancer.login_limits import LimitedAuthenticationForm
 from balancer.models import DesiredStateRevision
 from balancer.panel.forms import (
     ApiKeyForm,
@@ -70,6 +72,19 @@ class PanelLoginView(LoginView):
         if _is_staff(request.user):
             return redirect(self.get_success_url())
         return super().dispatch(request, *args, **kwargs)
+
+    def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
+        # A refusal that no password can change says so in its status too,
+        # for clients that read no page.
+        response = super().form_invalid(form)
+        if not isinstance(form, LimitedAuthenticationForm):
+            return response
+        if form.refused_for:
+            response.status_code = 429
+            response["Retry-After"] = str(form.refused_for)
+        elif form.unavailable:
+            response.status_code = 503
+        return response
 
 
 @require_GET
