@@ -619,7 +619,7 @@ class Dispatcher:
             record["outcome"],
         )
         if self._statsd is not None:
-            self._statsd.send(metrics.request_lines(record))
+            metrics.send_request(self._statsd, record)
         size = settings.PADDLER_REQUEST_LOG_SIZE
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
