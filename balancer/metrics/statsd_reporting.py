@@ -36,13 +36,13 @@ def statsd_client() -> statsd.Client | None:
         # The connection resolves the host once, here; a name that does not
         # resolve turns this process's StatsD off rather than its requests.
         logger.warning(
-            "StatsD at %s unreachable: not sending metrics",
+            "StatsD address %s does not resolve: not sending metrics",
             settings.PADDLER_STATSD_ADDR,
             exc_info=True,
         )
         return None
-    # Sent from the event loop: a full socket buffer drops the line (logged by
-    # the client) instead of blocking every request on this replica.
+    # Sent from the event loop: a full socket buffer drops the line instead of
+    # blocking every request on this replica.
     connection.udp_sock.setblocking(False)
     return statsd.Client(settings.PADDLER_STATSD_PREFIX, connection)
 
