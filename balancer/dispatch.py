@@ -351,7 +351,7 @@ class Dispatcher:
         record = stream.record()
         request_log.log_line(record)
         if self._statsd is not None:
-            self._statsd.send(metrics.request_lines(record))
+            metrics.send_request(self._statsd, record)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 metrics.count_request(pipe, record)

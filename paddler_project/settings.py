@@ -255,6 +255,10 @@ LOGGING = {
     "loggers": {
         "django.channels.server": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        # python-statsd logs every metric it sends at INFO, and every lost
+        # datagram (StatsD down: refused) as an error with a traceback; losing
+        # a metric is acceptable, so neither belongs in the log.
+        "statsd": {"level": "CRITICAL"},
     },
 }
 

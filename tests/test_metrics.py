@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import AUTH, ENDLESS_PROMPT, Fleet, WebServer, wait_until
 
@@ -163,3 +164,93 @@ def test_prometheus_metrics_count_requests_and_tokens(fleet: Fleet) -> None:
     assert 'paddler_agent_slots_total{agent="scraped"} 2' in text
     assert "paddler_time_to_first_token_milliseconds_count 3" in text
     assert "paddler_requests_buffered 0" in text
+
+
+# Every family /metrics exposes: (type, help text).  The parser names a counter
+# family without its ``_total`` suffix.
+FAMILIES = {
+    "paddler_slots_processing": (
+        "gauge",
+        "Slots generating right now, fleet-wide.",
+    ),
+    "paddler_slots_total": ("gauge", "Slots that accept work, fleet-wide."),
+    "paddler_requests_buffered": ("gauge", "Requests waiting for a free slot."),
+    "paddler_agents": ("gauge", "Agents with a live heartbeat."),
+    "paddler_agent_slots_processing": ("gauge", "Slots generating, per agent."),
+    "paddler_agent_slots_total": ("gauge", "Slots that accept work, per agent."),
+    "paddler_requests": ("counter", "Finished requests by kind and outcome."),
+    "paddler_tokens": ("counter", "Tokens: prompt, cached_prompt, generated."),
+    "paddler_queue_wait_milliseconds": (
+        "histogram",
+        "Request queue wait in milliseconds.",
+    ),
+    "paddler_time_to_first_token_milliseconds": (
+        "histogram",
+        "Request time to first token in milliseconds.",
+    ),
+    "paddler_duration_milliseconds": (
+        "histogram",
+        "Request duration in milliseconds.",
+    ),
+}
+# The ``le`` labels as they read today (``5``, not ``5.0``).
+BUCKET_BOUNDS = ["5", "10", "25", "50", "100", "250", "500", "1000", "2500"]
+BUCKET_BOUNDS += ["5000", "10000", "30000", "+Inf"]
+# An agent's name is free text (``run_agent --name``); a quote or a backslash
+# in a label value must be escaped, or the whole scrape fails to parse.
+NAME_TO_ESCAPE = 'rack "7" \\ east'
+
+
+def test_metrics_parse_as_prometheus_text_with_every_family_typed(
+    fleet: Fleet,
+) -> None:
+    web = fleet.web()
+    fleet.agent(NAME_TO_ESCAPE)
+    web.wait_for_ready_agents(1)
+    response = httpx.post(
+        f"{web.url}/api/v1/continue_from_raw_prompt",
+        json={"raw_prompt": "Hello", "max_tokens": 4},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    text = httpx.get(f"{web.url}/metrics", headers=AUTH).text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert {
+        name: (family.type, family.documentation) for name, family in families.items()
+    } == FAMILIES
+
+    def samples(name: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for s in families[name].samples
+        }
+
+    assert samples("paddler_slots_total") == {("paddler_slots_total", ()): 2}
+    assert samples("paddler_agents") == {("paddler_agents", ()): 1}
+    agent = (("agent", NAME_TO_ESCAPE),)
+    assert samples("paddler_agent_slots_total") == {
+        ("paddler_agent_slots_total", agent): 2
+    }
+    assert samples("paddler_agent_slots_processing") == {
+        ("paddler_agent_slots_processing", agent): 0
+    }
+    assert samples("paddler_requests") == {
+        ("paddler_requests_total", (("kind", "raw_prompt"), ("outcome", "done"))): 1
+    }
+    tokens = samples("paddler_tokens")
+    assert tokens[("paddler_tokens_total", (("type", "generated"),))] == 4
+    assert {labels for _, labels in tokens} == {
+        (("type", name),) for name in ("prompt", "cached_prompt", "generated")
+    }
+    for name, (kind, _) in FAMILIES.items():
+        if kind != "histogram":
+            continue
+        histogram = samples(name)
+        assert [
+            dict(labels)["le"]
+            for sample, labels in histogram
+            if sample.endswith("_bucket")
+        ] == BUCKET_BOUNDS
+        assert histogram[(f"{name}_bucket", (("le", "+Inf"),))] == 1
+        assert histogram[(f"{name}_count", ())] == 1
+        assert histogram[(f"{name}_sum", ())] >= 0

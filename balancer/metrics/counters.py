@@ -1,0 +1,113 @@
+"""Tier-wide request counters in one Redis hash: the writer and the reader.
+
+Every web replica adds its finished requests here, so ``/metrics`` on any
+replica shows the whole tier; per-process counters would show one replica's
+share.  Fields: ``requests|<kind>|<outcome>``, ``tokens|<type>``, and per
+timing ``bucket|<name>|<bound>`` (cumulative, as Prometheus wants them) and
+``sum|<name>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from balancer import keys
+from balancer.request_log import RequestRecord
+
+# Upper bounds (ms) of the latency histograms.
+BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+# Request-log field -> metric name.
+TIMINGS = {
+    "queue_wait_ms": "queue_wait",
+    "time_to_first_token_ms": "time_to_first_token",
+    "duration_ms": "duration",
+}
+TOKENS = {
+    "prompt_tokens": "prompt",
+    "cached_prompt_tokens": "cached_prompt",
+    "generated_tokens": "generated",
+}
+
+
+def timings(record: RequestRecord) -> dict[str, float | None]:
+    """The record's timings (ms), by metric name; None where unknown."""
+    return {
+        "queue_wait": record["queue_wait_ms"],
+        "time_to_first_token": record["time_to_first_token_ms"],
+        "duration": record["duration_ms"],
+    }
+
+
+def token_counts(record: RequestRecord) -> dict[str, int]:
+    """The record's token counts, by metric name."""
+    return {
+        "prompt": record["prompt_tokens"],
+        "cached_prompt": record["cached_prompt_tokens"],
+        "generated": record["generated_tokens"],
+    }
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+def count_request(pipe: Any, record: RequestRecord) -> None:
+    """Add a finished request to the tier-wide counters behind /metrics.
+
+    ``pipe`` is a Redis pipeline: the caller sends these with its own writes.
+    """
+    counters = keys.metrics_counters()
+    pipe.hincrby(counters, f"requests|{record['kind']}|{record['outcome']}", 1)
+    for name, count in token_counts(record).items():
+        pipe.hincrby(counters, f"tokens|{name}", int(count or 0))
+    for name, value in timings(record).items():
+        if value is None:
+            continue
+        for bound in BUCKETS_MS:
+            if value <= bound:
+                pipe.hincrby(counters, f"bucket|{name}|{bound}", 1)
+        pipe.hincrby(counters, f"bucket|{name}|+Inf", 1)
+        pipe.hincrbyfloat(counters, f"sum|{name}", float(value))
+
+
+@dataclass(frozen=True)
+class Histogram:
+    # (upper bound as the ``le`` label reads, cumulative count), ``+Inf`` last.
+    buckets: list[tuple[str, float]]
+    sum: float
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The counters as read at one moment; absent fields read as zero."""
+
+    requests: dict[tuple[str, str], float]  # (kind, outcome) -> count
+    tokens: dict[str, float]  # every name in TOKENS
+    histograms: dict[str, Histogram]  # every name in TIMINGS
+
+
+async def read_counters(redis: aioredis.Redis) -> Counters:
+    raw = await redis.hgetall(keys.metrics_counters())
+    fields = {_text(k): float(_text(v)) for k, v in raw.items()}
+    requests: dict[tuple[str, str], float] = {}
+    for field, value in fields.items():
+        if field.startswith("requests|"):
+            _, kind, outcome = field.split("|", 2)
+            requests[kind, outcome] = value
+    return Counters(
+        requests=requests,
+        tokens={name: fields.get(f"tokens|{name}", 0) for name in TOKENS.values()},
+        histograms={
+            name: Histogram(
+                buckets=[
+                    (str(bound), fields.get(f"bucket|{name}|{bound}", 0))
+                    for bound in (*BUCKETS_MS, "+Inf")
+                ],
+                sum=fields.get(f"sum|{name}", 0),
+            )
+            for name in TIMINGS.values()
+        },
+    )

@@ -1,0 +1,114 @@
+"""``/metrics``: the fleet's state and the tier-wide counters, as Prometheus text.
+
+``prometheus_client`` renders them (names, escaping, types); the figures are
+not its in-process metrics but what Redis holds for the whole tier, read once
+per scrape and handed to a collector of our own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from django.conf import settings
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from balancer import registry
+from balancer.metrics.counters import TIMINGS, TOKENS, Counters, read_counters
+
+
+# eq=False: a registry keeps its collectors in a dict, by identity.
+@dataclass(frozen=True, eq=False)
+class FleetCollector(Collector):
+    """The metric families of one scrape, from what was read for it.
+
+    ``collect`` is synchronous and the web tier's Redis client is not, so the
+    view reads first and the collector only shapes what was read.
+    """
+
+    agents: list[registry.AgentRecord]
+    buffered: int
+    counters: Counters
+
+    def collect(self) -> Iterator[Metric]:
+        agents = self.agents
+        yield GaugeMetricFamily(
+            "paddler_slots_processing",
+            "Slots generating right now, fleet-wide.",
+            value=sum(a.slots_processing for a in agents),
+        )
+        yield GaugeMetricFamily(
+            "paddler_slots_total",
+            "Slots that accept work, fleet-wide.",
+            value=sum(a.slots_total for a in agents),
+        )
+        yield GaugeMetricFamily(
+            "paddler_requests_buffered",
+            "Requests waiting for a free slot.",
+            value=self.buffered,
+        )
+        yield GaugeMetricFamily(
+            "paddler_agents", "Agents with a live heartbeat.", value=len(agents)
+        )
+        processing = GaugeMetricFamily(
+            "paddler_agent_slots_processing",
+            "Slots generating, per agent.",
+            labels=["agent"],
+        )
+        total = GaugeMetricFamily(
+            "paddler_agent_slots_total",
+            "Slots that accept work, per agent.",
+            labels=["agent"],
+        )
+        for agent in agents:
+            processing.add_metric([agent.name], agent.slots_processing)
+            total.add_metric([agent.name], agent.slots_total)
+        yield processing
+        yield total
+        requests = CounterMetricFamily(
+            "paddler_requests_total",
+            "Finished requests by kind and outcome.",
+            labels=["kind", "outcome"],
+        )
+        for (kind, outcome), count in sorted(self.counters.requests.items()):
+            requests.add_metric([kind, outcome], count)
+        yield requests
+        tokens = CounterMetricFamily(
+            "paddler_tokens_total",
+            "Tokens: prompt, cached_prompt, generated.",
+            labels=["type"],
+        )
+        for name in TOKENS.values():
+            tokens.add_metric([name], self.counters.tokens[name])
+        yield tokens
+        for name in TIMINGS.values():
+            histogram = self.counters.histograms[name]
+            yield HistogramMetricFamily(
+                f"paddler_{name}_milliseconds",
+                f"Request {name.replace('_', ' ')} in milliseconds.",
+                buckets=histogram.buckets,
+                sum_value=histogram.sum,
+            )
+
+
+async def prometheus_text(redis: aioredis.Redis) -> str:
+    collector = FleetCollector(
+        agents=await registry.list_agents(redis),
+        buffered=await registry.buffered_count(
+            redis, settings.PADDLER_BUFFERED_REQUEST_TIMEOUT_MS
+        ),
+        counters=await read_counters(redis),
+    )
+    # A registry per scrape, never the process-wide default: it holds this
+    # scrape's figures only, and none of the process's own metrics.
+    scrape = CollectorRegistry()
+    scrape.register(collector)
+    return generate_latest(scrape).decode()
