@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -33,6 +32,7 @@ from balancer.services import (
     desired_state_roll_back,
 )
 from balancer.sse import Snapshot, snapshot_events, stream_end
+from inference import request_json
 from inference.desired_state import DesiredStateError
 from inference.models import DesiredStateRevision
 
@@ -96,17 +96,6 @@ async def buffered_requests_stream(request: HttpRequest) -> HttpResponseBase:
     return _sse(request, buffer_snapshot)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is too large for a number")
-    return value
-
-
 # CSRF: token callers have no CSRF cookie; operator_required checks sessions.
 @csrf_exempt
 @require_http_methods(["GET", "PUT"])
@@ -116,14 +105,13 @@ async def balancer_desired_state(request: HttpRequest) -> HttpResponseBase:
         state = await sync_to_async(desired_state_current)()
         return JsonResponse(state.to_json())
     try:
-        # NaN and infinities (Python reads "NaN", "Infinity" and 1e999) would
-        # pass the range checks and then not round-trip through standard JSON.
-        body = json.loads(
-            request.body,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-        )
-    except (ValueError, UnicodeDecodeError) as error:
+        # As the inference endpoints read bodies: NaN and infinities would pass
+        # the range checks and then not round-trip through standard JSON, and
+        # a lone surrogate (a chat template of "\ud800") cannot be stored.
+        body = request_json.loads(request.body)
+    except request_json.InvalidJson as error:
+        return _bad_request(f"body {error}", "body")
+    except UnicodeDecodeError as error:
         return _bad_request(f"body is not valid JSON: {error}", "body")
     except RecursionError:
         return _bad_request("body is nested too deeply", "body")

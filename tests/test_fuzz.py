@@ -424,7 +424,7 @@ def test_management_routes_answer_401_to_any_token_bytes(
         response = httpx.request(
             method,
             f"{web.url}{path}",
-            headers={"Authorization": b"Bearer " + token},
+            headers={b"Authorization": b"Bearer " + token},
             content=b"{}" if method != "GET" else None,
             timeout=30,
         )
@@ -464,9 +464,9 @@ def test_inference_routes_take_any_header_bytes_without_a_5xx(
             method,
             f"{web.url}{path}",
             headers={
-                "Authorization": b"Bearer " + token,
-                "X-Whatever": other,
-                "User-Agent": other,
+                b"Authorization": b"Bearer " + token,
+                b"X-Whatever": other,
+                b"User-Agent": other,
             },
             content=b"{}" if method == "POST" else None,
             timeout=30,
