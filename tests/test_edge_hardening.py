@@ -160,13 +160,14 @@ def test_a_desired_state_with_a_lone_surrogate_gets_400(web: WebServer) -> None:
 
 
 # ------------------------------------------------------------ origins, hosts
-def handshake(web: WebServer, host: str, origin: str | None) -> int:
+def handshake(web: WebServer, host: str, origin: str | None, query: str = "") -> int:
     """The status daphne answers a socket handshake with."""
     sock = connect(web)
     extra = f"Origin: {origin}\r\n" if origin else ""
+    path = f"/api/v1/inference_socket?{query}" if query else "/api/v1/inference_socket"
     sock.sendall(
         (
-            f"GET /api/v1/inference_socket HTTP/1.1\r\nHost: {host}\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\n"
             "Upgrade: websocket\r\nConnection: Upgrade\r\n"
             "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             f"Sec-WebSocket-Version: 13\r\n{extra}\r\n"
@@ -250,7 +251,7 @@ def keyed_web(
 
 async def test_with_a_key_the_socket_opens_from_any_page(keyed_web: WebServer) -> None:
     """A key is proof enough: a page elsewhere cannot know it.  Without one,
-    the page is refused, as before."""
+    the page is refused, as before; a Host not allowed is refused either way."""
     elsewhere = websockets.Origin("https://app.example")
     url = socket_url(keyed_web, "token=edge-key")
     async with websockets.connect(url, origin=elsewhere) as socket:
@@ -259,6 +260,10 @@ async def test_with_a_key_the_socket_opens_from_any_page(keyed_web: WebServer) -
     with pytest.raises(websockets.InvalidStatus):
         async with websockets.connect(socket_url(keyed_web), origin=elsewhere):
             pass
+    # The Host is checked whatever the key, as for HTTP.
+    here = f"127.0.0.1:{web_port(keyed_web)}"
+    assert handshake(keyed_web, here, None, query="token=edge-key") == 101
+    assert handshake(keyed_web, "evil.example", None, query="token=edge-key") == 403
 
 
 # ------------------------------------------------------------- Redis errors
