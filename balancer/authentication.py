@@ -21,7 +21,10 @@ def token_matches(header: str | None) -> bool:
     token = settings.PADDLER_MANAGEMENT_TOKEN
     if not token or not header or not header.startswith("Bearer "):
         return False
-    return hmac.compare_digest(header[len("Bearer ") :].strip(), token)
+    # As bytes: compare_digest refuses str with non-ASCII characters (a
+    # TypeError, so a 500), and a header may carry any byte (read as Latin-1).
+    sent = header[len("Bearer ") :].strip().encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(sent, token.encode("utf-8", "surrogateescape"))
 
 
 async def operator_access(request: HttpRequest) -> Access | None:

@@ -41,8 +41,10 @@ class InferenceFailure(Exception):
 
 
 def redis_failure(error: RedisError) -> InferenceFailure:
+    # The error names Redis's host and port ("Error 111 connecting to
+    # 10.0.0.5:6379"): the operator's log gets it, the client only the fact.
     logger.warning("Redis failed: %s", error)
-    return InferenceFailure(503, f"The balancer cannot reach Redis: {error}")
+    return InferenceFailure(503, "The balancer cannot reach Redis")
 
 
 def outcome_of(item: OutputItem) -> str:

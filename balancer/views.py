@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -22,7 +21,7 @@ from django.views.decorators.http import (
     require_POST,
 )
 
-from balancer import keys, registry
+from balancer import keys, registry, request_json
 from balancer.authentication import operator_required
 from balancer.desired_state import DesiredStateError
 from balancer.dispatch import get_dispatcher
@@ -96,17 +95,6 @@ async def buffered_requests_stream(request: HttpRequest) -> HttpResponseBase:
     return _sse(request, buffer_snapshot)
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is too large for a number")
-    return value
-
-
 # CSRF: token callers have no CSRF cookie; operator_required checks sessions.
 @csrf_exempt
 @require_http_methods(["GET", "PUT"])
@@ -116,14 +104,13 @@ async def balancer_desired_state(request: HttpRequest) -> HttpResponseBase:
         state = await sync_to_async(desired_state_current)()
         return JsonResponse(state.to_json())
     try:
-        # NaN and infinities (Python reads "NaN", "Infinity" and 1e999) would
-        # pass the range checks and then not round-trip through standard JSON.
-        body = json.loads(
-            request.body,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-        )
-    except (ValueError, UnicodeDecodeError) as error:
+        # As the inference endpoints read bodies: NaN and infinities would pass
+        # the range checks and then not round-trip through standard JSON, and
+        # a lone surrogate (a chat template of "\ud800") cannot be stored.
+        body = request_json.loads(request.body)
+    except request_json.InvalidJson as error:
+        return _bad_request(f"body {error}", "body")
+    except UnicodeDecodeError as error:
         return _bad_request(f"body is not valid JSON: {error}", "body")
     except RecursionError:
         return _bad_request("body is nested too deeply", "body")

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from channels.auth import get_user
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.http.request import split_domain_port, validate_host
 
 from balancer.dispatch import get_dispatcher
 from balancer.stream import InferenceFailure
@@ -58,6 +59,38 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
     return None
 
 
+def host_allowed(host: str | None) -> bool:
+    """Whether ``host`` (a ``Host`` header) is one Django would serve.
+
+    As ``HttpRequest.get_host`` decides it: ``ALLOWED_HOSTS``, or the
+    loopback names under ``DEBUG`` with none configured.
+    """
+    if not host:
+        return False
+    domain, _port = split_domain_port(host)
+    allowed = settings.ALLOWED_HOSTS
+    if settings.DEBUG and not allowed:
+        allowed = [".localhost", "127.0.0.1", "[::1]"]
+    return bool(domain) and validate_host(domain, allowed)
+
+
+def origin_allowed(scope: dict[str, Any]) -> bool:
+    """Whether the page that opened the socket, if any, may use it.
+
+    A socket without ``Origin`` comes from a program (paddler-client,
+    websockets, curl), not a browser: browsers always send one.  A browser's
+    page may use the socket when it is of this site (its origin names the
+    ``Host``, which is allowed), or listed in ``PADDLER_ALLOWED_ORIGINS``.
+    """
+    origin = _header(scope, b"origin")
+    if origin is None:
+        return True
+    allowed: list[str] = settings.PADDLER_ALLOWED_ORIGINS
+    if "*" in allowed or origin in allowed:
+        return True
+    return same_site(scope)
+
+
 def same_site(scope: dict[str, Any]) -> bool:
     """Whether the page that opened the socket is on this site.
 
@@ -95,11 +128,45 @@ class InferenceSocketConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
 
     async def connect(self) -> None:
         self.in_flight: dict[str, asyncio.Task[None]] = {}
-        allowed = await inference_access_allowed(token=socket_token(self.scope))
-        if not allowed and not await staff_session(self.scope):
+        if await self._admitted():
+            await self.accept()
+        else:
             await self._deny()
-            return
-        await self.accept()
+
+    async def _admitted(self) -> bool:
+        """Whether this socket may be opened; logs why not.
+
+        A socket is a browser's way around CORS: any page may open one to any
+        address, its user's loopback included.  So with no API key required
+        (the open default), only pages of this site, or listed ones, get in.
+        A key is proof enough, whatever the page: a page elsewhere cannot know
+        it.  The ``Host`` is checked first, as Django checks it for HTTP: a
+        page of an attacker's domain that resolves to 127.0.0.1 (DNS
+        rebinding) is "same-origin" with the socket, but names its own host.
+        """
+        host = _header(self.scope, b"host")
+        # Browsers always send Host; a client without one is a program (or an
+        # in-process test), which no rebinding can steer.
+        if host is not None and not host_allowed(host):
+            logger.warning(
+                "inference socket refused: Host %r is not in PADDLER_ALLOWED_HOSTS",
+                (host or "")[:200],
+            )
+            return False
+        token = socket_token(self.scope)
+        if await inference_access_allowed(token=None):
+            # Open: no key exists, so whatever token came proves nothing.
+            if origin_allowed(self.scope):
+                return True
+            logger.warning(
+                "inference socket refused: Origin %r is neither this site nor in "
+                "PADDLER_ALLOWED_ORIGINS",
+                (_header(self.scope, b"origin") or "")[:200],
+            )
+            return False
+        if token is not None and await inference_access_allowed(token=token):
+            return True
+        return await staff_session(self.scope)
 
     async def _deny(self) -> None:
         # An ASGI server with the denial-response extension answers 401; daphne

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from balancer import request_json
 from inference.validation import (
     InvalidRequest,
     validate_conversation,
@@ -134,9 +135,10 @@ def _dumps(value: Any) -> str:
 
 def parse_socket_message(text: str) -> SocketMessage:
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidSocketMessage("", f"message is not valid JSON: {error}") from None
+        data = request_json.loads(text)
+    except request_json.InvalidJson as error:
+        # Surrogates, huge integers and NaN as the HTTP endpoints refuse them.
+        raise InvalidSocketMessage(request_id_hint(text), f"message {error}") from None
     except RecursionError:
         # As the HTTP endpoints say it; the parser's own words name a limit of
         # the Python stack, which tells a client nothing.

@@ -16,6 +16,7 @@ from django.http import (
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from balancer import request_json
 from balancer.dispatch import get_dispatcher
 from balancer.events import OutputItem
 from balancer.fanout import FanOut
@@ -45,10 +46,16 @@ def _unauthorized(description: str) -> JsonResponse:
 
 
 def read_json(request: HttpRequest) -> Any:
-    """The parsed body; ``InvalidRequest`` or ``BodyTooLarge`` otherwise."""
+    """The parsed body; ``InvalidRequest`` or ``BodyTooLarge`` otherwise.
+
+    Parsed by ``request_json``, which refuses what would fail later (huge
+    integers, NaN, lone surrogates) with a 400 here instead of a 500 there.
+    """
     try:
-        return json.loads(read_body(request))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return request_json.loads(read_body(request))
+    except request_json.InvalidJson as error:
+        raise InvalidRequest("body", str(error)) from None
+    except UnicodeDecodeError as error:
         raise InvalidRequest("body", f"is not valid JSON: {error}") from None
     except RecursionError:
         raise InvalidRequest("body", "is nested too deeply") from None

@@ -20,6 +20,14 @@ from balancer.sse import EndStreamsOnCancel  # noqa: E402
 from inference.consumers import InferenceSocketConsumer  # noqa: E402
 from paddler_project.connections import GuardedConnections  # noqa: E402
 from paddler_project.handlers import ByPath, InferenceHandler  # noqa: E402
+from paddler_project.request_limits import install  # noqa: E402
+
+# daphne reads a request whole before any of the application runs: the body
+# size and read time are bounded there, at 413 and 408 (request_limits.py).
+install(
+    max_body_bytes=settings.PADDLER_MAX_REQUEST_BYTES,
+    read_timeout_s=settings.PADDLER_REQUEST_READ_TIMEOUT_MS / 1000,
+)
 
 # Here, not in the settings: every manage.py command and agent reads those, and
 # only the web tier (daphne, runserver) signs sessions.

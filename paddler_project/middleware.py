@@ -14,6 +14,14 @@ these classes.
 - ``StaticFilesMiddleware``: WhiteNoise, asynchronous.  A request outside
   ``STATIC_URL`` goes straight on; a static file is looked up and served by
   WhiteNoise on a thread, as before.
+- ``AllowedHostMiddleware``: the ``Host`` check of the inference stack.
+  Django checks ``ALLOWED_HOSTS`` only when something calls
+  ``request.get_host()``: on the whole stack ``CommonMiddleware`` and the CSRF
+  check do, on the inference stack nothing did, so the inference endpoints
+  answered any ``Host``.  With no API keys (``make run``), that let any web
+  page a user visits drive a loopback platform through DNS rebinding: a name
+  of the attacker's that resolves to 127.0.0.1 makes the page same-origin
+  with our port.  Its ``Host`` header still names the attacker's domain.
 - ``SecurityMiddleware``: Django's, with its hooks run inline.  They only read
   settings and headers (HTTPS redirect, HSTS, ``nosniff``, referrer and
   cross-origin opener policies), so there is nothing to send to a thread.
@@ -25,7 +33,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.core.exceptions import DisallowedHost
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware import security
 from whitenoise.middleware import WhiteNoiseMiddleware  # type: ignore[import-untyped]
 
@@ -66,3 +75,45 @@ class SecurityMiddleware(security.SecurityMiddleware):
             GetResponse, self.get_response
         )(request)
         return self.process_response(request, cast(HttpResponse, response))
+
+
+class AllowedHostMiddleware:
+    """400, with a message that names the host, unless ``Host`` is allowed.
+
+    ``/health`` answers any host: it reveals nothing, and orchestrators probe
+    it by address (a Kubernetes probe sends the pod's IP as ``Host``).
+    """
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        if request.path_info != "/health":
+            try:
+                request.get_host()
+            except DisallowedHost:
+                return host_refused(request)
+        return await self.get_response(request)
+
+
+def host_refused(request: HttpRequest) -> JsonResponse:
+    host = request.META.get("HTTP_HOST", "")[:200]
+    message = (
+        f"Host {host!r} is not allowed: add it to PADDLER_ALLOWED_HOSTS "
+        "to serve requests for it"
+    )
+    error: dict[str, object]
+    if request.path_info.startswith("/v1/"):
+        error = {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "host_not_allowed",
+        }
+    else:
+        error = {"code": 400, "description": message}
+    return JsonResponse({"error": error}, status=400)

@@ -72,8 +72,12 @@ MIDDLEWARE = [
 
 # The inference endpoints (paddler_project.handlers.INFERENCE_PATHS) take no
 # cookies, sessions or forms: they go through this shorter stack, all of it on
-# the event loop (see paddler_project.middleware).
-INFERENCE_MIDDLEWARE = ["paddler_project.middleware.SecurityMiddleware"]
+# the event loop (see paddler_project.middleware).  Without CommonMiddleware
+# nothing in it reads the Host header, so the host check is its own.
+INFERENCE_MIDDLEWARE = [
+    "paddler_project.middleware.AllowedHostMiddleware",
+    "paddler_project.middleware.SecurityMiddleware",
+]
 
 ROOT_URLCONF = "paddler_project.urls"
 ASGI_APPLICATION = "paddler_project.asgi.application"
@@ -269,3 +273,14 @@ PADDLER_LOGIN_MAX_FAILURES = env_int("PADDLER_LOGIN_MAX_FAILURES", 10, minimum=1
 PADDLER_LOGIN_FAILURE_WINDOW_S = env_int(
     "PADDLER_LOGIN_FAILURE_WINDOW_S", 300, minimum=1
 )
+
+# The web edge against hostile clients (paddler_project/request_limits.py,
+# paddler_project/middleware.py, inference/consumers.py).
+# A request whose headers and body have not arrived whole this long after its
+# first line gets 408: a client trickling a body in cannot hold a connection.
+PADDLER_REQUEST_READ_TIMEOUT_MS = env_int(
+    "PADDLER_REQUEST_READ_TIMEOUT_MS", 30_000, minimum=100
+)
+# Pages (scheme://host[:port]) besides this site's own that may open the
+# inference socket while the inference APIs need no key; "*" allows any.
+PADDLER_ALLOWED_ORIGINS = env_list("PADDLER_ALLOWED_ORIGINS", [])

@@ -1,8 +1,14 @@
-"""Oversized requests get 413 on every inference surface, before any slot."""
+"""Oversized and slow requests: 413 and 408, before any slot, and before
+daphne has read (or written to disk) what it is being refused.
+
+The raw-socket tests write the request by hand: a client library would not
+send a ``Content-Length`` it never means to honour, nor trickle a body in.
+"""
 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 
 import httpx
@@ -10,8 +16,10 @@ import pytest
 import websockets
 
 from tests.conftest import RedisServer, WebServer, socket_url, start_web
+from tests.raw_clients import OP_CLOSE, RawWebSocket, connect, drain, web_port
 
 LIMIT = 2048
+READ_TIMEOUT_MS = 1000
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +30,7 @@ def small_web(
         redis_server.url,
         tmp_path_factory.mktemp("limits"),
         PADDLER_MAX_REQUEST_BYTES=str(LIMIT),
+        PADDLER_REQUEST_READ_TIMEOUT_MS=str(READ_TIMEOUT_MS),
     )
     yield web
     web.stop()
@@ -99,3 +108,115 @@ def test_body_between_djangos_default_limit_and_ours_is_read(web: WebServer) -> 
     )
     assert response.status_code == 400
     assert response.json()["error"]["description"] == "padding: unknown field"
+
+
+def request_head(web: WebServer, path: str, **headers: str) -> bytes:
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{web_port(web)}\r\n{lines}\r\n"
+    ).encode()
+
+
+def read_response(sock: socket.socket, timeout: float = 10) -> tuple[int, bytes]:
+    """The status and body of the one response on ``sock``, read to its end."""
+    sock.settimeout(timeout)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize("path", [PATHS[0], PATHS[3], "/api/v1/balancer_desired_state"])
+def test_a_body_announced_over_the_limit_is_refused_before_it_is_sent(
+    small_web: WebServer, path: str
+) -> None:
+    """A 100 MB Content-Length: the 413 comes at once, for headers alone (it
+    used to come only after the whole body, which daphne kept in /tmp)."""
+    sock = connect(small_web)
+    sock.sendall(request_head(small_web, path, **{"Content-Length": "100000000"}))
+    status, body = read_response(sock)
+    sock.close()
+    assert status == 413
+    error = json.loads(body)["error"]
+    message = error["message"] if path.startswith("/v1/") else error["description"]
+    assert f"larger than {LIMIT} bytes" in message
+    assert "Content-Length: 100000000" in message
+
+
+def test_a_chunked_body_is_cut_off_while_it_streams(small_web: WebServer) -> None:
+    """Chunks past the limit, and then a chunk stream that never ends: the 413
+    comes once the limit is passed, not at the end that never comes."""
+    sock = connect(small_web)
+    sock.sendall(request_head(small_web, PATHS[0], **{"Transfer-Encoding": "chunked"}))
+    chunk = b"x" * 1024
+    for _ in range(3):
+        sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    status, body = read_response(sock)
+    sock.close()
+    assert status == 413
+    assert f"larger than {LIMIT} bytes" in json.loads(body)["error"]["description"]
+
+
+@pytest.mark.parametrize(
+    ("case", "head_only"),
+    [("a body that trickles in", False), ("headers that never end", True)],
+)
+def test_a_request_that_does_not_arrive_in_time_gets_408(
+    small_web: WebServer, case: str, head_only: bool
+) -> None:
+    """A client announcing 100 bytes and sending one, or sending half its
+    headers, held its connection for as long as it liked."""
+    sock = connect(small_web)
+    if head_only:
+        sock.sendall(f"POST {PATHS[4]} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())
+    else:
+        sock.sendall(request_head(small_web, PATHS[4], **{"Content-Length": "100"}))
+        sock.sendall(b"{")
+    status, body = read_response(sock, timeout=READ_TIMEOUT_MS / 1000 + 10)
+    sock.close()
+    assert status == 408, case
+    message = json.loads(body)["error"]["message"]
+    assert "PADDLER_REQUEST_READ_TIMEOUT_MS" in message
+
+
+def test_the_server_serves_on_after_refusing(small_web: WebServer) -> None:
+    sock = connect(small_web)
+    sock.sendall(request_head(small_web, PATHS[0], **{"Content-Length": "99999999"}))
+    assert drain(sock)[1] == "closed"
+    # A client that sends the body anyway still reads its 413: the body is
+    # read and thrown away for a moment after the answer, so the client's TCP
+    # stack is not reset under it.
+    response = httpx.post(
+        f"{small_web.url}{PATHS[0]}", content=b"x" * (20 * 1024 * 1024), timeout=30
+    )
+    assert response.status_code == 413
+    response = httpx.post(
+        f"{small_web.url}{PATHS[0]}", json={"raw_prompt": 1}, timeout=10
+    )
+    assert response.status_code == 400
+
+
+def test_a_socket_message_over_our_limit_gets_413_and_the_socket_goes_on(
+    web: WebServer,
+) -> None:
+    """daphne's own limit (1 MiB by default) used to be under ours (4 MiB): a
+    1.5 MiB message closed the socket with 1009 instead of the 413 envelope
+    the protocol promises.  Now it gets the envelope, and the socket serves
+    the next message."""
+    ws = RawWebSocket(web)
+    big = {"Request": {"id": "big", "request": {"x": "x" * (5 * 1024 * 1024)}}}
+    ws.send_json(big)
+    error = ws.receive_json(timeout=60)["Error"]
+    assert error["request_id"] == "big"
+    assert error["error"]["code"] == 413
+    assert "larger than 4194304 bytes" in error["error"]["description"]
+    ws.send_text(b"{not json")
+    assert ws.receive_json()["Error"]["error"]["code"] == 400
+    # daphne's limit is raised to twice ours, no further: past it autobahn
+    # stops reading the message and closes the socket, saying why.
+    ws.send_text(b"x" * (2 * 4 * 1024 * 1024 + 1))
+    closing = ws.receive(timeout=60)
+    assert closing.opcode == OP_CLOSE
+    assert closing.close_code == 1009, closing.close_reason
+    ws.close()

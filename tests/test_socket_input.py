@@ -27,9 +27,10 @@ from tests.raw_clients import (
     request_id_of,
 )
 
-# daphne's default --websocket-max-message-size (autobahn refuses larger
-# messages before the application sees them).
-DAPHNE_MAX_MESSAGE = 1024 * 1024
+# daphne's message limit as paddler_project.request_limits raises it: twice
+# PADDLER_MAX_REQUEST_BYTES (autobahn refuses larger messages before the
+# application sees them; smaller ones over our limit get a 413 envelope).
+DAPHNE_MAX_MESSAGE = 2 * 4 * 1024 * 1024
 
 
 def nested(depth: int) -> str:
@@ -173,7 +174,7 @@ def test_bad_messages_get_error_envelopes_and_the_socket_streams_on(
             [(OP_TEXT, b'{"Request": "\xff\xfe"}', True)],
             1007,
         ),
-        # Above daphne's --websocket-max-message-size: 1009, "too big".
+        # Above daphne's message limit: 1009, "too big".
         (
             "one frame over the size limit",
             [(OP_TEXT, b"x" * (DAPHNE_MAX_MESSAGE + 1), True)],
