@@ -38,6 +38,8 @@ from balancer.events import (
     expand_item,
 )
 from balancer.routing import Candidate, Decision, decide, request_prefix
+from inference.desired_state import InferenceParameters
+from inference.validation import PromptTooLarge, check_prompt_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -396,6 +398,7 @@ class Dispatcher:
         )
         try:
             try:
+                await self._check_prompt_size(kind, params)
                 await self._place(stream, exclude=set())
             except RedisError as error:
                 raise _redis_failure(error) from None
@@ -405,6 +408,23 @@ class Dispatcher:
             await self._log(stream)
             raise
         return stream
+
+    async def _check_prompt_size(self, kind: str, params: dict[str, Any]) -> None:
+        """413 for a prompt that cannot fit in the desired state's context,
+        before it takes a slot or an agent spends time tokenizing it."""
+        if kind not in ("raw_prompt", "conversation"):
+            return
+        raw = await self.redis.get(keys.desired_state())
+        parameters = json.loads(raw).get("inference_parameters") if raw else None
+        context_size = (
+            parameters.get("context_size") if isinstance(parameters, dict) else None
+        )
+        if not isinstance(context_size, int) or context_size < 1:
+            context_size = InferenceParameters.context_size
+        try:
+            check_prompt_bounds(kind, params, context_size=context_size)
+        except PromptTooLarge as error:
+            raise InferenceFailure(413, str(error)) from None
 
     async def open_embedding_batch(self, params: dict[str, Any]) -> fanout.FanOut:
         """Split the batch into chunks that agents embed in parallel, each a

@@ -7,6 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from inference.chat_template import message_text
+from inference.grammar_limits import (
+    GrammarTooComplex,
+    check_gbnf,
+    check_json_schema_text,
+)
+
 MAX_TOKENS_LIMIT = 1_000_000
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -51,6 +58,10 @@ def validate_grammar(value: Any) -> dict[str, str] | None:
         root = value.get("root", "root")
         if not isinstance(root, str) or not root:
             raise InvalidRequest("grammar.root", "must be a rule name")
+        try:
+            check_gbnf(value["grammar"])
+        except GrammarTooComplex as error:
+            raise InvalidRequest("grammar.grammar", str(error)) from None
         return {"type": "gbnf", "grammar": value["grammar"], "root": root}
     if kind == "json_schema":
         _require_keys(value, {"type", "schema"}, {"schema"})
@@ -58,6 +69,10 @@ def validate_grammar(value: Any) -> dict[str, str] | None:
             raise InvalidRequest(
                 "grammar.schema", "must be the schema as a JSON string"
             )
+        try:
+            check_json_schema_text(value["schema"])
+        except GrammarTooComplex as error:
+            raise InvalidRequest("grammar.schema", str(error)) from None
         return {"type": "json_schema", "schema": value["schema"]}
     raise InvalidRequest("grammar.type", 'must be "gbnf" or "json_schema"')
 
@@ -154,6 +169,55 @@ def validate_conversation(body: Any) -> dict[str, Any]:
         "grammar": validate_grammar(body.get("grammar")),
         "tools": validate_tools(body.get("tools", [])),
     }
+
+
+# A token is at most this many characters of prompt text in the vocabularies
+# we know (the demo model's longest piece is 48 bytes): a prompt longer than
+# context_size times this cannot fit in a slot, whatever the model.  The agent
+# knows its vocabulary and applies the exact figure.
+CHARS_PER_TOKEN_BOUND = 64
+
+
+class PromptTooLarge(InvalidRequest):
+    """The prompt cannot fit in a slot's context; answered with 413."""
+
+
+def check_prompt_bounds(
+    kind: str, params: dict[str, Any], *, context_size: int
+) -> None:
+    """Refuse a prompt that cannot fit in ``context_size`` tokens, untokenized.
+
+    Tokenizing is the expensive part (llama.cpp's tokenizer is slow on text
+    full of special-token strings), so this bounds what may be tokenized:
+    every message adds at least one token, every token covers at most
+    ``CHARS_PER_TOKEN_BOUND`` characters.
+    """
+    max_chars = context_size * CHARS_PER_TOKEN_BOUND
+    if kind == "raw_prompt":
+        size = len(params["raw_prompt"])
+        if size > max_chars:
+            raise PromptTooLarge(
+                "raw_prompt",
+                f"is {size} characters; a slot's context of {context_size} tokens "
+                f"holds at most {max_chars}",
+            )
+        return
+    if kind != "conversation":
+        return
+    history = params["conversation_history"]
+    if len(history) > context_size:
+        raise PromptTooLarge(
+            "conversation_history",
+            f"has {len(history)} messages; a slot's context of {context_size} "
+            f"tokens holds at most {context_size}",
+        )
+    size = sum(len(message_text(m.get("content", ""))) for m in history)
+    if size > max_chars:
+        raise PromptTooLarge(
+            "conversation_history",
+            f"is {size} characters; a slot's context of {context_size} tokens "
+            f"holds at most {max_chars}",
+        )
 
 
 MAX_EMBEDDING_DOCUMENTS = 10_000
