@@ -597,7 +597,11 @@ class AgentWorker:
             state.multimodal_projection,
             state.inference_parameters,
         )
-        if healthy and loaded_with == self._engine_loaded_with:
+        if (
+            healthy
+            and self.engine is not None
+            and loaded_with == self._engine_loaded_with
+        ):
             # Only the template or the system prompt changed: the model, its
             # slots and their caches stay, and no request is drained.
             self.engine.use_chat_template(template)
