@@ -9,6 +9,13 @@ The engine runs in a thread of its own (``run``); other threads talk to it
 through ``submit`` and ``cancel``, and it hands its output, once per step, to
 the ``on_output`` callback it was built with.  It knows nothing of Redis or
 Django.
+
+A request's prompt is rendered and tokenized on a second thread (the
+preparer), never on the decode thread: llama.cpp's tokenizer takes seconds on
+long text full of special-token strings, and every other slot's next token
+would wait for it.  Prompts are bounded in characters and messages before
+that, against the slot's context.  No exception from one request ends either
+thread: it fails that request with an error item and the loop goes on.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import llama_cpp
 
 from balancer.chat_template import ChatTemplate, ChatTemplateError, message_text
 from balancer.desired_state import InferenceParameters
+from balancer.grammar_limits import GrammarTooComplex, check_gbnf
 from balancer.routing import request_prefix, served_prefix
 
 logger = logging.getLogger(__name__)
@@ -90,6 +98,8 @@ class Generation:
     # The conversation as the client sent it (before a default system prompt
     # was put first): routing hashes are computed on this on both sides.
     original_conversation: list[dict[str, Any]] | None = None
+    # Its tokens, once the preparer thread has made them.
+    prompt: list[int] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -156,15 +166,27 @@ class _Slot:
 
 
 def grammar_to_gbnf(grammar: dict[str, str]) -> tuple[str, str]:
-    """(GBNF text, root rule) for a request's grammar; ValueError if malformed."""
+    """(GBNF text, root rule) for a request's grammar; ValueError if malformed,
+    ``GrammarTooComplex`` (a ValueError) past a limit of ``grammar_limits``."""
     if grammar.get("type") == "json_schema":
         from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+        from balancer.grammar_limits import check_json_schema_text
+
+        # The converter recurses over the schema: bound it first.
+        check_json_schema_text(grammar["schema"])
         try:
-            return json_schema_to_gbnf(grammar["schema"]), "root"
+            text = json_schema_to_gbnf(grammar["schema"])
         except Exception as error:  # the converter raises many kinds
             raise ValueError(f"the JSON schema cannot be used: {error}") from None
+        check_gbnf(text)
+        return text, "root"
+    check_gbnf(grammar["grammar"])
     return grammar["grammar"], grammar.get("root") or "root"
+
+
+class PromptTooLarge(Exception):
+    """A prompt that cannot fit in a slot, found before tokenizing it."""
 
 
 def common_prefix_length(left: list[int], right: list[int]) -> int:
@@ -290,6 +312,20 @@ class Engine:
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._slots = [_Slot(seq_id=index) for index in range(slots)]
         self._piece = ctypes.create_string_buffer(256)
+        # No token covers more prompt text than the longest piece of the
+        # vocabulary, so a prompt longer than this cannot fit in a slot.
+        self.prompt_char_limit = self.context_per_slot * self._longest_piece()
+        # Jobs being rendered and tokenized, by request id (read by status
+        # reports on other threads; changed on the engine thread only).
+        self._preparing: dict[str, Generation] = {}
+        self._to_prepare: queue.Queue[Generation | None] = queue.Queue()
+        self._preparer = threading.Thread(
+            target=self._prepare_loop, name="paddler-preparer", daemon=True
+        )
+        # When the engine loop last went round (monotonic seconds), for the
+        # worker's watchdog; ``failure`` says why the loop ended, if it did.
+        self.beat = time.monotonic()
+        self.failure: str | None = None
 
         self._embedder = (
             Embedder(
@@ -375,17 +411,20 @@ class Engine:
     def stop(self) -> None:
         self._stopped.set()
         self._commands.put(("wake", None))
+        self._to_prepare.put(None)
         if self._embedder is not None:
             self._embedder.stop()
 
     @property
     def slots_processing(self) -> int:
         busy = sum(1 for slot in self._slots if slot.busy) + len(self._waiting)
+        busy += len(self._preparing)
         return busy + (self._embedder.pending if self._embedder else 0)
 
     def destinations(self) -> dict[str, Any]:
         """Request id -> destination of everything in flight (any thread)."""
         jobs = [slot.job for slot in self._slots] + list(self._waiting)
+        jobs += list(self._preparing.values())
         return {job.request_id: job.destination for job in jobs if job is not None}
 
     def slot_states(self) -> list[dict[str, Any]]:
@@ -395,6 +434,15 @@ class Engine:
         ]
 
     def close(self) -> None:
+        self._to_prepare.put(None)
+        if self._preparer.is_alive():
+            # Tokenizing is bounded and renders have a time budget, so this
+            # is short; should it not be, the model is leaked rather than
+            # freed under a thread still reading its vocabulary.
+            self._preparer.join(timeout=10)
+            if self._preparer.is_alive():
+                logger.error("the preparer thread did not stop; model not freed")
+                return
         for slot in self._slots:
             self._free_sampler(slot)
         if self._embedder is not None:
@@ -403,20 +451,56 @@ class Engine:
         llama_cpp.llama_free(self._context)
         llama_cpp.llama_model_free(self._model)
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+    def tokenize(
+        self, text: str, *, add_special: bool, parse_special: bool = True
+    ) -> list[int]:
+        """Tokens of ``text``; with ``parse_special`` false, special-token
+        strings in it (``<end_of_turn>``) are tokenized as plain text."""
+        return self._dedupe_bos(
+            self._tokenize(text, add_special=add_special, parse_special=parse_special)
+        )
+
+    def tokenize_segments(self, segments: list[tuple[str, bool]]) -> list[int]:
+        """Tokens of a rendered prompt cut into (text, from_a_message) pieces.
+
+        Pieces from messages are tokenized with special-token parsing off, the
+        template's own text with it on; the lists are concatenated.  Only the
+        first piece gets the BOS token.  Cutting at the pieces' edges gives
+        the same tokens as tokenizing the whole for the templates we know
+        (turn markers and newlines are tokens of their own), which the tests
+        check on the demo model.
+        """
+        tokens: list[int] = []
+        for index, (text, literal) in enumerate(segments):
+            tokens += self._tokenize(
+                text, add_special=index == 0, parse_special=not literal
+            )
+        return self._dedupe_bos(tokens)
+
+    def _tokenize(
+        self, text: str, *, add_special: bool, parse_special: bool
+    ) -> list[int]:
         data = text.encode("utf-8")
         capacity = len(data) + 8
         tokens = (llama_cpp.llama_token * capacity)()
         count = llama_cpp.llama_tokenize(
-            self._vocab, data, len(data), tokens, capacity, add_special, True
+            self._vocab, data, len(data), tokens, capacity, add_special, parse_special
         )
         if count < 0:
             capacity = -count
             tokens = (llama_cpp.llama_token * capacity)()
             count = llama_cpp.llama_tokenize(
-                self._vocab, data, len(data), tokens, capacity, add_special, True
+                self._vocab,
+                data,
+                len(data),
+                tokens,
+                capacity,
+                add_special,
+                parse_special,
             )
-        result = list(tokens[:count])
+        return list(tokens[:count])
+
+    def _dedupe_bos(self, result: list[int]) -> list[int]:
         bos = llama_cpp.llama_vocab_bos(self._vocab)
         # A template that writes {{ bos_token }} itself must not get a second one.
         if len(result) >= 2 and result[0] == bos and result[1] == bos:
@@ -430,24 +514,34 @@ class Engine:
         self.ready.set()
         if self._embedder is not None:
             self._embedder.start()
+        self._preparer.start()
         try:
             while not self._stopped.is_set():
+                self.beat = time.monotonic()
                 idle = not any(slot.busy for slot in self._slots)
                 self._drain_commands(block=idle)
                 if self._stopped.is_set():
                     break
                 self._admit_waiting()
                 if any(slot.busy for slot in self._slots):
-                    self._step()
+                    self._step_or_fail()
+        except BaseException as error:
+            # Not expected (each request's failures are caught below); the
+            # worker's watchdog sees ``failure`` and reports the agent down.
+            self.failure = f"{type(error).__name__}: {error}"
+            logger.exception("the engine loop ended")
+            raise
         finally:
+            self._to_prepare.put(None)
             outputs: list[Output] = []
             for slot in self._slots:
                 if slot.job is not None:
                     outputs.append(self._error(slot.job, 503, "agent is shutting down"))
                     self._release(slot, keep_cache=False)
-            for job in self._waiting:
+            for job in [*self._waiting, *self._preparing.values()]:
                 outputs.append(self._error(job, 503, "agent is shutting down"))
             self._waiting.clear()
+            self._preparing.clear()
             if outputs:
                 self._on_output(outputs)
 
@@ -466,12 +560,100 @@ class Engine:
 
     def _handle(self, kind: str, payload: Any) -> None:
         if kind == "submit":
-            self._waiting.append(payload)
+            self._preparing[payload.request_id] = payload
+            self._to_prepare.put(payload)
+        elif kind == "prepared":
+            job, prompt, failure = payload
+            # A job cancelled while it was prepared is no longer in
+            # ``_preparing``: its prompt is dropped.
+            if self._preparing.pop(job.request_id, None) is None:
+                return
+            if failure is not None:
+                self._on_output([failure])
+            else:
+                job.prompt = prompt
+                self._waiting.append(job)
         elif kind == "cancel":
+            self._preparing.pop(payload, None)
             self._waiting = [j for j in self._waiting if j.request_id != payload]
             for slot in self._slots:
                 if slot.job is not None and slot.job.request_id == payload:
                     self._release(slot, keep_cache=True)
+
+    # ------------------------------------------------------------ preparing
+    def _prepare_loop(self) -> None:
+        """Render and tokenize prompts, off the decode thread, one at a time."""
+        while True:
+            job = self._to_prepare.get()
+            if job is None:
+                return
+            prompt: list[int] = []
+            failure: Output | None = None
+            try:
+                prompt = self._prompt_tokens(job)
+            except ChatTemplateError as error:
+                failure = self._response(
+                    job, {"GeneratedToken": {"ChatTemplateError": str(error)}}, True
+                )
+            except PromptTooLarge as error:
+                failure = self._error(job, 413, str(error))
+            except Exception as error:  # one request must not end the thread
+                logger.exception("preparing request %s failed", job.request_id)
+                failure = self._error(job, 500, f"the prompt failed: {error}")
+            self._commands.put(("prepared", (job, prompt, failure)))
+
+    def _prompt_tokens(self, job: Generation) -> list[int]:
+        """The prompt's tokens, refused before tokenizing when it is too long
+        to fit (the tokenizer's time grows with the text, faster than
+        linearly for text full of special-token strings)."""
+        limit = self.prompt_char_limit
+        if job.raw_prompt is not None:
+            if len(job.raw_prompt) > limit:
+                raise PromptTooLarge(
+                    f"the prompt is {len(job.raw_prompt)} characters; a slot's "
+                    f"context of {self.context_per_slot} tokens holds at most "
+                    f"{limit}"
+                )
+            # A raw prompt is written by the caller, template and all: its
+            # special-token strings are meant as special tokens.
+            return self.tokenize(job.raw_prompt, add_special=True)
+        template = self.chat_template
+        if template is None:
+            raise ChatTemplateError(
+                "the model has no chat template and no override is set"
+            )
+        conversation = job.conversation or []
+        if len(conversation) > self.context_per_slot:
+            raise PromptTooLarge(
+                f"the conversation has {len(conversation)} messages; a slot's "
+                f"context holds {self.context_per_slot} tokens"
+            )
+        messages = [
+            {**message, "content": message_text(message.get("content", ""))}
+            for message in conversation
+        ]
+        size = sum(len(message["content"]) for message in messages)
+        if size > limit:
+            raise PromptTooLarge(
+                f"the conversation is {size} characters; a slot's context of "
+                f"{self.context_per_slot} tokens holds at most {limit}"
+            )
+        try:
+            segments = template.render_segments(
+                messages,
+                add_generation_prompt=job.add_generation_prompt,
+                tools=job.tools,
+                enable_thinking=job.enable_thinking,
+                max_chars=limit,
+            )
+        except ChatTemplateError as error:
+            if "would exceed" in str(error):
+                raise PromptTooLarge(
+                    f"the rendered prompt exceeds {limit} characters, more than a "
+                    f"slot's context of {self.context_per_slot} tokens holds"
+                ) from None
+            raise
+        return self.tokenize_segments(segments)
 
     # ------------------------------------------------------------ admission
     def _admit_waiting(self) -> None:
@@ -482,61 +664,38 @@ class Engine:
                 break
             job = self._waiting.pop(0)
             try:
-                prompt = self._prompt_tokens(job)
-            except ChatTemplateError as error:
-                outputs.append(
-                    self._response(
-                        job, {"GeneratedToken": {"ChatTemplateError": str(error)}}, True
-                    )
-                )
-                continue
-            if not prompt:
-                outputs.append(self._error(job, 400, "the prompt is empty"))
-                continue
-            if len(prompt) >= self.context_per_slot:
-                outputs.append(
-                    self._error(
-                        job,
-                        400,
-                        f"the prompt is {len(prompt)} tokens, but a slot's context "
-                        f"holds {self.context_per_slot}",
-                    )
-                )
-                continue
-            slot = choose_slot(free, prompt)
-            try:
-                sampler = self._make_sampler(job, prompt)
-            except ValueError as error:
-                outputs.append(
-                    self._response(
-                        job,
-                        {"GeneratedToken": {"GrammarSyntaxError": str(error)}},
-                        True,
-                    )
-                )
-                continue
-            self._start(slot, job, prompt, sampler)
+                failure = self._admit(job, free)
+            except Exception as error:  # one request must not end the loop
+                logger.exception("starting request %s failed", job.request_id)
+                failure = self._error(job, 500, f"the request failed: {error}")
+            if failure is not None:
+                outputs.append(failure)
         if outputs:
             self._on_output(outputs)
 
-    def _prompt_tokens(self, job: Generation) -> list[int]:
-        if job.raw_prompt is not None:
-            return self.tokenize(job.raw_prompt, add_special=True)
-        if self.chat_template is None:
-            raise ChatTemplateError(
-                "the model has no chat template and no override is set"
+    def _admit(self, job: Generation, free: list[_Slot]) -> Output | None:
+        """Start ``job`` on one of the ``free`` slots, or say why it cannot."""
+        prompt = job.prompt
+        if not prompt:
+            return self._error(job, 400, "the prompt is empty")
+        if len(prompt) >= self.context_per_slot:
+            return self._error(
+                job,
+                400,
+                f"the prompt is {len(prompt)} tokens, but a slot's context "
+                f"holds {self.context_per_slot}",
             )
-        messages = [
-            {**message, "content": message_text(message.get("content", ""))}
-            for message in job.conversation or []
-        ]
-        text = self.chat_template.render(
-            messages,
-            add_generation_prompt=job.add_generation_prompt,
-            tools=job.tools,
-            enable_thinking=job.enable_thinking,
-        )
-        return self.tokenize(text, add_special=True)
+        slot = choose_slot(free, prompt)
+        try:
+            sampler = self._make_sampler(job, prompt)
+        except GrammarTooComplex as error:
+            return self._error(job, 400, f"grammar: {error}")
+        except ValueError as error:
+            return self._response(
+                job, {"GeneratedToken": {"GrammarSyntaxError": str(error)}}, True
+            )
+        self._start(slot, job, prompt, sampler)
+        return None
 
     def _start(
         self, slot: _Slot, job: Generation, prompt: list[int], sampler: Any
@@ -589,6 +748,13 @@ class Engine:
             for token in prompt:
                 llama_cpp.llama_sampler_accept(chain, token)
         if job.grammar:
+            try:
+                # llama.cpp's parser recurses per nested group: a deep grammar
+                # would crash the process, so it never gets one.
+                check_gbnf(job.grammar)
+            except GrammarTooComplex:
+                llama_cpp.llama_sampler_free(chain)
+                raise
             grammar = llama_cpp.llama_sampler_init_grammar(
                 self._vocab, job.grammar.encode(), job.grammar_root.encode()
             )
@@ -611,6 +777,21 @@ class Engine:
         return chain
 
     # ---------------------------------------------------------------- steps
+    def _step_or_fail(self) -> None:
+        """One step; an exception fails the requests of the step, not the loop."""
+        try:
+            self._step()
+        except Exception as error:
+            logger.exception("a decode step failed")
+            outputs: list[Output] = []
+            for slot in self._slots:
+                if slot.job is not None:
+                    outputs.append(
+                        self._error(slot.job, 500, f"the decode step failed: {error}")
+                    )
+                    self._release(slot, keep_cache=False)
+            self._on_output(outputs)
+
     def _step(self) -> None:
         batch = self._batch
         count = 0
@@ -756,6 +937,15 @@ class Engine:
             )
             return buffer.raw[:size]
         return self._piece.raw[:size]
+
+    def _longest_piece(self) -> int:
+        longest = 1
+        for token in range(llama_cpp.llama_vocab_n_tokens(self._vocab)):
+            size = llama_cpp.llama_token_to_piece(
+                self._vocab, token, self._piece, len(self._piece), 0, True
+            )
+            longest = max(longest, abs(size))
+        return longest
 
     def _token_text(self, token: int) -> str:
         if token < 0:

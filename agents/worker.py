@@ -43,8 +43,13 @@ from balancer.events import (
     compact_item,
     error_item,
 )
+from balancer.grammar_limits import GrammarTooComplex
 
 logger = logging.getLogger(__name__)
+
+# An engine loop that has not gone round for this long is stalled: one decode
+# step takes well under a second, a few seconds on an overloaded machine.
+ENGINE_STALL_S = 30.0
 
 
 @dataclass
@@ -175,8 +180,34 @@ class AgentWorker:
                 logger.debug("could not leave the agents group", exc_info=True)
 
     # --------------------------------------------------------------- status
+    def engine_issue(self) -> dict[str, Any] | None:
+        """The watchdog: an issue when the engine loop has ended or stalled.
+
+        Requests sent to an agent whose loop is gone would wait for their
+        504; reporting zero slots sends them elsewhere (or to the buffer), and
+        the issue shows in the agents list why.
+        """
+        engine, thread = self.engine, self._engine_thread
+        if engine is None or thread is None or not self._accepting:
+            return None
+        if not thread.is_alive():
+            failure = getattr(engine, "failure", None) or "it returned"
+            return {"EngineStopped": {"error": f"the engine loop ended: {failure}"}}
+        beat = getattr(engine, "beat", None)
+        if beat is not None and time.monotonic() - beat > ENGINE_STALL_S:
+            return {
+                "EngineStalled": {
+                    "error": f"the engine loop has not gone round for "
+                    f"{time.monotonic() - beat:.0f} s"
+                }
+            }
+        return None
+
     def snapshot(self) -> dict[str, Any]:
-        slots_total = self.slots if self._accepting and self.engine else 0
+        engine_issue = self.engine_issue()
+        healthy = engine_issue is None
+        slots_total = self.slots if self._accepting and self.engine and healthy else 0
+        issues = self.status.issues if healthy else [*self.status.issues, engine_issue]
         return {
             "id": self.agent_id,
             "name": self.name,
@@ -190,7 +221,7 @@ class AgentWorker:
             "download_total": self.status.download.total,
             "download_filename": self.status.download.filename,
             "download_indeterminate": self.status.download.indeterminate,
-            "issues": self.status.issues,
+            "issues": issues,
             "state_application_status": self.status.state_application_status,
             "uses_chat_template_override": self.status.uses_chat_template_override,
         }
@@ -232,6 +263,7 @@ class AgentWorker:
                 await self._cancel_orphans()
             except Exception:
                 logger.warning("checking web processes failed", exc_info=True)
+            self._restart_dead_engine()
             self._status_changed.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
@@ -268,6 +300,20 @@ class AgentWorker:
                 )
                 engine.cancel(request_id)
 
+    def _restart_dead_engine(self) -> None:
+        """Load the engine again when its loop ended: the agent heals itself
+        instead of waiting for an operator to notice the issue."""
+        thread = self._engine_thread
+        if (
+            thread is not None
+            and not thread.is_alive()
+            and self._accepting
+            and self._latest_state is not None
+            and not self._apply_lock.locked()
+        ):
+            logger.error("the engine loop ended; loading the model again")
+            self._schedule_apply(self._latest_state)
+
     async def _rejoin(self) -> None:
         assert self._layer is not None
         await self._layer.group_add(keys.AGENTS_GROUP, self.channel)
@@ -291,8 +337,28 @@ class AgentWorker:
                 continue
             try:
                 self.handle_message(message)
-            except Exception:
+            except Exception as error:
                 logger.exception("could not handle %s", message.get("type"))
+                self._fail_request(message, error)
+
+    def _fail_request(self, message: dict[str, Any], error: Exception) -> None:
+        """A request we could not hand to the engine ends with an error item,
+        instead of waiting for its 504."""
+        request_id, reply_to = message.get("request_id"), message.get("reply_to")
+        if message.get("type") != "inference.request" or not (
+            isinstance(request_id, str) and isinstance(reply_to, str)
+        ):
+            return
+        self._outputs.put_nowait(
+            [
+                Output(
+                    request_id,
+                    reply_to,
+                    error={"code": 500, "description": f"the agent failed: {error}"},
+                    final=True,
+                )
+            ]
+        )
 
     def handle_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -347,6 +413,19 @@ class AgentWorker:
         if grammar:
             try:
                 job.grammar, job.grammar_root = grammar_to_gbnf(grammar)
+            except GrammarTooComplex as error:
+                # The web tier checks this too; the agent does not rely on it.
+                self._outputs.put_nowait(
+                    [
+                        Output(
+                            request_id,
+                            reply_to,
+                            error={"code": 400, "description": f"grammar: {error}"},
+                            final=True,
+                        )
+                    ]
+                )
+                return
             except ValueError as error:
                 self._outputs.put_nowait(
                     [
@@ -482,7 +561,9 @@ class AgentWorker:
 
     async def apply_state(self, state_json: dict[str, Any]) -> None:
         fingerprint = json.dumps(state_json, sort_keys=True)
-        if fingerprint == self._applied_key and self.engine is not None:
+        # An engine whose loop ended is rebuilt even for the same state.
+        healthy = self.engine is not None and self.engine_issue() is None
+        if fingerprint == self._applied_key and healthy:
             return
         try:
             state = DesiredState.from_json(state_json)
@@ -516,7 +597,11 @@ class AgentWorker:
             state.multimodal_projection,
             state.inference_parameters,
         )
-        if self.engine is not None and loaded_with == self._engine_loaded_with:
+        if (
+            healthy
+            and self.engine is not None
+            and loaded_with == self._engine_loaded_with
+        ):
             # Only the template or the system prompt changed: the model, its
             # slots and their caches stay, and no request is drained.
             self.engine.use_chat_template(template)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
 import time
 import uuid
@@ -28,12 +29,14 @@ from redis.exceptions import RedisError
 
 from balancer import background, fanout, keys, metrics, registry, request_log
 from balancer.background import CLAIM_LEASE_MS
+from balancer.desired_state import InferenceParameters
 from balancer.events import (
     InferenceCancelEvent,
     InferenceRequestEvent,
     OutputItem,
     error_item,
 )
+from balancer.prompt_limits import PromptTooLarge, check_prompt_bounds
 from balancer.routing import Candidate, Decision, decide, request_prefix
 from balancer.stream import InferenceFailure, Stream, redis_failure
 
@@ -140,6 +143,7 @@ class Dispatcher:
         )
         try:
             try:
+                await self._check_prompt_size(kind, params)
                 await self._place(stream, exclude=set())
             except RedisError as error:
                 raise redis_failure(error) from None
@@ -149,6 +153,23 @@ class Dispatcher:
             await self._log(stream)
             raise
         return stream
+
+    async def _check_prompt_size(self, kind: str, params: dict[str, Any]) -> None:
+        """413 for a prompt that cannot fit in the desired state's context,
+        before it takes a slot or an agent spends time tokenizing it."""
+        if kind not in ("raw_prompt", "conversation"):
+            return
+        raw = await self.redis.get(keys.desired_state())
+        parameters = json.loads(raw).get("inference_parameters") if raw else None
+        context_size = (
+            parameters.get("context_size") if isinstance(parameters, dict) else None
+        )
+        if not isinstance(context_size, int) or context_size < 1:
+            context_size = InferenceParameters.context_size
+        try:
+            check_prompt_bounds(kind, params, context_size=context_size)
+        except PromptTooLarge as error:
+            raise InferenceFailure(413, str(error)) from None
 
     async def open_embedding_batch(self, params: dict[str, Any]) -> fanout.FanOut:
         """Split the batch into chunks that agents embed in parallel, each a

@@ -19,6 +19,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from balancer.events import OutputItem
+from balancer.grammar_limits import GrammarTooComplex, check_json_schema_text
 from inference.validation import MAX_TOKENS_LIMIT, InvalidRequest, validate_tools
 
 # OpenAI's own limits.
@@ -228,7 +229,16 @@ def response_format_grammar(value: Any) -> dict[str, str] | None:
             raise invalid("response_format.json_schema.schema", "must be an object")
         # The agent turns the schema into a grammar; "strict" changes nothing,
         # output that follows the grammar always follows the schema.
-        return {"type": "json_schema", "schema": json.dumps(schema)}
+        try:
+            text = json.dumps(schema)
+            check_json_schema_text(text)
+        except RecursionError:
+            raise invalid(
+                "response_format.json_schema.schema", "is nested too deeply"
+            ) from None
+        except GrammarTooComplex as error:
+            raise invalid("response_format.json_schema.schema", str(error)) from None
+        return {"type": "json_schema", "schema": text}
     raise invalid(
         "response_format.type", 'must be "text", "json_object" or "json_schema"'
     )

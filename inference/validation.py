@@ -7,6 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from balancer.grammar_limits import (
+    GrammarTooComplex,
+    check_gbnf,
+    check_json_schema_text,
+)
+
 MAX_TOKENS_LIMIT = 1_000_000
 ROLES = ("system", "user", "assistant", "tool")
 
@@ -51,6 +57,10 @@ def validate_grammar(value: Any) -> dict[str, str] | None:
         root = value.get("root", "root")
         if not isinstance(root, str) or not root:
             raise InvalidRequest("grammar.root", "must be a rule name")
+        try:
+            check_gbnf(value["grammar"])
+        except GrammarTooComplex as error:
+            raise InvalidRequest("grammar.grammar", str(error)) from None
         return {"type": "gbnf", "grammar": value["grammar"], "root": root}
     if kind == "json_schema":
         _require_keys(value, {"type", "schema"}, {"schema"})
@@ -58,6 +68,10 @@ def validate_grammar(value: Any) -> dict[str, str] | None:
             raise InvalidRequest(
                 "grammar.schema", "must be the schema as a JSON string"
             )
+        try:
+            check_json_schema_text(value["schema"])
+        except GrammarTooComplex as error:
+            raise InvalidRequest("grammar.schema", str(error)) from None
         return {"type": "json_schema", "schema": value["schema"]}
     raise InvalidRequest("grammar.type", 'must be "gbnf" or "json_schema"')
 

@@ -71,3 +71,24 @@ def test_tojson_filter_and_typed_content_parts() -> None:
         == '"é"'
     )
     assert message_text([{"type": "text", "text": "a"}, {"type": "image"}]) == "a"
+
+
+def test_a_template_raising_overflow_error_is_a_chat_template_error() -> None:
+    template = ChatTemplate("{% for i in range(100001) %}x{% endfor %}")
+    with pytest.raises(ChatTemplateError, match="OverflowError: Range too big"):
+        template.render([], add_generation_prompt=True)
+
+
+def test_a_template_running_past_its_time_budget_is_stopped() -> None:
+    template = ChatTemplate(
+        "{% for i in range(100000) %}{% for j in range(100000) %}"
+        "{% endfor %}{% endfor %}"
+    )
+    with pytest.raises(ChatTemplateError, match=r"took longer than 0\.2 s"):
+        template.render([], add_generation_prompt=True, time_limit_s=0.2)
+
+
+def test_a_template_writing_past_its_output_budget_is_stopped() -> None:
+    template = ChatTemplate("{{ 'x' * 100000000 }}")
+    with pytest.raises(ChatTemplateError, match="exceed 1000 characters"):
+        template.render([], add_generation_prompt=True, max_chars=1000)

@@ -593,3 +593,61 @@ def test_the_web_tier_puts_the_desired_state_back_into_an_empty_redis(
         10,
         "the desired state back in Redis",
     )
+
+
+def test_hostile_requests_and_templates_leave_the_agent_serving_and_stoppable(
+    fleet: Fleet,
+) -> None:
+    """The agent-side attacks of issue 21, against a real web tier and agent."""
+    web = fleet.web()
+    agent = fleet.agent("hardened")
+    web.wait_for_ready_agents(1)
+    url = f"{web.url}/api/v1/continue_from_raw_prompt"
+    # A grammar that used to segfault the agent is refused by the web tier.
+    crashing = "root ::= " + "(" * 100_000 + '"a"' + ")" * 100_000
+    response = httpx.post(
+        url,
+        json={
+            "raw_prompt": "Hi",
+            "max_tokens": 2,
+            "grammar": {"type": "gbnf", "grammar": crashing},
+        },
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert "grammar.grammar: the grammar is" in response.text
+    # Special-token text that used to hold the tokenizer for seconds: 413.
+    response = httpx.post(
+        url,
+        json={"raw_prompt": "<start_of_turn>" * 50_000, "max_tokens": 2},
+        timeout=30,
+    )
+    assert response.status_code == 413
+    assert "holds at most" in response.text
+    # A template raising OverflowError used to end the engine thread.
+    from balancer.chat_template import GEMMA_CHAT_TEMPLATE
+
+    overflowing = "{% for i in range(100001) %}x{% endfor %}"
+    web.put_desired_state(
+        {**fleet.state, "chat_template_override": {"content": overflowing}}
+    )
+    time.sleep(2)
+    response = httpx.post(
+        f"{web.url}/api/v1/continue_from_conversation_history",
+        json={
+            "conversation_history": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 2,
+        },
+        timeout=60,
+    )
+    assert "OverflowError" in response.text
+    web.put_desired_state(
+        {**fleet.state, "chat_template_override": {"content": GEMMA_CHAT_TEMPLATE}}
+    )
+    with httpx.stream(
+        "POST", url, json={"raw_prompt": "Hello", "max_tokens": 2}, timeout=60
+    ) as streamed:
+        assert "ContentToken" in streamed.read().decode()
+    # SIGTERM ends the process.
+    agent.process.send_signal(signal.SIGTERM)
+    assert agent.process.wait(timeout=60) is not None

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from balancer.prompt_limits import PromptTooLarge, check_prompt_bounds
+from inference.openai_schema import OpenAIError, response_format_grammar
 from inference.validation import (
     InvalidRequest,
     validate_conversation,
@@ -87,3 +89,40 @@ def test_fast_ndjson_token_line_is_the_envelope_json() -> None:
         }
         line = ndjson_line(item, 'agent "one"')  # type: ignore[arg-type]
         assert line == json.dumps(paddler_envelope(item, 'agent "one"')) + "\n"  # type: ignore[arg-type]
+
+
+def test_a_grammar_nested_too_deep_is_refused_naming_the_limit() -> None:
+    deep = "root ::= " + "(" * 100_000 + '"a"' + ")" * 100_000
+    with pytest.raises(InvalidRequest, match=r"grammar\.grammar: the grammar is"):
+        validate_grammar({"type": "gbnf", "grammar": deep})
+    deep = "root ::= " + "(" * 1_000 + '"a"' + ")" * 1_000
+    with pytest.raises(InvalidRequest, match="nests groups more than 100 deep"):
+        validate_grammar({"type": "gbnf", "grammar": deep})
+
+
+def test_a_json_schema_nested_too_deep_is_refused_naming_the_limit() -> None:
+    schema = '{"items": ' * 100 + "{}" + "}" * 100
+    with pytest.raises(InvalidRequest, match="nests more than 64 deep"):
+        validate_grammar({"type": "json_schema", "schema": schema})
+    nested: dict[str, object] = {}
+    for _ in range(100):
+        nested = {"type": "array", "items": nested}
+    with pytest.raises(OpenAIError, match="nests more than 64 deep"):
+        response_format_grammar(
+            {"type": "json_schema", "json_schema": {"name": "x", "schema": nested}}
+        )
+
+
+def test_prompts_that_cannot_fit_the_context_are_refused_untokenized() -> None:
+    with pytest.raises(PromptTooLarge, match="holds at most 131072"):
+        check_prompt_bounds(
+            "raw_prompt",
+            {"raw_prompt": "<start_of_turn>" * 50_000},
+            context_size=2048,
+        )
+    many = [{"role": "user", "content": "x"}] * 2049
+    with pytest.raises(PromptTooLarge, match="has 2049 messages"):
+        check_prompt_bounds(
+            "conversation", {"conversation_history": many}, context_size=2048
+        )
+    check_prompt_bounds("raw_prompt", {"raw_prompt": "Hello"}, context_size=2048)

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
+import threading
 from argparse import ArgumentParser
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
 from agents.worker import AgentWorker
+
+logger = logging.getLogger(__name__)
+
+# After a stop signal, the agent has its shutdown grace plus this long to drain,
+# stop the engine and deregister; then the process ends regardless (a native
+# call that never returns must not keep a stopped agent alive).
+FORCED_EXIT_AFTER_S = 15.0
 
 
 class Command(BaseCommand):
@@ -61,6 +71,24 @@ class Command(BaseCommand):
 
     async def _serve(self, worker: AgentWorker) -> None:
         loop = asyncio.get_running_loop()
+        stopping = threading.Event()
+
+        def on_signal() -> None:
+            if stopping.is_set():
+                # A second signal: the operator will not wait any longer.
+                os._exit(1)
+            stopping.set()
+            worker.request_stop()
+            deadline = worker.shutdown_grace_s + FORCED_EXIT_AFTER_S
+            timer = threading.Timer(deadline, _forced_exit, args=(deadline,))
+            timer.daemon = True
+            timer.start()
+
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, worker.request_stop)
+            loop.add_signal_handler(signum, on_signal)
         await worker.run()
+
+
+def _forced_exit(seconds: float) -> None:
+    logger.error("the agent did not stop within %.0f s; exiting now", seconds)
+    os._exit(1)
