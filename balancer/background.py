@@ -19,7 +19,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from balancer import keys, registry
-from balancer.events import expand_item
+from balancer.events import OutputBatch, expand_item
 from balancer.services import desired_state_revision_current
 
 if TYPE_CHECKING:
@@ -52,11 +52,15 @@ async def read_inbox(dispatcher: Dispatcher) -> None:
             continue
         if popped is None:
             continue
-        batch = json.loads(popped[1])
+        batch: OutputBatch = json.loads(popped[1])
         for raw in batch["items"]:
             item = expand_item(raw)
             stream = dispatcher.streams.get(item["request_id"])
-            if stream is not None:
+            # A request moved to another agent (its first one went silent
+            # before any output) may still hear from the first, if that one
+            # lives on and Redis let its output through later: that output
+            # is not this stream's any more, and would double its tokens.
+            if stream is not None and stream.agent_id == batch["agent_id"]:
                 stream.queue.put_nowait(item)
 
 
