@@ -84,6 +84,10 @@ def test_summary_covers_the_last_minute() -> None:
 def test_issues_are_explained_in_plain_words() -> None:
     assert "does not exist" in explain_issue({"ModelFileDoesNotExist": "/m.gguf"})
     assert "/m.gguf" in explain_issue({"ModelFileDoesNotExist": "/m.gguf"})
+    stopped = explain_issue({"EngineStopped": {"error": "the engine loop ended: x"}})
+    assert stopped.startswith("The agent's decode loop stopped (the engine loop")
+    stalled = explain_issue({"EngineStalled": {"error": "not gone round for 31 s"}})
+    assert "stuck (not gone round for 31 s)" in stalled
     assert "override" in explain_issue("UnableToFindChatTemplate")
     compile_error = explain_issue(
         {

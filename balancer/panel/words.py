@@ -75,6 +75,16 @@ def explain_issue(issue: Any) -> str:
         return f"A slot cannot start: {_text(value)}."
     if variant == "DesiredStateIsInvalid":
         return f"The desired state is invalid: {_text(value)}."
+    if variant == "EngineStopped":
+        return (
+            f"The agent's decode loop stopped ({_text(value)}): it takes no "
+            "requests while it reloads the model."
+        )
+    if variant == "EngineStalled":
+        return (
+            f"The agent's decode loop is stuck ({_text(value)}): it takes no "
+            "requests until the loop goes on."
+        )
     if variant == "UnsupportedModelSource":
         return f"This agent cannot fetch models from a {value} source."
     return f"{variant}: {_text(value)}"
