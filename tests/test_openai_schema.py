@@ -271,6 +271,16 @@ def test_embedding_results_come_back_in_order_and_base64_is_float32() -> None:
     assert raised.value.param == "input"
 
 
+def test_an_embedding_batch_missing_a_vector_is_a_502() -> None:
+    results = EmbeddingResults(2)
+    vector = {"embedding": [1.0], "source_document_id": "0"}
+    results.add(item({"Embedding": {"Embedding": vector}}))
+    with pytest.raises(OpenAIError) as raised:
+        results.in_order()
+    assert raised.value.status == 502
+    assert "[1]" in raised.value.message
+
+
 def test_chunks_share_the_reply_identity() -> None:
     reply = Reply.new("chatcmpl", "m")
     first = reply.chat_chunk({"role": "assistant", "content": ""})
