@@ -1,4 +1,10 @@
-"""Who may use the management API: the bearer token, or a staff session."""
+"""Who is an operator: the management token's holder, or a staff user.
+
+The one place both are checked.  The management API takes either
+(``operator_required``); the panel's pages and the inference socket take a
+staff session, judged by ``is_staff_user``.  (Inference API keys are the
+client tier's: ``inference.access``.)
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.decorators import user_passes_test
+from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
@@ -15,6 +24,20 @@ View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 Access = Literal["token", "session"]
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
+
+
+def is_staff_user(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """Whether ``user`` (a session's user) may act as staff.
+
+    An anonymous user is neither active nor staff; a deactivated account is
+    refused even while an old session of it lingers.  (``AbstractBaseUser``
+    declares no ``is_staff``; a user model without it is never staff.)
+    """
+    return bool(getattr(user, "is_active", False) and getattr(user, "is_staff", False))
+
+
+# The panel's pages: anyone else goes to the login page.
+staff_required = user_passes_test(is_staff_user)
 
 
 def token_matches(header: str | None) -> bool:
@@ -34,8 +57,7 @@ async def operator_access(request: HttpRequest) -> Access | None:
     """
     if token_matches(request.headers.get("Authorization")):
         return "token"
-    user = await request.auser()
-    if user.is_authenticated and user.is_staff:
+    if is_staff_user(await request.auser()):
         return "session"
     return None
 

@@ -1,10 +1,12 @@
 """The Paddler wire form of output items: ``Response`` and ``Error`` envelopes.
 
-Framework-free; shared by the NDJSON views and the inference socket.
+Framework-free; shared by the NDJSON views (one envelope a line) and the
+inference socket (one envelope a message).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from balancer.events import OutputItem
@@ -37,3 +39,20 @@ def error_envelope(request_id: str, code: int, description: str) -> dict[str, An
             "error": {"code": code, "description": description},
         }
     }
+
+
+def ndjson_line(item: OutputItem, agent_name: str) -> str:
+    response = item["response"]
+    if item["error"] is None and isinstance(response, dict):
+        generated = response.get("GeneratedToken")
+        if isinstance(generated, dict) and len(generated) == 1:
+            text = generated.get("ContentToken")
+            if isinstance(text, str):
+                # The hot path, one line per token: only the text needs encoding.
+                return (
+                    f'{{"Response": {{"generated_by": {json.dumps(agent_name)}, '
+                    f'"request_id": "{item["request_id"]}", "response": '
+                    f'{{"GeneratedToken": {{"ContentToken": {json.dumps(text)}'
+                    "}}}}\n"
+                )
+    return json.dumps(paddler_envelope(item, agent_name)) + "\n"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,13 +15,12 @@ from django.http import (
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from balancer import request_json
 from balancer.dispatch import get_dispatcher
-from balancer.events import OutputItem
 from balancer.fanout import FanOut
 from balancer.stream import InferenceFailure, Stream
-from inference.access import BodyTooLarge, api_key_required, read_body
-from inference.envelopes import paddler_envelope
+from inference.access import api_key_required
+from inference.envelopes import ndjson_line
+from inference.request_body import BodyTooLarge, read_json
 from inference.validation import (
     InvalidRequest,
     validate_conversation,
@@ -43,39 +41,6 @@ def error_response(code: int, description: str) -> JsonResponse:
 
 def _unauthorized(description: str) -> JsonResponse:
     return error_response(401, description)
-
-
-def read_json(request: HttpRequest) -> Any:
-    """The parsed body; ``InvalidRequest`` or ``BodyTooLarge`` otherwise.
-
-    Parsed by ``request_json``, which refuses what would fail later (huge
-    integers, NaN, lone surrogates) with a 400 here instead of a 500 there.
-    """
-    try:
-        return request_json.loads(read_body(request))
-    except request_json.InvalidJson as error:
-        raise InvalidRequest("body", str(error)) from None
-    except UnicodeDecodeError as error:
-        raise InvalidRequest("body", f"is not valid JSON: {error}") from None
-    except RecursionError:
-        raise InvalidRequest("body", "is nested too deeply") from None
-
-
-def ndjson_line(item: OutputItem, agent_name: str) -> str:
-    response = item["response"]
-    if item["error"] is None and isinstance(response, dict):
-        generated = response.get("GeneratedToken")
-        if isinstance(generated, dict) and len(generated) == 1:
-            text = generated.get("ContentToken")
-            if isinstance(text, str):
-                # The hot path, one line per token: only the text needs encoding.
-                return (
-                    f'{{"Response": {{"generated_by": {json.dumps(agent_name)}, '
-                    f'"request_id": "{item["request_id"]}", "response": '
-                    f'{{"GeneratedToken": {{"ContentToken": {json.dumps(text)}'
-                    "}}}}\n"
-                )
-    return json.dumps(paddler_envelope(item, agent_name)) + "\n"
 
 
 async def ndjson_lines(stream: Stream | FanOut) -> AsyncIterator[bytes]:

@@ -4,8 +4,8 @@ from django.contrib import admin
 from django.urls import include, path
 
 from balancer import views as management
-from inference import openai_views as openai
 from inference import views as inference
+from inference.openai import views as openai
 
 urlpatterns = [
     path("health", inference.health),

@@ -21,7 +21,7 @@ from agents.worker import AgentWorker
 from balancer.chat_template import GEMMA_CHAT_TEMPLATE
 from balancer.desired_state import InferenceParameters
 from balancer.grammar_limits import GrammarTooComplex, check_gbnf
-from inference.openai_schema import JSON_OBJECT_GBNF
+from inference.openai.requests import JSON_OBJECT_GBNF
 from tests.conftest import ROOT
 
 # The attack: 100,000 nested groups, about 200 KB.

@@ -19,6 +19,7 @@ from paddler_client.continue_from_raw_prompt_params import (
 )
 from paddler_client.inference_message import InferenceMessageKind
 
+from inference.access import inference_access_allowed
 from inference.api_keys import (
     bearer_token,
     digest_matches,
@@ -27,11 +28,7 @@ from inference.api_keys import (
     matches_any,
 )
 from inference.models import InferenceApiKey
-from inference.services import (
-    inference_access_allowed,
-    inference_api_key_create,
-    inference_api_key_revoke,
-)
+from inference.services import inference_api_key_create, inference_api_key_revoke
 from tests.conftest import (
     AUTH,
     ROOT,

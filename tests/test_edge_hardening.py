@@ -18,7 +18,7 @@ import pytest
 import websockets
 from django.test import override_settings
 
-from inference.consumers import host_allowed, origin_allowed
+from inference.socket_admission import host_allowed, origin_allowed
 from tests.conftest import (
     AUTH,
     RedisServer,

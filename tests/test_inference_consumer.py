@@ -13,7 +13,8 @@ import pytest
 from channels.testing import ApplicationCommunicator, WebsocketCommunicator
 from django.test import override_settings
 
-from inference.consumers import InferenceSocketConsumer, socket_token
+from inference.consumers import InferenceSocketConsumer
+from inference.socket_admission import socket_token
 from inference.socket_messages import (
     ClientError,
     InvalidSocketMessage,

@@ -10,20 +10,21 @@ from typing import Any
 import pytest
 
 from balancer.events import OutputItem
-from inference.openai_schema import (
-    JSON_OBJECT_GBNF,
+from inference.openai.errors import OpenAIError
+from inference.openai.listing import model_id, model_id_of_source
+from inference.openai.output import (
     EmbeddingResults,
     Finished,
-    OpenAIError,
-    Reply,
     TextPiece,
-    model_id,
-    model_id_of_source,
+    read_generation_item,
+)
+from inference.openai.requests import (
+    JSON_OBJECT_GBNF,
     parse_chat_request,
     parse_completion_request,
     parse_embedding_request,
-    read_generation_item,
 )
+from inference.openai.responses import Reply, embedding_list
 from inference.validation import MAX_TOKENS_LIMIT
 
 USER = {"role": "user", "content": "hi"}
@@ -260,7 +261,7 @@ def test_embedding_results_come_back_in_order_and_base64_is_float32() -> None:
         )
     results.add(item({"Embedding": "Done"}, final=True))
     assert results.done
-    body = results.response("m", "base64", prompt_tokens=7)
+    body = embedding_list(results.in_order(), "m", "base64", prompt_tokens=7)
     assert [d["index"] for d in body["data"]] == [0, 1]
     assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
     decoded = struct.unpack("<2f", base64.b64decode(body["data"][1]["embedding"]))
@@ -268,6 +269,16 @@ def test_embedding_results_come_back_in_order_and_base64_is_float32() -> None:
     with pytest.raises(OpenAIError) as raised:
         EmbeddingResults(1).add(item({"Embedding": {"Error": "too long"}}))
     assert raised.value.param == "input"
+
+
+def test_an_embedding_batch_missing_a_vector_is_a_502() -> None:
+    results = EmbeddingResults(2)
+    vector = {"embedding": [1.0], "source_document_id": "0"}
+    results.add(item({"Embedding": {"Embedding": vector}}))
+    with pytest.raises(OpenAIError) as raised:
+        results.in_order()
+    assert raised.value.status == 502
+    assert "[1]" in raised.value.message
 
 
 def test_chunks_share_the_reply_identity() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.test import override_settings
 
-from inference.consumers import same_site, staff_session
+from inference.socket_admission import same_site, staff_session
 
 
 def scope(origin: str | None, host: str = "panel.example:8000") -> dict[str, Any]:

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from balancer.prompt_limits import PromptTooLarge, check_prompt_bounds
-from inference.openai_schema import OpenAIError, response_format_grammar
+from inference.openai.errors import OpenAIError
+from inference.openai.requests import response_format_grammar
 from inference.validation import (
     InvalidRequest,
     validate_conversation,
@@ -76,8 +77,7 @@ def test_message_content_must_be_text_or_parts() -> None:
 def test_fast_ndjson_token_line_is_the_envelope_json() -> None:
     import json
 
-    from inference.envelopes import paddler_envelope
-    from inference.views import ndjson_line
+    from inference.envelopes import ndjson_line, paddler_envelope
 
     for text in [" plain", 'say "hi"', "line\nbreak", "émoji 🚲", "\\", ""]:
         item = {

@@ -6,7 +6,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import user_passes_test
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
 from django.http import (
@@ -21,6 +20,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from balancer import request_log
+from balancer.authentication import is_staff_user, staff_required
 from balancer.chat_template import ChatTemplateError
 from balancer.desired_state import DesiredStateError
 from balancer.login_limits import LimitedAuthenticationForm
@@ -53,13 +53,6 @@ REVISIONS_SHOWN = 20
 REQUEST_FILTERS = ("all", "done", "errors", "cancelled")
 
 
-def _is_staff(user: Any) -> bool:
-    return bool(user.is_active and user.is_staff)
-
-
-staff_required = user_passes_test(_is_staff)
-
-
 class PanelLoginView(LoginView):
     template_name = "panel/login.html"
     authentication_form = StaffAuthenticationForm
@@ -69,7 +62,7 @@ class PanelLoginView(LoginView):
     ) -> HttpResponseBase:
         # Staff who are logged in already go on; anyone else logs in (a user
         # who lost staff status would otherwise bounce between the two pages).
-        if _is_staff(request.user):
+        if is_staff_user(request.user):
             return redirect(self.get_success_url())
         return super().dispatch(request, *args, **kwargs)
 
@@ -100,7 +93,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 @require_GET
 async def dashboard_stream(request: HttpRequest) -> HttpResponseBase:
     """Server-Sent Events for the dashboard (401 rather than a login redirect)."""
-    if not _is_staff(await request.auser()):
+    if not is_staff_user(await request.auser()):
         return JsonResponse({"error": "log in as staff"}, status=401)
     events = snapshot_events(
         DashboardFeed().snapshot,

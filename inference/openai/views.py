@@ -1,13 +1,12 @@
-"""The OpenAI-compatible API: /v1/chat/completions, /v1/completions,
-/v1/embeddings and /v1/models.
+"""The OpenAI-compatible API's views.
 
-Thin: ``openai_schema`` checks and translates; the dispatcher does the rest,
-exactly as for the Paddler endpoints, so greedy output is the same on both.
+Thin: ``requests`` checks and translates, ``output`` and ``responses`` fold
+the agents' output back; the dispatcher does the rest, exactly as for the
+Paddler endpoints, so greedy output is the same on both.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,31 +19,27 @@ from django.http import (
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from balancer import keys, registry
 from balancer.dispatch import get_dispatcher
 from balancer.events import OutputItem
 from balancer.stream import InferenceFailure, Stream
-from inference.access import BodyTooLarge, api_key_required
-from inference.openai_schema import (
-    SSE_DONE,
+from inference.access import api_key_required
+from inference.openai.errors import OpenAIError
+from inference.openai.listing import model_object, models_list, served_model_ids
+from inference.openai.output import (
     EmbeddingResults,
     Finished,
-    GenerationRequest,
-    OpenAIError,
-    Reply,
     TextPiece,
-    model_id,
-    model_id_of_source,
-    model_object,
-    models_list,
+    read_generation_item,
+)
+from inference.openai.requests import (
+    GenerationRequest,
     parse_chat_request,
     parse_completion_request,
     parse_embedding_request,
-    read_generation_item,
-    sse,
 )
+from inference.openai.responses import SSE_DONE, Reply, embedding_list, sse
+from inference.request_body import BodyTooLarge, read_json
 from inference.validation import InvalidRequest
-from inference.views import read_json
 
 
 def error_response(error: OpenAIError) -> JsonResponse:
@@ -56,7 +51,7 @@ def _unauthorized(message: str) -> JsonResponse:
 
 
 def _json(request: HttpRequest) -> Any:
-    """The parsed body, or ``OpenAIError`` (see ``views.read_json``)."""
+    """The parsed body, or ``OpenAIError`` (see ``request_body.read_json``)."""
     try:
         return read_json(request)
     except BodyTooLarge as error:
@@ -200,31 +195,15 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
         finally:
             await batch.close()
         return JsonResponse(
-            results.response(
-                embedding.model, embedding.encoding_format, batch.prompt_tokens
+            embedding_list(
+                results.in_order(),
+                embedding.model,
+                embedding.encoding_format,
+                batch.prompt_tokens,
             )
         )
     except OpenAIError as error:
         return error_response(error)
-
-
-async def served_model_ids() -> list[str]:
-    """The models the fleet serves now, else the one it is told to serve.
-
-    With no agent up (a fleet scaled to zero) requests still wait in the
-    buffer, so the desired model is listed rather than nothing.
-    """
-    redis = get_dispatcher().redis
-    paths = {
-        str(agent.report["model_path"])
-        for agent in await registry.list_agents(redis)
-        if agent.report.get("model_path")
-    }
-    if paths:
-        return sorted({model_id(path) for path in paths})
-    raw = await redis.get(keys.desired_state())
-    desired = model_id_of_source(json.loads(raw).get("model")) if raw else None
-    return [desired] if desired else []
 
 
 @require_GET
