@@ -42,7 +42,7 @@ if not settings.PADDLER_SECRET_KEY_IS_SET:
 # The socket authenticates with an API key sent by the client (header or
 # ``token`` parameter), or with the panel's staff session.  The session is read
 # only when no key is accepted, and counts only from a page of this host
-# (``inference.consumers.staff_session``), so key callers need no origin check.
+# (``inference.socket_admission.staff_session``), so key callers need no origin check.
 #
 # daphne buffers whatever it is sent, without limit: a client that does not
 # read its stream is cut off once it leaves PADDLER_MAX_CLIENT_BUFFER_BYTES

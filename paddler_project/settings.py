@@ -275,7 +275,7 @@ PADDLER_LOGIN_FAILURE_WINDOW_S = env_int(
 )
 
 # The web edge against hostile clients (paddler_project/request_limits.py,
-# paddler_project/middleware.py, inference/consumers.py).
+# paddler_project/middleware.py, inference/socket_admission.py).
 # A request whose headers and body have not arrived whole this long after its
 # first line gets 408: a client trickling a body in cannot hold a connection.
 PADDLER_REQUEST_READ_TIMEOUT_MS = env_int(
