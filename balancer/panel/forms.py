@@ -14,6 +14,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
+from balancer.authentication import is_staff_user
 from balancer.chat_template import ChatTemplateError, compile_template
 from balancer.desired_state import (
     KV_CACHE_DTYPES,
@@ -375,7 +376,7 @@ class StaffAuthenticationForm(LimitedAuthenticationForm):
 
     def confirm_login_allowed(self, user: Any) -> None:
         super().confirm_login_allowed(user)
-        if not user.is_staff:
+        if not is_staff_user(user):
             raise ValidationError(
                 "This account may not use the panel: it is not a staff account.",
                 code="not_staff",
