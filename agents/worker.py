@@ -83,6 +83,31 @@ class AgentWorker:
             self._loop.call_soon_threadsafe(self._stop.set)
 
     async def run(self) -> None:
+        """Serve until ``request_stop``: connect, take work, drain, leave."""
+        await self.connect()
+        assert self._redis is not None
+        tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._receive_loop(), name="receive"),
+        ]
+        output_task = asyncio.create_task(self.output_loop(), name="output")
+        raw = await self._redis.get(keys.desired_state())
+        if raw is not None:
+            self._schedule_apply(json.loads(raw))
+        try:
+            await self._stop.wait()
+            await self.shutdown()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # Everything the engine said before it stopped goes out first.
+            self._outputs.put_nowait(None)
+            await asyncio.gather(output_task, return_exceptions=True)
+            await self.disconnect()
+
+    async def connect(self) -> None:
+        """Open Redis and the channel layer, and join the agents group."""
         self._loop = asyncio.get_running_loop()
         self._redis = aioredis.Redis.from_url(
             settings.REDIS_URL, **settings.REDIS_OPTIONS
@@ -93,31 +118,17 @@ class AgentWorker:
         self.channel = await layer.new_channel("paddler.agent.")
         await layer.group_add(keys.AGENTS_GROUP, self.channel)
         logger.info("agent %s (%s) registered", self.name, self.agent_id)
-        tasks = [
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self._receive_loop(), name="receive"),
-        ]
-        output_task = asyncio.create_task(self._output_loop(), name="output")
-        raw = await self._redis.get(keys.desired_state())
-        if raw is not None:
-            self._schedule_apply(json.loads(raw))
-        try:
-            await self._stop.wait()
-            await self._shutdown()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            # Everything the engine said before it stopped goes out first.
-            self._outputs.put_nowait(None)
-            await asyncio.gather(output_task, return_exceptions=True)
-            await self._deregister()
-            await self._redis.aclose()
 
-    async def _shutdown(self) -> None:
+    async def disconnect(self) -> None:
+        """Deregister and close Redis; the agent is gone from the registry."""
+        assert self._redis is not None
+        await self._deregister()
+        await self._redis.aclose()
+
+    async def shutdown(self) -> None:
         """Stop taking work, let in-flight requests finish, fail the rest."""
         self._accepting = False
-        await self._publish_status()
+        await self.publish_status()
         deadline = time.monotonic() + self.shutdown_grace_s
         while (
             self.engine is not None
@@ -175,7 +186,7 @@ class AgentWorker:
             "uses_chat_template_override": self.status.uses_chat_template_override,
         }
 
-    async def _publish_status(self) -> None:
+    async def publish_status(self) -> None:
         assert self._redis is not None
         snapshot = self.snapshot()
         ttl = settings.PADDLER_AGENT_TTL_MS
@@ -194,7 +205,7 @@ class AgentWorker:
         backoff = 0.1
         while True:
             try:
-                await self._publish_status()
+                await self.publish_status()
                 if self._lost_redis:
                     # Redis came back (maybe empty): join the group again.
                     await self._rejoin()
@@ -349,7 +360,8 @@ class AgentWorker:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._outputs.put_nowait, outputs)
 
-    async def _output_loop(self) -> None:
+    async def output_loop(self) -> None:
+        """Send the engine's output to Redis until the ``None`` sentinel."""
         finished = False
         while not finished:
             first = await self._outputs.get()
@@ -363,9 +375,12 @@ class AgentWorker:
                     finished = True
                     break
                 outputs.extend(more)
-            await self._send_outputs(outputs)
+            await self.send_outputs(outputs)
 
-    async def _send_outputs(self, outputs: list[Output]) -> None:
+    async def send_outputs(self, outputs: list[Output]) -> None:
+        """Push ``outputs`` to Redis, one batch per inbox.  Should Redis not
+        take them, their requests stop and end with an error at the next
+        delivery (see ``_lose``)."""
         assert self._redis is not None
         lost = dict(self._undelivered)
         batches = output_batches(
@@ -403,7 +418,7 @@ class AgentWorker:
     async def _deliver_lost(self) -> None:
         """Tell the web tier about lost output as soon as Redis answers again."""
         if self._undelivered:
-            await self._send_outputs([])
+            await self.send_outputs([])
 
     def _schedule_apply(self, state: dict[str, Any]) -> None:
         self._latest_state = state
@@ -523,7 +538,7 @@ class AgentWorker:
         engine, before swapping in another."""
         self._accepting = False
         self.status.state_application_status = "Fresh"
-        await self._publish_status()
+        await self.publish_status()
         while self.engine is not None and self.engine.slots_processing > 0:
             await asyncio.sleep(0.05)
         await self._stop_engine()
