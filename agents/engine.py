@@ -39,10 +39,11 @@ from agents.jobs import (
     response_output,
 )
 from agents.prompting import PromptPreparer, prompt_tokens
+from agents.sampling import sampler_chain
 from agents.slots import Slot, choose_slot, common_prefix_length, split_on_stop
 from balancer.chat_template import ChatTemplate
 from balancer.desired_state import InferenceParameters
-from balancer.grammar_limits import GrammarTooComplex, check_gbnf
+from balancer.grammar_limits import GrammarTooComplex
 from balancer.routing import request_prefix, served_prefix
 
 logger = logging.getLogger(__name__)
@@ -451,7 +452,13 @@ class Engine:
             )
         slot = choose_slot(free, prompt)
         try:
-            sampler = self._make_sampler(job, prompt)
+            sampler = sampler_chain(
+                job,
+                prompt,
+                parameters=self.parameters,
+                vocab=self._vocab,
+                context_per_slot=self.context_per_slot,
+            )
         except GrammarTooComplex as error:
             return error_output(job, 400, f"grammar: {error}")
         except ValueError as error:
@@ -483,62 +490,6 @@ class Engine:
         slot.prefix = request_prefix(job.kind, job.prefix_params())
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.started_at = time.monotonic()
-
-    def _make_sampler(self, job: Generation, prompt: list[int]) -> Any:
-        p = self.parameters
-        chain = llama_cpp.llama_sampler_chain_init(
-            llama_cpp.llama_sampler_chain_default_params()
-        )
-        add = llama_cpp.llama_sampler_chain_add
-        last_n = self.context_per_slot if p.penalty_last_n == -1 else p.penalty_last_n
-        if (
-            p.penalty_repeat != 1.0
-            or p.penalty_frequency != 0.0
-            or p.penalty_presence != 0.0
-        ):
-            add(
-                chain,
-                llama_cpp.llama_sampler_init_penalties(
-                    llama_cpp.llama_vocab_n_tokens(self._vocab),
-                    last_n,
-                    p.penalty_repeat,
-                    p.penalty_frequency,
-                    p.penalty_presence,
-                ),
-            )
-            # The prompt goes into the penalty window, as llama.cpp's server
-            # does.  This happens before the grammar joins the chain: the
-            # grammar constrains the output only, and would reject the prompt.
-            for token in prompt:
-                llama_cpp.llama_sampler_accept(chain, token)
-        if job.grammar:
-            try:
-                # llama.cpp's parser recurses per nested group: a deep grammar
-                # would crash the process, so it never gets one.
-                check_gbnf(job.grammar)
-            except GrammarTooComplex:
-                llama_cpp.llama_sampler_free(chain)
-                raise
-            grammar = llama_cpp.llama_sampler_init_grammar(
-                self._vocab, job.grammar.encode(), job.grammar_root.encode()
-            )
-            if not grammar:
-                llama_cpp.llama_sampler_free(chain)
-                raise ValueError("the grammar does not parse")
-            add(chain, grammar)
-        temperature = p.temperature if job.temperature is None else job.temperature
-        if temperature <= 0.0:
-            add(chain, llama_cpp.llama_sampler_init_greedy())
-            return chain
-        top_p = p.top_p if job.top_p is None else job.top_p
-        if p.top_k > 0:
-            add(chain, llama_cpp.llama_sampler_init_top_k(p.top_k))
-        add(chain, llama_cpp.llama_sampler_init_top_p(top_p, 1))
-        add(chain, llama_cpp.llama_sampler_init_min_p(p.min_p, 1))
-        add(chain, llama_cpp.llama_sampler_init_temp(temperature))
-        seed = job.seed if job.seed is not None else 0xFFFFFFFF  # random seed
-        add(chain, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        return chain
 
     def _step_or_fail(self) -> None:
         """One step; an exception fails the requests of the step, not the loop."""
