@@ -309,14 +309,7 @@ class AgentWorker:
         ):
             return
         self._outputs.put_nowait(
-            [
-                Output(
-                    request_id,
-                    reply_to,
-                    error={"code": 500, "description": f"the agent failed: {error}"},
-                    final=True,
-                )
-            ]
+            [refusal(request_id, reply_to, 500, f"the agent failed: {error}")]
         )
 
     def handle_message(self, message: dict[str, Any]) -> None:
