@@ -16,57 +16,23 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
+from agents.engine import Engine
+from agents.jobs import EmbeddingJob, EngineProtocol, ModelLoadError, Output
+from agents.messages import job_from_request, output_batches, refusal
 from agents.model_source import ModelSourceError, resolve_model_path
-from agents.runtime import (
-    EmbeddingJob,
-    Engine,
-    Generation,
-    ModelLoadError,
-    Output,
-    SyntheticEngine,
-    grammar_to_gbnf,
-)
+from agents.status import AgentStatus, engine_issue
+from agents.synthetic import SyntheticEngine
 from balancer import keys
 from balancer.chat_template import ChatTemplateError, compile_template
 from balancer.desired_state import DesiredState, DesiredStateError
-from balancer.events import (
-    CompactToken,
-    OutputBatch,
-    OutputItem,
-    compact_item,
-    error_item,
-)
-from balancer.grammar_limits import GrammarTooComplex
 
 logger = logging.getLogger(__name__)
-
-# An engine loop that has not gone round for this long is stalled: one decode
-# step takes well under a second, a few seconds on an overloaded machine.
-ENGINE_STALL_S = 30.0
-
-
-@dataclass
-class Download:
-    current: int = 0
-    total: int = 0
-    filename: str | None = None
-    indeterminate: bool = False
-
-
-@dataclass
-class AgentStatus:
-    state_application_status: str = "Fresh"
-    issues: list[Any] = field(default_factory=list)
-    model_path: str | None = None
-    uses_chat_template_override: bool = False
-    download: Download = field(default_factory=Download)
 
 
 class AgentWorker:
@@ -89,7 +55,7 @@ class AgentWorker:
         # "synthetic" emits tokens without a model: for benchmarks only.
         self.backend = backend
         self.status = AgentStatus()
-        self.engine: Engine | SyntheticEngine | None = None
+        self.engine: EngineProtocol | None = None
         self._engine_thread: threading.Thread | None = None
         self._accepting = False
         self._applied_key: str | None = None
@@ -111,13 +77,37 @@ class AgentWorker:
         self._layer: BaseChannelLayer | None = None
         self.channel = ""
 
-    # ------------------------------------------------------------- lifetime
     def request_stop(self) -> None:
         """Thread- and signal-safe: ask the agent to drain and exit."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
 
     async def run(self) -> None:
+        """Serve until ``request_stop``: connect, take work, drain, leave."""
+        await self.connect()
+        assert self._redis is not None
+        tasks = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._receive_loop(), name="receive"),
+        ]
+        output_task = asyncio.create_task(self.output_loop(), name="output")
+        raw = await self._redis.get(keys.desired_state())
+        if raw is not None:
+            self._schedule_apply(json.loads(raw))
+        try:
+            await self._stop.wait()
+            await self.shutdown()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            # Everything the engine said before it stopped goes out first.
+            self._outputs.put_nowait(None)
+            await asyncio.gather(output_task, return_exceptions=True)
+            await self.disconnect()
+
+    async def connect(self) -> None:
+        """Open Redis and the channel layer, and join the agents group."""
         self._loop = asyncio.get_running_loop()
         self._redis = aioredis.Redis.from_url(
             settings.REDIS_URL, **settings.REDIS_OPTIONS
@@ -128,31 +118,17 @@ class AgentWorker:
         self.channel = await layer.new_channel("paddler.agent.")
         await layer.group_add(keys.AGENTS_GROUP, self.channel)
         logger.info("agent %s (%s) registered", self.name, self.agent_id)
-        tasks = [
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
-            asyncio.create_task(self._receive_loop(), name="receive"),
-        ]
-        output_task = asyncio.create_task(self._output_loop(), name="output")
-        raw = await self._redis.get(keys.desired_state())
-        if raw is not None:
-            self._schedule_apply(json.loads(raw))
-        try:
-            await self._stop.wait()
-            await self._shutdown()
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            # Everything the engine said before it stopped goes out first.
-            self._outputs.put_nowait(None)
-            await asyncio.gather(output_task, return_exceptions=True)
-            await self._deregister()
-            await self._redis.aclose()
 
-    async def _shutdown(self) -> None:
+    async def disconnect(self) -> None:
+        """Deregister and close Redis; the agent is gone from the registry."""
+        assert self._redis is not None
+        await self._deregister()
+        await self._redis.aclose()
+
+    async def shutdown(self) -> None:
         """Stop taking work, let in-flight requests finish, fail the rest."""
         self._accepting = False
-        await self._publish_status()
+        await self.publish_status()
         deadline = time.monotonic() + self.shutdown_grace_s
         while (
             self.engine is not None
@@ -179,29 +155,13 @@ class AgentWorker:
             except Exception:
                 logger.debug("could not leave the agents group", exc_info=True)
 
-    # --------------------------------------------------------------- status
     def engine_issue(self) -> dict[str, Any] | None:
-        """The watchdog: an issue when the engine loop has ended or stalled.
-
-        Requests sent to an agent whose loop is gone would wait for their
-        504; reporting zero slots sends them elsewhere (or to the buffer), and
-        the issue shows in the agents list why.
-        """
+        """The watchdog's issue with the running engine, if any (see
+        ``agents.status.engine_issue``); none while the agent takes no work."""
         engine, thread = self.engine, self._engine_thread
         if engine is None or thread is None or not self._accepting:
             return None
-        if not thread.is_alive():
-            failure = getattr(engine, "failure", None) or "it returned"
-            return {"EngineStopped": {"error": f"the engine loop ended: {failure}"}}
-        beat = getattr(engine, "beat", None)
-        if beat is not None and time.monotonic() - beat > ENGINE_STALL_S:
-            return {
-                "EngineStalled": {
-                    "error": f"the engine loop has not gone round for "
-                    f"{time.monotonic() - beat:.0f} s"
-                }
-            }
-        return None
+        return engine_issue(engine, thread)
 
     def snapshot(self) -> dict[str, Any]:
         engine_issue = self.engine_issue()
@@ -226,7 +186,7 @@ class AgentWorker:
             "uses_chat_template_override": self.status.uses_chat_template_override,
         }
 
-    async def _publish_status(self) -> None:
+    async def publish_status(self) -> None:
         assert self._redis is not None
         snapshot = self.snapshot()
         ttl = settings.PADDLER_AGENT_TTL_MS
@@ -245,7 +205,7 @@ class AgentWorker:
         backoff = 0.1
         while True:
             try:
-                await self._publish_status()
+                await self.publish_status()
                 if self._lost_redis:
                     # Redis came back (maybe empty): join the group again.
                     await self._rejoin()
@@ -321,7 +281,6 @@ class AgentWorker:
             await self._store_metadata(self.engine)
         logger.info("agent %s registered again after losing Redis", self.name)
 
-    # ------------------------------------------------------------- messages
     async def _receive_loop(self) -> None:
         assert self._layer is not None
         while True:
@@ -350,14 +309,7 @@ class AgentWorker:
         ):
             return
         self._outputs.put_nowait(
-            [
-                Output(
-                    request_id,
-                    reply_to,
-                    error={"code": 500, "description": f"the agent failed: {error}"},
-                    final=True,
-                )
-            ]
+            [refusal(request_id, reply_to, 500, f"the agent failed: {error}")]
         )
 
     def handle_message(self, message: dict[str, Any]) -> None:
@@ -374,95 +326,35 @@ class AgentWorker:
             self._schedule_apply(message["state"])
 
     def _handle_request(self, message: dict[str, Any]) -> None:
-        request_id = message["request_id"]
-        reply_to = message["reply_to"]
         if self.engine is None or not self._accepting:
             self._outputs.put_nowait(
                 [
-                    Output(
-                        request_id,
-                        reply_to,
-                        error={"code": 503, "description": "agent has no model loaded"},
-                        final=True,
+                    refusal(
+                        message["request_id"],
+                        message["reply_to"],
+                        503,
+                        "agent has no model loaded",
                     )
                 ]
             )
             return
-        params = message["params"]
-        if message["kind"] == "embeddings":
-            self.engine.submit_embeddings(
-                EmbeddingJob(
-                    request_id=request_id,
-                    destination=reply_to,
-                    documents=[(d["id"], d["content"]) for d in params["input_batch"]],
-                    normalization=params["normalization_method"],
-                )
-            )
-            self._mark_changed()
+        job = job_from_request(message, system_prompt=self._system_prompt)
+        if isinstance(job, Output):
+            self._outputs.put_nowait([job])
             return
-        job = Generation(
-            request_id=request_id,
-            destination=reply_to,
-            max_tokens=int(params.get("max_tokens", 256)),
-            temperature=params.get("temperature"),
-            top_p=params.get("top_p"),
-            seed=params.get("seed"),
-            stop=list(params.get("stop") or []),
-        )
-        grammar = params.get("grammar")
-        if grammar:
-            try:
-                job.grammar, job.grammar_root = grammar_to_gbnf(grammar)
-            except GrammarTooComplex as error:
-                # The web tier checks this too; the agent does not rely on it.
-                self._outputs.put_nowait(
-                    [
-                        Output(
-                            request_id,
-                            reply_to,
-                            error={"code": 400, "description": f"grammar: {error}"},
-                            final=True,
-                        )
-                    ]
-                )
-                return
-            except ValueError as error:
-                self._outputs.put_nowait(
-                    [
-                        Output(
-                            request_id,
-                            reply_to,
-                            response={
-                                "GeneratedToken": {"GrammarSyntaxError": str(error)}
-                            },
-                            final=True,
-                        )
-                    ]
-                )
-                return
-        if message["kind"] == "raw_prompt":
-            job.raw_prompt = params["raw_prompt"]
+        if isinstance(job, EmbeddingJob):
+            self.engine.submit_embeddings(job)
         else:
-            job.original_conversation = params["conversation_history"]
-            history = list(params["conversation_history"])
-            if self._system_prompt and not any(
-                m.get("role") == "system" for m in history
-            ):
-                history.insert(0, {"role": "system", "content": self._system_prompt})
-            job.conversation = history
-            job.add_generation_prompt = bool(params.get("add_generation_prompt", True))
-            job.enable_thinking = bool(params.get("enable_thinking", False))
-            job.tools = params.get("tools") or None
-        self.engine.submit(job)
+            self.engine.submit(job)
         self._mark_changed()
 
-    # --------------------------------------------------------------- output
     def _on_engine_output(self, outputs: list[Output]) -> None:
         """Called from the engine thread once per step."""
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._outputs.put_nowait, outputs)
 
-    async def _output_loop(self) -> None:
+    async def output_loop(self) -> None:
+        """Send the engine's output to Redis until the ``None`` sentinel."""
         finished = False
         while not finished:
             first = await self._outputs.get()
@@ -476,44 +368,23 @@ class AgentWorker:
                     finished = True
                     break
                 outputs.extend(more)
-            await self._send_outputs(outputs)
+            await self.send_outputs(outputs)
 
-    async def _send_outputs(self, outputs: list[Output]) -> None:
+    async def send_outputs(self, outputs: list[Output]) -> None:
+        """Push ``outputs`` to Redis, one batch per inbox.  Should Redis not
+        take them, their requests stop and end with an error at the next
+        delivery (see ``_lose``)."""
         assert self._redis is not None
-        by_destination: dict[str, list[OutputItem | CompactToken]] = {}
-        any_final = False
         lost = dict(self._undelivered)
-        for request_id, destination in lost.items():
-            # Output of these requests was lost: they end with an error
-            # instead of going on with a gap in their text.
-            by_destination.setdefault(destination, []).append(
-                error_item(
-                    request_id, 502, "Output was lost while Redis was unreachable"
-                )
-            )
-        for output in outputs:
-            if output.request_id in self._undelivered:
-                continue
-            any_final = any_final or output.final
-            by_destination.setdefault(output.destination, []).append(
-                compact_item(
-                    {
-                        "request_id": output.request_id,
-                        "response": output.response,
-                        "error": output.error,
-                        "final": output.final,
-                        "meta": output.meta,
-                    }
-                )
-            )
+        batches = output_batches(
+            outputs, agent_id=self.agent_id, agent_name=self.name, lost=lost
+        )
+        any_final = any(
+            output.final for output in outputs if output.request_id not in lost
+        )
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for destination, items in by_destination.items():
-                    batch: OutputBatch = {
-                        "agent_id": self.agent_id,
-                        "agent_name": self.name,
-                        "items": items,
-                    }
+                for destination, batch in batches.items():
                     pipe.rpush(destination, json.dumps(batch))
                     # A web process that died leaves no list behind for long.
                     pipe.expire(destination, 60)
@@ -540,9 +411,8 @@ class AgentWorker:
     async def _deliver_lost(self) -> None:
         """Tell the web tier about lost output as soon as Redis answers again."""
         if self._undelivered:
-            await self._send_outputs([])
+            await self.send_outputs([])
 
-    # -------------------------------------------------------- desired state
     def _schedule_apply(self, state: dict[str, Any]) -> None:
         self._latest_state = state
         asyncio.get_running_loop().create_task(self._apply_latest())
@@ -560,18 +430,69 @@ class AgentWorker:
                 self._mark_changed()
 
     async def apply_state(self, state_json: dict[str, Any]) -> None:
+        """Serve what ``state_json`` asks for; its issues go to the status."""
         fingerprint = json.dumps(state_json, sort_keys=True)
         # An engine whose loop ended is rebuilt even for the same state.
         healthy = self.engine is not None and self.engine_issue() is None
         if fingerprint == self._applied_key and healthy:
             return
+        checked = self._check_state(state_json)
+        if checked is None:
+            return
+        state, template = checked
+        self._system_prompt = state.default_system_prompt
+        loaded_with = (
+            state.model,
+            state.multimodal_projection,
+            state.inference_parameters,
+        )
+        if (
+            healthy
+            and self.engine is not None
+            and loaded_with == self._engine_loaded_with
+        ):
+            await self._change_template(self.engine, template, fingerprint)
+            return
+        await self._drain_engine()
+        self.status.model_path = None
+        self.status.uses_chat_template_override = template is not None
+        if self.backend == "synthetic":
+            self._start_engine(
+                SyntheticEngine(slots=self.slots, on_output=self._on_engine_output)
+            )
+            self._report_serving(fingerprint, loaded_with, issues=[])
+            return
+        if state.model.kind == "None":
+            self._applied_key = fingerprint
+            self._set_issues([], "Applied")
+            return
+        path = await self._resolve_model(state)
+        if path is None:
+            return
+        engine = await self._load_engine(path, state, template)
+        if engine is None:
+            return
+        self._start_engine(engine)
+        await asyncio.to_thread(engine.ready.wait)
+        await self._store_metadata(engine)
+        self.status.model_path = path
+        self._report_serving(
+            fingerprint, loaded_with, issues=self._template_issues(engine)
+        )
+        logger.info("agent %s serves %s with %d slots", self.name, path, self.slots)
+
+    def _check_state(
+        self, state_json: dict[str, Any]
+    ) -> tuple[DesiredState, str | None] | None:
+        """The desired state and the template override it sets, or None (and
+        the issue reported) when it cannot be applied."""
         try:
             state = DesiredState.from_json(state_json)
         except DesiredStateError as error:
             self._set_issues(
                 [{"DesiredStateIsInvalid": str(error)}], "AttemptedAndNotAppliable"
             )
-            return
+            return None
         template = (
             state.chat_template_override if state.use_chat_template_override else None
         )
@@ -590,63 +511,53 @@ class AgentWorker:
                     ],
                     "AttemptedAndNotAppliable",
                 )
-                return
-        self._system_prompt = state.default_system_prompt
-        loaded_with = (
-            state.model,
-            state.multimodal_projection,
-            state.inference_parameters,
-        )
-        if (
-            healthy
-            and self.engine is not None
-            and loaded_with == self._engine_loaded_with
-        ):
-            # Only the template or the system prompt changed: the model, its
-            # slots and their caches stay, and no request is drained.
-            self.engine.use_chat_template(template)
-            self.status.uses_chat_template_override = template is not None
-            await self._store_metadata(self.engine)
-            self._applied_key = fingerprint
-            self._set_issues(self._template_issues(self.engine), "Applied")
-            logger.info("agent %s applied a new template or system prompt", self.name)
-            return
-        # Stop taking work and drain what is in flight before swapping.
+                return None
+        return state, template
+
+    async def _change_template(
+        self, engine: EngineProtocol, template: str | None, fingerprint: str
+    ) -> None:
+        """Only the template or the system prompt changed: the model, its
+        slots and their caches stay, and no request is drained."""
+        engine.use_chat_template(template)
+        self.status.uses_chat_template_override = template is not None
+        await self._store_metadata(engine)
+        self._applied_key = fingerprint
+        self._set_issues(self._template_issues(engine), "Applied")
+        logger.info("agent %s applied a new template or system prompt", self.name)
+
+    async def _drain_engine(self) -> None:
+        """Stop taking work and let what is in flight finish, then stop the
+        engine, before swapping in another."""
         self._accepting = False
         self.status.state_application_status = "Fresh"
-        await self._publish_status()
+        await self.publish_status()
         while self.engine is not None and self.engine.slots_processing > 0:
             await asyncio.sleep(0.05)
         await self._stop_engine()
-        self.status.model_path = None
-        self.status.uses_chat_template_override = template is not None
-        if self.backend == "synthetic":
-            self._start_engine(
-                SyntheticEngine(slots=self.slots, on_output=self._on_engine_output)
-            )
-            self._applied_key = fingerprint
-            self._engine_loaded_with = loaded_with
-            self._accepting = True
-            self._set_issues([], "Applied")
-            return
-        if state.model.kind == "None":
-            self._applied_key = fingerprint
-            self._set_issues([], "Applied")
-            return
+
+    async def _resolve_model(self, state: DesiredState) -> str | None:
+        """The local path of the state's model (downloaded if need be), or None
+        (and the issue reported) when it cannot be had."""
         try:
-            path = await resolve_model_path(
+            return await resolve_model_path(
                 state.model, self.status.download, self._mark_changed
             )
         except ModelSourceError as error:
             self._set_issues([error.issue], "AttemptedAndNotAppliable")
-            return
-        parameters = state.inference_parameters
+            return None
+
+    async def _load_engine(
+        self, path: str, state: DesiredState, template: str | None
+    ) -> Engine | None:
+        """The model at ``path`` loaded into a new engine (not yet running), or
+        None (and the issue reported) when llama.cpp cannot load it."""
         try:
-            engine = await asyncio.to_thread(
+            return await asyncio.to_thread(
                 Engine,
                 model_path=path,
                 slots=self.slots,
-                parameters=parameters,
+                parameters=state.inference_parameters,
                 chat_template_override=template,
                 on_output=self._on_engine_output,
                 n_threads=self.n_threads,
@@ -656,23 +567,23 @@ class AgentWorker:
             self._set_issues(
                 [{"ModelCannotBeLoaded": str(error)}], "AttemptedAndNotAppliable"
             )
-            return
-        self._start_engine(engine)
-        await asyncio.to_thread(engine.ready.wait)
-        await self._store_metadata(engine)
-        self.status.model_path = path
+            return None
+
+    def _report_serving(
+        self, fingerprint: str, loaded_with: tuple[Any, ...], *, issues: list[Any]
+    ) -> None:
+        """The started engine takes work from now on."""
         self._applied_key = fingerprint
         self._engine_loaded_with = loaded_with
         self._accepting = True
-        self._set_issues(self._template_issues(engine), "Applied")
-        logger.info("agent %s serves %s with %d slots", self.name, path, self.slots)
+        self._set_issues(issues, "Applied")
 
-    def _template_issues(self, engine: Engine | SyntheticEngine) -> list[Any]:
+    def _template_issues(self, engine: EngineProtocol) -> list[Any]:
         if self.backend != "synthetic" and engine.chat_template is None:
             return ["UnableToFindChatTemplate"]
         return []
 
-    def _start_engine(self, engine: Engine | SyntheticEngine) -> None:
+    def _start_engine(self, engine: EngineProtocol) -> None:
         self.engine = engine
         self._engine_thread = threading.Thread(
             target=engine.run, name="paddler-engine", daemon=True
@@ -691,7 +602,7 @@ class AgentWorker:
             await asyncio.to_thread(thread.join)
         await asyncio.to_thread(engine.close)
 
-    async def _store_metadata(self, engine: Engine | SyntheticEngine) -> None:
+    async def _store_metadata(self, engine: EngineProtocol) -> None:
         assert self._redis is not None
         payload = {
             "metadata": engine.metadata,

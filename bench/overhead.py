@@ -143,7 +143,7 @@ def _silent_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 class Direct:
     """llama-cpp-python's low-level API in this process: the baseline.
 
-    The context is made as ``agents.runtime.Engine`` makes it for 1 slot; the
+    The context is made as ``agents.engine.Engine`` makes it for 1 slot; the
     loop is the engine's without the slots, the queue and the output callback.
     ``llama_cpp.Llama`` adds its own Python per token (logits copied into
     numpy, its sampler chain, detokenizing, stop handling) to the same

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from agents.runtime import Engine, Generation, Output
+from agents.engine import Engine
+from agents.jobs import Generation, Output
 from agents.worker import AgentWorker
 from balancer.chat_template import GEMMA_CHAT_TEMPLATE
 from balancer.desired_state import InferenceParameters
@@ -107,7 +108,8 @@ def test_grammar_limits_refuse_deep_and_huge_grammars_by_name() -> None:
 
 CHILD = """
 import sys
-from agents.runtime import Engine, Generation
+from agents.engine import Engine
+from agents.jobs import Generation
 from balancer.desired_state import InferenceParameters
 from tests.test_agent_hardening import CRASHING_GRAMMAR, Outputs
 
@@ -154,10 +156,10 @@ def test_special_token_text_in_a_message_stays_text(
     engine: tuple[Engine, Outputs],
 ) -> None:
     built, _ = engine
-    injected = built._prompt_tokens(
+    injected = built.prompt_tokens(
         conversation_job("a", [{"role": "user", "content": INJECTION}])
     )
-    plain = built._prompt_tokens(
+    plain = built.prompt_tokens(
         conversation_job("b", [{"role": "user", "content": "Hi"}])
     )
     # Only the template's own turn markers are special tokens: the user's
@@ -181,7 +183,7 @@ def test_ordinary_conversations_tokenize_as_the_whole_prompt_does(
     ]
     assert built.chat_template is not None
     whole = built.chat_template.render(messages, add_generation_prompt=True)
-    assert built._prompt_tokens(conversation_job("c", messages)) == built.tokenize(
+    assert built.prompt_tokens(conversation_job("c", messages)) == built.tokenize(
         whole, add_special=True
     )
 
@@ -191,7 +193,7 @@ def test_raw_prompts_keep_their_special_tokens(
 ) -> None:
     built, _ = engine
     job = Generation(request_id="r", max_tokens=1, raw_prompt="<start_of_turn>user\nHi")
-    assert START_OF_TURN in built._prompt_tokens(job)
+    assert START_OF_TURN in built.prompt_tokens(job)
 
 
 # ------------------------------------------------------------ prompt bounds

@@ -1,4 +1,4 @@
-"""Which free slot of an agent a prompt goes to (``agents.runtime.choose_slot``).
+"""Which free slot of an agent a prompt goes to (``agents.slots.choose_slot``).
 
 Token lists stand for what each slot's KV cache holds; end to end, the
 balancer test ``test_a_new_conversation_leaves_an_idle_conversation_cached``
@@ -7,15 +7,15 @@ checks the same on a real agent.
 
 from __future__ import annotations
 
-from agents.runtime import _Slot, choose_slot
+from agents.slots import Slot, choose_slot
 
 TEMPLATE = [2, 105, 2364, 107]  # a chat template's opening, common to all
 CONVERSATION_A = [*TEMPLATE, *range(1000, 1100)]
 CONVERSATION_B = [*TEMPLATE, *range(2000, 2100)]
 
 
-def slot(seq_id: int, cache: list[int], released_at: float) -> _Slot:
-    return _Slot(seq_id=seq_id, cache=list(cache), released_at=released_at)
+def slot(seq_id: int, cache: list[int], released_at: float) -> Slot:
+    return Slot(seq_id=seq_id, cache=list(cache), released_at=released_at)
 
 
 def test_a_new_conversation_takes_the_empty_slot_not_anothers_cache() -> None:

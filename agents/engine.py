@@ -1,0 +1,689 @@
+"""The llama.cpp engine of an agent: one model, one context, batched slots.
+
+Every slot is a llama.cpp sequence with its own KV cache and sampler chain.  One
+``llama_decode`` per step carries the next token of every generating slot plus
+prompt chunks of newly started ones (continuous batching), so a new request
+joins at the next step instead of waiting for the others to finish.
+
+The engine runs in a thread of its own (``run``); other threads talk to it
+through ``submit`` and ``cancel``, and it hands its output, once per step, to
+the ``on_output`` callback it was built with.  It knows nothing of Redis or
+Django.
+
+A request's prompt is made on the preparer's thread (``agents.prompting``),
+never on the decode thread.  No exception from one request ends either
+thread: it fails that request with an error item and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import llama_cpp
+
+from agents.embedder import Embedder
+from agents.jobs import (
+    EmbeddingJob,
+    Generation,
+    ModelLoadError,
+    Output,
+    error_output,
+    response_output,
+)
+from agents.prompting import PromptPreparer, prompt_tokens
+from agents.sampling import sampler_chain
+from agents.slots import Slot, choose_slot, common_prefix_length, split_on_stop
+from balancer.chat_template import ChatTemplate
+from balancer.desired_state import InferenceParameters
+from balancer.grammar_limits import GrammarTooComplex
+from balancer.routing import request_prefix, served_prefix
+
+logger = logging.getLogger(__name__)
+
+_CACHE_TYPES = {
+    "F32": 0,
+    "F16": 1,
+    "Q4_0": 2,
+    "Q4_1": 3,
+    "Q5_0": 6,
+    "Q5_1": 7,
+    "Q8_0": 8,
+    "IQ4_NL": 20,
+    "BF16": 30,
+}
+
+_backend_ready = False
+_backend_lock = threading.Lock()
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            llama_cpp.llama_log_set(_silent_log, ctypes.c_void_p(0))
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _silent_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # llama.cpp logs every tensor it loads; keep warnings and errors only.
+    if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+        logger.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+class Engine:
+    """A loaded model with ``slots`` batched sequences."""
+
+    def __init__(
+        self,
+        *,
+        model_path: str,
+        slots: int,
+        parameters: InferenceParameters,
+        chat_template_override: str | None,
+        on_output: Callable[[list[Output]], None],
+        n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
+    ) -> None:
+        _init_backend()
+        self.model_path = model_path
+        self.parameters = parameters
+        self.n_slots = slots
+        self._on_output = on_output
+        self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._waiting: list[Generation] = []
+        self._stopped = threading.Event()
+        # Set once the engine thread has warmed the model up.
+        self.ready = threading.Event()
+        threads = n_threads or os.cpu_count() or 1
+
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = (
+            parameters.n_gpu_layers if n_gpu_layers is None else n_gpu_layers
+        )
+        self._model = llama_cpp.llama_model_load_from_file(
+            model_path.encode(), model_params
+        )
+        if not self._model:
+            raise ModelLoadError(f"llama.cpp could not load {model_path}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.metadata = self._read_metadata()
+        self.context_per_slot = parameters.context_size
+
+        context_params = llama_cpp.llama_context_default_params()
+        context_params.n_ctx = parameters.context_size * slots
+        context_params.n_batch = parameters.n_batch
+        context_params.n_ubatch = min(parameters.n_batch, 512)
+        context_params.n_seq_max = slots
+        context_params.n_threads = threads
+        context_params.n_threads_batch = threads
+        context_params.type_k = _CACHE_TYPES[parameters.k_cache_dtype]
+        context_params.type_v = _CACHE_TYPES[parameters.v_cache_dtype]
+        # A full-size sliding-window cache keeps every position of a sequence,
+        # so a slot can reuse any prefix of what it holds (Gemma 3 uses SWA).
+        context_params.swa_full = True
+        context_params.no_perf = True
+        self._context = llama_cpp.llama_init_from_model(self._model, context_params)
+        if not self._context:
+            llama_cpp.llama_model_free(self._model)
+            raise ModelLoadError(
+                f"llama.cpp could not create a context of {context_params.n_ctx} "
+                f"tokens for {slots} slots"
+            )
+        self._memory = llama_cpp.llama_get_memory(self._context)
+        self._n_batch = parameters.n_batch
+        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        self._slots = [Slot(seq_id=index) for index in range(slots)]
+        self._piece = ctypes.create_string_buffer(256)
+        # No token covers more prompt text than the longest piece of the
+        # vocabulary, so a prompt longer than this cannot fit in a slot.
+        self.prompt_char_limit = self.context_per_slot * self._longest_piece()
+        # Jobs being rendered and tokenized, by request id (read by status
+        # reports on other threads; changed on the engine thread only).
+        self._preparing: dict[str, Generation] = {}
+        self._preparer = PromptPreparer(
+            prepare=self.prompt_tokens, on_prepared=self._on_prepared
+        )
+        # When the engine loop last went round (monotonic seconds), for the
+        # worker's watchdog; ``failure`` says why the loop ended, if it did.
+        self.beat = time.monotonic()
+        self.failure: str | None = None
+
+        self._embedder = (
+            Embedder(
+                model=self._model,
+                vocab=self._vocab,
+                parameters=parameters,
+                threads=threads,
+                on_output=on_output,
+                tokenize=self.tokenize,
+            )
+            if parameters.enable_embeddings
+            else None
+        )
+
+        self.chat_template: ChatTemplate | None = None
+        self.use_chat_template(chat_template_override)
+
+    def use_chat_template(self, override: str | None) -> None:
+        """Render conversations with ``override``, or the model's own template.
+
+        Safe while the engine runs: a request renders its prompt once, when it
+        is admitted, with whichever template is current then.
+        """
+        source = override if override else self.metadata.get("tokenizer.chat_template")
+        self.chat_template = (
+            None
+            if source is None
+            else ChatTemplate(
+                source=source,
+                bos_token=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
+                eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
+            )
+        )
+
+    def warm_up(self) -> None:
+        """Run one small decode, so the first request does not pay for the
+        backend's first-use work (buffer allocation, weight repacking).
+
+        Called by ``run``, on the engine's own thread: llama.cpp's CPU backend
+        keeps an OpenMP thread team per calling thread, and a second team
+        (from a decode on another thread) slowed generation by a third here.
+        """
+        bos = llama_cpp.llama_vocab_bos(self._vocab)
+        batch = self._batch
+        for index in range(min(8, self._n_batch)):
+            batch.token[index] = bos
+            batch.pos[index] = index
+            batch.n_seq_id[index] = 1
+            batch.seq_id[index][0] = 0
+            batch.logits[index] = index == 7
+        batch.n_tokens = min(8, self._n_batch)
+        llama_cpp.llama_decode(self._context, batch)
+        llama_cpp.llama_memory_seq_rm(self._memory, 0, 0, -1)
+
+    def submit(self, job: Generation) -> None:
+        self._commands.put(("submit", job))
+
+    def submit_embeddings(self, job: EmbeddingJob) -> None:
+        if self._embedder is None:
+            self._on_output(
+                [
+                    error_output(
+                        job,
+                        400,
+                        "embeddings are not enabled: set "
+                        "inference_parameters.enable_embeddings",
+                    )
+                ]
+            )
+            return
+        self._embedder.submit(job)
+
+    def cancel(self, request_id: str) -> None:
+        self._commands.put(("cancel", request_id))
+        if self._embedder is not None:
+            self._embedder.cancel(request_id)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._commands.put(("wake", None))
+        self._preparer.stop()
+        if self._embedder is not None:
+            self._embedder.stop()
+
+    @property
+    def slots_processing(self) -> int:
+        busy = sum(1 for slot in self._slots if slot.busy) + len(self._waiting)
+        busy += len(self._preparing)
+        return busy + (self._embedder.pending if self._embedder else 0)
+
+    def destinations(self) -> dict[str, Any]:
+        """Request id -> destination of everything in flight (any thread)."""
+        jobs = [slot.job for slot in self._slots] + list(self._waiting)
+        jobs += list(self._preparing.values())
+        return {job.request_id: job.destination for job in jobs if job is not None}
+
+    def slot_states(self) -> list[dict[str, Any]]:
+        """Per slot: busy or not, and the routing hashes of what it holds."""
+        return [
+            {"busy": slot.busy, "prefix": list(slot.prefix)} for slot in self._slots
+        ]
+
+    def close(self) -> None:
+        self._preparer.stop()
+        # Tokenizing is bounded and renders have a time budget, so this is
+        # short; should it not be, the model is leaked rather than freed under
+        # a thread still reading its vocabulary.
+        if not self._preparer.join(timeout=10):
+            logger.error("the preparer thread did not stop; model not freed")
+            return
+        for slot in self._slots:
+            self._free_sampler(slot)
+        if self._embedder is not None:
+            self._embedder.close()
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._context)
+        llama_cpp.llama_model_free(self._model)
+
+    def tokenize(
+        self, text: str, *, add_special: bool, parse_special: bool = True
+    ) -> list[int]:
+        """Tokens of ``text``; with ``parse_special`` false, special-token
+        strings in it (``<end_of_turn>``) are tokenized as plain text."""
+        return self._dedupe_bos(
+            self._tokenize(text, add_special=add_special, parse_special=parse_special)
+        )
+
+    def tokenize_segments(self, segments: list[tuple[str, bool]]) -> list[int]:
+        """Tokens of a rendered prompt cut into (text, from_a_message) pieces.
+
+        Pieces from messages are tokenized with special-token parsing off, the
+        template's own text with it on; the lists are concatenated.  Only the
+        first piece gets the BOS token.  Cutting at the pieces' edges gives
+        the same tokens as tokenizing the whole for the templates we know
+        (turn markers and newlines are tokens of their own), which the tests
+        check on the demo model.
+        """
+        tokens: list[int] = []
+        for index, (text, literal) in enumerate(segments):
+            tokens += self._tokenize(
+                text, add_special=index == 0, parse_special=not literal
+            )
+        return self._dedupe_bos(tokens)
+
+    def _tokenize(
+        self, text: str, *, add_special: bool, parse_special: bool
+    ) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        tokens = (llama_cpp.llama_token * capacity)()
+        count = llama_cpp.llama_tokenize(
+            self._vocab, data, len(data), tokens, capacity, add_special, parse_special
+        )
+        if count < 0:
+            capacity = -count
+            tokens = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(
+                self._vocab,
+                data,
+                len(data),
+                tokens,
+                capacity,
+                add_special,
+                parse_special,
+            )
+        return list(tokens[:count])
+
+    def _dedupe_bos(self, result: list[int]) -> list[int]:
+        bos = llama_cpp.llama_vocab_bos(self._vocab)
+        # A template that writes {{ bos_token }} itself must not get a second one.
+        if len(result) >= 2 and result[0] == bos and result[1] == bos:
+            result = result[1:]
+        return result
+
+    def run(self) -> None:
+        """Serve until ``stop``; then fail whatever is still in flight."""
+        self.warm_up()
+        self.ready.set()
+        if self._embedder is not None:
+            self._embedder.start()
+        self._preparer.start()
+        try:
+            while not self._stopped.is_set():
+                self.beat = time.monotonic()
+                idle = not any(slot.busy for slot in self._slots)
+                self._drain_commands(block=idle)
+                if self._stopped.is_set():
+                    break
+                self._admit_waiting()
+                if any(slot.busy for slot in self._slots):
+                    self._step_or_fail()
+        except BaseException as error:
+            # Not expected (each request's failures are caught below); the
+            # worker's watchdog sees ``failure`` and reports the agent down.
+            self.failure = f"{type(error).__name__}: {error}"
+            logger.exception("the engine loop ended")
+            raise
+        finally:
+            self._preparer.stop()
+            outputs: list[Output] = []
+            for slot in self._slots:
+                if slot.job is not None:
+                    outputs.append(
+                        error_output(slot.job, 503, "agent is shutting down")
+                    )
+                    self._release(slot, keep_cache=False)
+            for job in [*self._waiting, *self._preparing.values()]:
+                outputs.append(error_output(job, 503, "agent is shutting down"))
+            self._waiting.clear()
+            self._preparing.clear()
+            if outputs:
+                self._on_output(outputs)
+
+    def _drain_commands(self, *, block: bool) -> None:
+        try:
+            command = self._commands.get(timeout=0.5) if block else None
+        except queue.Empty:
+            return
+        while True:
+            if command is not None:
+                self._handle(*command)
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "submit":
+            self._preparing[payload.request_id] = payload
+            self._preparer.put(payload)
+        elif kind == "prepared":
+            job, prompt, failure = payload
+            # A job cancelled while it was prepared is no longer in
+            # ``_preparing``: its prompt is dropped.
+            if self._preparing.pop(job.request_id, None) is None:
+                return
+            if failure is not None:
+                self._on_output([failure])
+            else:
+                job.prompt = prompt
+                self._waiting.append(job)
+        elif kind == "cancel":
+            self._preparing.pop(payload, None)
+            self._waiting = [j for j in self._waiting if j.request_id != payload]
+            for slot in self._slots:
+                if slot.job is not None and slot.job.request_id == payload:
+                    self._release(slot, keep_cache=True)
+
+    def _on_prepared(
+        self, job: Generation, prompt: list[int], failure: Output | None
+    ) -> None:
+        """On the preparer's thread: hand the prompt to the engine's loop."""
+        self._commands.put(("prepared", (job, prompt, failure)))
+
+    def prompt_tokens(self, job: Generation) -> list[int]:
+        """The tokens of ``job``'s prompt, with the current chat template."""
+        return prompt_tokens(
+            job,
+            template=self.chat_template,
+            tokenizer=self,
+            context_per_slot=self.context_per_slot,
+            char_limit=self.prompt_char_limit,
+        )
+
+    def _admit_waiting(self) -> None:
+        outputs: list[Output] = []
+        while self._waiting:
+            free = [slot for slot in self._slots if not slot.busy]
+            if not free:
+                break
+            job = self._waiting.pop(0)
+            try:
+                failure = self._admit(job, free)
+            except Exception as error:  # one request must not end the loop
+                logger.exception("starting request %s failed", job.request_id)
+                failure = error_output(job, 500, f"the request failed: {error}")
+            if failure is not None:
+                outputs.append(failure)
+        if outputs:
+            self._on_output(outputs)
+
+    def _admit(self, job: Generation, free: list[Slot]) -> Output | None:
+        """Start ``job`` on one of the ``free`` slots, or say why it cannot."""
+        prompt = job.prompt
+        if not prompt:
+            return error_output(job, 400, "the prompt is empty")
+        if len(prompt) >= self.context_per_slot:
+            return error_output(
+                job,
+                400,
+                f"the prompt is {len(prompt)} tokens, but a slot's context "
+                f"holds {self.context_per_slot}",
+            )
+        slot = choose_slot(free, prompt)
+        try:
+            sampler = sampler_chain(
+                job,
+                prompt,
+                parameters=self.parameters,
+                vocab=self._vocab,
+                context_per_slot=self.context_per_slot,
+            )
+        except GrammarTooComplex as error:
+            return error_output(job, 400, f"grammar: {error}")
+        except ValueError as error:
+            return response_output(
+                job, {"GeneratedToken": {"GrammarSyntaxError": str(error)}}, True
+            )
+        self._start(slot, job, prompt, sampler)
+        return None
+
+    def _start(
+        self, slot: Slot, job: Generation, prompt: list[int], sampler: Any
+    ) -> None:
+        keep = common_prefix_length(slot.cache, prompt)
+        # At least one token must be evaluated to get logits for the first sample.
+        keep = min(keep, len(prompt) - 1)
+        if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+            keep = 0
+        slot.cache = prompt[:keep]
+        slot.pending = prompt[keep:]
+        slot.job = job
+        slot.sampler = sampler
+        slot.prompt_tokens = len(prompt)
+        slot.cached_tokens = keep
+        slot.generated = 0
+        slot.told_slot = False
+        slot.held_text = ""
+        slot.text = ""
+        slot.prefix = request_prefix(job.kind, job.prefix_params())
+        slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        slot.started_at = time.monotonic()
+
+    def _step_or_fail(self) -> None:
+        """One step; an exception fails the requests of the step, not the loop."""
+        try:
+            self._step()
+        except Exception as error:
+            logger.exception("a decode step failed")
+            outputs: list[Output] = []
+            for slot in self._slots:
+                if slot.job is not None:
+                    outputs.append(
+                        error_output(slot.job, 500, f"the decode step failed: {error}")
+                    )
+                    self._release(slot, keep_cache=False)
+            self._on_output(outputs)
+
+    def _step(self) -> None:
+        batch = self._batch
+        count = 0
+
+        def add(token: int, pos: int, seq_id: int, logits: bool) -> None:
+            nonlocal count
+            batch.token[count] = token
+            batch.pos[count] = pos
+            batch.n_seq_id[count] = 1
+            batch.seq_id[count][0] = seq_id
+            batch.logits[count] = logits
+            count += 1
+
+        for slot in self._slots:
+            slot.batch_index = -1
+            if slot.job is not None and not slot.pending:
+                slot.batch_index = count
+                add(slot.next_token, len(slot.cache), slot.seq_id, True)
+                slot.cache.append(slot.next_token)
+        for slot in self._slots:
+            if slot.job is None or not slot.pending or count >= self._n_batch:
+                continue
+            take = min(len(slot.pending), self._n_batch - count)
+            chunk, slot.pending = slot.pending[:take], slot.pending[take:]
+            for offset, token in enumerate(chunk):
+                last = not slot.pending and offset == take - 1
+                if last:
+                    slot.batch_index = count
+                add(token, len(slot.cache), slot.seq_id, last)
+                slot.cache.append(token)
+        batch.n_tokens = count
+        status = llama_cpp.llama_decode(self._context, batch)
+        outputs: list[Output] = []
+        if status != 0:
+            # The step's tokens are not in the cache: fail every request of it.
+            for slot in self._slots:
+                if slot.job is not None:
+                    outputs.append(
+                        error_output(slot.job, 500, f"llama_decode failed ({status})")
+                    )
+                    self._release(slot, keep_cache=False)
+            self._on_output(outputs)
+            return
+        for slot in self._slots:
+            if slot.job is None:
+                continue
+            if slot.batch_index >= 0:
+                self._sample(slot, outputs)
+            elif slot.pending:
+                # A long prompt takes several steps before its first token:
+                # tell the web tier the request is alive (it is not forwarded).
+                outputs.append(
+                    Output(
+                        slot.job.request_id,
+                        slot.job.destination,
+                        meta={"evaluated_prompt_tokens": len(slot.cache)},
+                    )
+                )
+        if outputs:
+            self._on_output(outputs)
+
+    def _sample(self, slot: Slot, outputs: list[Output]) -> None:
+        job, decoder = slot.job, slot.decoder
+        assert job is not None and decoder is not None
+        token = llama_cpp.llama_sampler_sample(
+            slot.sampler, self._context, slot.batch_index
+        )
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._finish(slot, outputs)
+            return
+        slot.generated += 1
+        slot.next_token = token
+        text = slot.held_text + decoder.decode(self._piece_bytes(token))
+        sendable, slot.held_text, stopped = split_on_stop(text, job.stop)
+        if sendable:
+            slot.text += sendable
+            output = response_output(
+                job, {"GeneratedToken": {"ContentToken": sendable}}
+            )
+            if not slot.told_slot:
+                # The web tier logs the slot even if the request is cancelled.
+                output.meta = {"slot": slot.seq_id}
+                slot.told_slot = True
+            outputs.append(output)
+        if (
+            stopped
+            or slot.generated >= job.max_tokens
+            # The next token would not fit in the slot's context.
+            or len(slot.cache) + 1 >= self.context_per_slot
+        ):
+            if stopped:
+                slot.held_text = ""
+            self._finish(slot, outputs)
+
+    def _finish(self, slot: Slot, outputs: list[Output]) -> None:
+        job, decoder = slot.job, slot.decoder
+        assert job is not None and decoder is not None
+        rest = slot.held_text + decoder.decode(b"", final=True)
+        if rest:
+            slot.text += rest
+            outputs.append(
+                response_output(job, {"GeneratedToken": {"ContentToken": rest}})
+            )
+        usage = {
+            "prompt_tokens": slot.prompt_tokens,
+            "cached_prompt_tokens": slot.cached_tokens,
+            "input_image_tokens": 0,
+            "input_audio_tokens": 0,
+            "content_tokens": slot.generated,
+            "reasoning_tokens": 0,
+            "tool_call_tokens": 0,
+            "undeterminable_tokens": 0,
+        }
+        done = response_output(
+            job, {"GeneratedToken": {"Done": {"usage": usage}}}, True
+        )
+        done.meta = {"slot": slot.seq_id}
+        outputs.append(done)
+        slot.prefix = served_prefix(job.kind, job.prefix_params(), slot.text)
+        self._release(slot, keep_cache=True)
+
+    def _release(self, slot: Slot, *, keep_cache: bool) -> None:
+        if not keep_cache or slot.pending:
+            # A half-evaluated prompt leaves the cache in an unknown state.
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+            slot.cache = []
+            slot.prefix = []
+        slot.pending = []
+        slot.job = None
+        slot.released_at = time.monotonic()
+        self._free_sampler(slot)
+
+    def _free_sampler(self, slot: Slot) -> None:
+        if slot.sampler is not None:
+            llama_cpp.llama_sampler_free(slot.sampler)
+            slot.sampler = None
+
+    def _piece_bytes(self, token: int) -> bytes:
+        size = llama_cpp.llama_token_to_piece(
+            self._vocab, token, self._piece, len(self._piece), 0, False
+        )
+        if size < 0:
+            buffer = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(
+                self._vocab, token, buffer, -size, 0, False
+            )
+            return buffer.raw[:size]
+        return self._piece.raw[:size]
+
+    def _longest_piece(self) -> int:
+        longest = 1
+        for token in range(llama_cpp.llama_vocab_n_tokens(self._vocab)):
+            size = llama_cpp.llama_token_to_piece(
+                self._vocab, token, self._piece, len(self._piece), 0, True
+            )
+            longest = max(longest, abs(size))
+        return longest
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        size = llama_cpp.llama_token_to_piece(
+            self._vocab, token, self._piece, len(self._piece), 0, True
+        )
+        return self._piece.raw[: max(size, 0)].decode("utf-8", "replace")
+
+    def _read_metadata(self) -> dict[str, str]:
+        metadata: dict[str, str] = {}
+        buffer = ctypes.create_string_buffer(1 << 20)
+        for index in range(llama_cpp.llama_model_meta_count(self._model)):
+            size = llama_cpp.llama_model_meta_key_by_index(
+                self._model, index, buffer, len(buffer)
+            )
+            key = buffer.raw[: max(size, 0)].decode("utf-8", "replace")
+            size = llama_cpp.llama_model_meta_val_str_by_index(
+                self._model, index, buffer, len(buffer)
+            )
+            metadata[key] = buffer.raw[: max(min(size, len(buffer) - 1), 0)].decode(
+                "utf-8", "replace"
+            )
+        return metadata

@@ -1,0 +1,134 @@
+"""What an agent's engine is asked to do, what it answers, and the engine
+contract the worker relies on.
+
+Both engines (the llama.cpp one in ``agents.engine`` and the synthetic one in
+``agents.synthetic``) satisfy ``EngineProtocol``: the worker holds either
+through it and never asks which one it has.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from balancer.chat_template import ChatTemplate
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+@dataclass
+class Generation:
+    """What a client asked an agent to generate."""
+
+    request_id: str
+    max_tokens: int
+    raw_prompt: str | None = None
+    conversation: list[dict[str, Any]] | None = None
+    add_generation_prompt: bool = True
+    enable_thinking: bool = False
+    tools: list[dict[str, Any]] | None = None
+    grammar: str | None = None
+    grammar_root: str = "root"
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    # Opaque to the engine: handed back with every output item.
+    destination: Any = None
+    # The conversation as the client sent it (before a default system prompt
+    # was put first): routing hashes are computed on this on both sides.
+    original_conversation: list[dict[str, Any]] | None = None
+    # Its tokens, once the preparer thread has made them.
+    prompt: list[int] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return "raw_prompt" if self.raw_prompt is not None else "conversation"
+
+    def prefix_params(self) -> dict[str, Any]:
+        if self.raw_prompt is not None:
+            return {"raw_prompt": self.raw_prompt}
+        return {"conversation_history": self.original_conversation or []}
+
+
+@dataclass
+class EmbeddingJob:
+    """Documents to embed: ``documents`` is a list of (id, text) pairs."""
+
+    request_id: str
+    documents: list[tuple[str, str]]
+    # "L2", "None", or {"RmsNorm": {"epsilon": float}}
+    normalization: Any = "None"
+    destination: Any = None
+
+
+@dataclass
+class Output:
+    """One item of a request's output: a Paddler response payload or an error."""
+
+    request_id: str
+    destination: Any
+    response: dict[str, Any] | str | None = None
+    error: dict[str, Any] | None = None
+    final: bool = False
+    # For the web tier only (never sent to clients): which slot served it.
+    meta: dict[str, Any] | None = None
+
+
+def error_output(job: Generation | EmbeddingJob, code: int, description: str) -> Output:
+    """The last item of a request that failed."""
+    return Output(
+        job.request_id,
+        job.destination,
+        error={"code": code, "description": description},
+        final=True,
+    )
+
+
+def response_output(
+    job: Generation | EmbeddingJob, response: dict[str, Any], final: bool = False
+) -> Output:
+    return Output(job.request_id, job.destination, response=response, final=final)
+
+
+class EngineProtocol(Protocol):
+    """What the worker needs of an engine, whichever backend it is.
+
+    ``run`` is the engine's loop, on a thread the worker starts; every other
+    method is safe to call from other threads while it runs.  Output goes to
+    the ``on_output`` callback the engine was built with.
+    """
+
+    n_slots: int
+    metadata: dict[str, str]
+    chat_template: ChatTemplate | None
+    # Set once the engine can take requests.
+    ready: threading.Event
+    # When the engine loop last went round (monotonic seconds), for the
+    # worker's watchdog; ``failure`` says why the loop ended, if it did.
+    beat: float
+    failure: str | None
+
+    def run(self) -> None: ...
+
+    def submit(self, job: Generation) -> None: ...
+
+    def submit_embeddings(self, job: EmbeddingJob) -> None: ...
+
+    def cancel(self, request_id: str) -> None: ...
+
+    def use_chat_template(self, override: str | None) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def slots_processing(self) -> int: ...
+
+    def destinations(self) -> dict[str, Any]: ...
+
+    def slot_states(self) -> list[dict[str, Any]]: ...

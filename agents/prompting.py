@@ -1,0 +1,147 @@
+"""A request's prompt as tokens: rendered and tokenized off the decode thread.
+
+llama.cpp's tokenizer takes seconds on long text full of special-token
+strings, and every other slot's next token would wait for it on the decode
+thread; so prompts are made on a thread of their own (``PromptPreparer``),
+after being bounded in characters and messages against the slot's context.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from agents.jobs import Generation, Output, error_output, response_output
+from balancer.chat_template import ChatTemplate, ChatTemplateError, message_text
+
+logger = logging.getLogger(__name__)
+
+
+class PromptTooLarge(Exception):
+    """A prompt that cannot fit in a slot, found before tokenizing it."""
+
+
+class Tokenizer(Protocol):
+    def tokenize(
+        self, text: str, *, add_special: bool, parse_special: bool = True
+    ) -> list[int]: ...
+
+    def tokenize_segments(self, segments: list[tuple[str, bool]]) -> list[int]: ...
+
+
+def prompt_tokens(
+    job: Generation,
+    *,
+    template: ChatTemplate | None,
+    tokenizer: Tokenizer,
+    context_per_slot: int,
+    char_limit: int,
+) -> list[int]:
+    """The prompt's tokens, refused before tokenizing when it is too long
+    to fit (the tokenizer's time grows with the text, faster than
+    linearly for text full of special-token strings)."""
+    if job.raw_prompt is not None:
+        if len(job.raw_prompt) > char_limit:
+            raise PromptTooLarge(
+                f"the prompt is {len(job.raw_prompt)} characters; a slot's "
+                f"context of {context_per_slot} tokens holds at most "
+                f"{char_limit}"
+            )
+        # A raw prompt is written by the caller, template and all: its
+        # special-token strings are meant as special tokens.
+        return tokenizer.tokenize(job.raw_prompt, add_special=True)
+    if template is None:
+        raise ChatTemplateError("the model has no chat template and no override is set")
+    conversation = job.conversation or []
+    if len(conversation) > context_per_slot:
+        raise PromptTooLarge(
+            f"the conversation has {len(conversation)} messages; a slot's "
+            f"context holds {context_per_slot} tokens"
+        )
+    messages = [
+        {**message, "content": message_text(message.get("content", ""))}
+        for message in conversation
+    ]
+    size = sum(len(message["content"]) for message in messages)
+    if size > char_limit:
+        raise PromptTooLarge(
+            f"the conversation is {size} characters; a slot's context of "
+            f"{context_per_slot} tokens holds at most {char_limit}"
+        )
+    try:
+        segments = template.render_segments(
+            messages,
+            add_generation_prompt=job.add_generation_prompt,
+            tools=job.tools,
+            enable_thinking=job.enable_thinking,
+            max_chars=char_limit,
+        )
+    except ChatTemplateError as error:
+        if "would exceed" in str(error):
+            raise PromptTooLarge(
+                f"the rendered prompt exceeds {char_limit} characters, more than a "
+                f"slot's context of {context_per_slot} tokens holds"
+            ) from None
+        raise
+    return tokenizer.tokenize_segments(segments)
+
+
+class PromptPreparer:
+    """Makes the prompts of submitted jobs, one at a time, on its own thread.
+
+    Each job ends in one call of ``on_prepared(job, tokens, failure)``, on
+    the preparer's thread: ``failure`` is the request's last output item when
+    its prompt could not be made (and ``tokens`` is then empty).  No
+    exception from one request ends the thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        prepare: Callable[[Generation], list[int]],
+        on_prepared: Callable[[Generation, list[int], Output | None], None],
+    ) -> None:
+        self._prepare = prepare
+        self._on_prepared = on_prepared
+        self._jobs: queue.Queue[Generation | None] = queue.Queue()
+        self._thread = threading.Thread(
+            target=self._run, name="paddler-preparer", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, job: Generation) -> None:
+        self._jobs.put(job)
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def join(self, timeout: float) -> bool:
+        """Whether the thread has ended, waiting up to ``timeout`` for it."""
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout)
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            prompt: list[int] = []
+            failure: Output | None = None
+            try:
+                prompt = self._prepare(job)
+            except ChatTemplateError as error:
+                failure = response_output(
+                    job, {"GeneratedToken": {"ChatTemplateError": str(error)}}, True
+                )
+            except PromptTooLarge as error:
+                failure = error_output(job, 413, str(error))
+            except Exception as error:  # one request must not end the thread
+                logger.exception("preparing request %s failed", job.request_id)
+                failure = error_output(job, 500, f"the prompt failed: {error}")
+            self._on_prepared(job, prompt, failure)
