@@ -139,6 +139,17 @@ def error_item(request_id: str, code: int, description: str) -> OutputItem:
     }
 
 
+def content_token_item(request_id: str, text: str) -> OutputItem:
+    """A piece of a generation's answer, the bulk of all output."""
+    return {
+        "request_id": request_id,
+        "response": {"GeneratedToken": {"ContentToken": text}},
+        "error": None,
+        "final": False,
+        "meta": None,
+    }
+
+
 def embedding_done_item(request_id: str) -> OutputItem:
     """The final item of an embedding request whose documents all came."""
     return {

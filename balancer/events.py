@@ -15,6 +15,7 @@ from balancer.contract import (
     OutputItem,
     RequestKind,
     RequestParams,
+    content_token_item,
     content_token_text,
     error_item,
 )
@@ -74,11 +75,5 @@ def compact_item(item: OutputItem) -> OutputItem | CompactToken:
 
 def expand_item(raw: OutputItem | CompactToken) -> OutputItem:
     if isinstance(raw, list):
-        return {
-            "request_id": raw[0],
-            "response": {"GeneratedToken": {"ContentToken": raw[1]}},
-            "error": None,
-            "final": False,
-            "meta": None,
-        }
+        return content_token_item(raw[0], raw[1])
     return raw

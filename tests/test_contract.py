@@ -13,6 +13,7 @@ from balancer.contract import (
     OutputItem,
     Token,
     Unreadable,
+    content_token_item,
     content_token_text,
     embedding_done_item,
     error_item,
@@ -79,6 +80,7 @@ def test_openai_sampling_overrides_come_after_the_shared_keys() -> None:
 
 def test_generation_items_are_read_as_tokens_done_or_failures() -> None:
     token = item({"GeneratedToken": {"ContentToken": "hi"}})
+    assert content_token_item("r", "hi") == token
     assert read_output(token) == Token("ContentToken", "hi")
     assert content_token_text(token) == "hi"
     reasoning = item({"GeneratedToken": {"ReasoningToken": "hm"}})
