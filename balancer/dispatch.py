@@ -20,7 +20,6 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Collection
-from typing import Any
 
 import redis.asyncio as aioredis
 from channels.layers import get_channel_layer
@@ -29,13 +28,16 @@ from redis.exceptions import RedisError
 
 from balancer import background, fanout, keys, metrics, registry, request_log
 from balancer.background import CLAIM_LEASE_MS
-from balancer.desired_state import InferenceParameters
-from balancer.events import (
-    InferenceCancelEvent,
-    InferenceRequestEvent,
+from balancer.contract import (
+    EmbeddingDocument,
+    EmbeddingParams,
     OutputItem,
+    RequestKind,
+    RequestParams,
     error_item,
 )
+from balancer.desired_state import InferenceParameters
+from balancer.events import InferenceCancelEvent, InferenceRequestEvent
 from balancer.prompt_limits import PromptTooLarge, check_prompt_bounds
 from balancer.routing import Candidate, Decision, decide, request_prefix
 from balancer.stream import InferenceFailure, Stream, redis_failure
@@ -128,8 +130,8 @@ class Dispatcher:
 
     async def open_stream(
         self,
-        kind: str,
-        params: dict[str, Any],
+        kind: RequestKind,
+        params: RequestParams,
         *,
         parent_id: str | None = None,
         avoid: Callable[[], Collection[str]] | None = None,
@@ -154,10 +156,12 @@ class Dispatcher:
             raise
         return stream
 
-    async def _check_prompt_size(self, kind: str, params: dict[str, Any]) -> None:
+    async def _check_prompt_size(
+        self, kind: RequestKind, params: RequestParams
+    ) -> None:
         """413 for a prompt that cannot fit in the desired state's context,
         before it takes a slot or an agent spends time tokenizing it."""
-        if kind not in ("raw_prompt", "conversation"):
+        if kind == "embeddings":
             return
         raw = await self.redis.get(keys.desired_state())
         parameters = json.loads(raw).get("inference_parameters") if raw else None
@@ -167,11 +171,11 @@ class Dispatcher:
         if not isinstance(context_size, int) or context_size < 1:
             context_size = InferenceParameters.context_size
         try:
-            check_prompt_bounds(kind, params, context_size=context_size)
+            check_prompt_bounds(params, context_size=context_size)
         except PromptTooLarge as error:
             raise InferenceFailure(413, str(error)) from None
 
-    async def open_embedding_batch(self, params: dict[str, Any]) -> fanout.FanOut:
+    async def open_embedding_batch(self, params: EmbeddingParams) -> fanout.FanOut:
         """Split the batch into chunks that agents embed in parallel, each a
         request of its own, and merge their outputs (see ``fanout``).
 
@@ -180,7 +184,7 @@ class Dispatcher:
         chunk that cannot be placed waits for another chunk of its batch to
         end, or, with none running, ends the merged stream with its error.
         """
-        documents: list[fanout.Document] = params["input_batch"]
+        documents = params["input_batch"]
         try:
             fleet = await self.agents()
         except RedisError as error:
@@ -194,13 +198,19 @@ class Dispatcher:
         first, *rest = fanout.split_batch(documents, size)
         batch_id = uuid.uuid4().hex
 
+        def chunk_params(chunk: list[EmbeddingDocument]) -> EmbeddingParams:
+            return {
+                "input_batch": chunk,
+                "normalization_method": params["normalization_method"],
+            }
+
         async def open_chunk(
-            chunk: list[fanout.Document], avoid: Callable[[], Collection[str]]
+            chunk: list[EmbeddingDocument], avoid: Callable[[], Collection[str]]
         ) -> Stream | OutputItem:
             try:
                 return await self.open_stream(
                     "embeddings",
-                    {**params, "input_batch": chunk},
+                    chunk_params(chunk),
                     parent_id=batch_id,
                     avoid=avoid,
                 )
@@ -208,7 +218,7 @@ class Dispatcher:
                 return error_item(batch_id, failure.code, failure.description)
 
         opened = await self.open_stream(
-            "embeddings", {**params, "input_batch": first}, parent_id=batch_id
+            "embeddings", chunk_params(first), parent_id=batch_id
         )
         return fanout.FanOut(
             batch_id,

@@ -22,9 +22,17 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from balancer.events import OutputItem, error_item
+from balancer.contract import (
+    EmbeddingDocument,
+    EmbeddingDone,
+    OutputItem,
+    Usage,
+    embedding_done_item,
+    error_item,
+    read_output,
+)
 
-Document = dict[str, Any]
+Document = EmbeddingDocument
 
 
 def chunk_size(documents: int, *, largest: int, agents: int) -> int:
@@ -44,7 +52,7 @@ class ChunkStream(Protocol):
     request_id: str
     agent_id: str
     agent_name: str
-    usage: dict[str, Any]
+    usage: Usage
 
     def batches(self) -> AsyncGenerator[list[OutputItem]]: ...
 
@@ -62,8 +70,7 @@ OpenChunk = Callable[
 
 
 def _is_done(item: OutputItem) -> bool:
-    response = item["response"]
-    return isinstance(response, dict) and response.get("Embedding") == "Done"
+    return isinstance(read_output(item), EmbeddingDone)
 
 
 @dataclass(eq=False)
@@ -187,14 +194,7 @@ class FanOut:
                         yield name, relayed
                     if not ended:
                         self._read(chunk)
-            done_item: OutputItem = {
-                "request_id": self.request_id,
-                "response": {"Embedding": "Done"},
-                "error": None,
-                "final": True,
-                "meta": None,
-            }
-            yield last_agent, [done_item]
+            yield last_agent, [embedding_done_item(self.request_id)]
         finally:
             await self.close()
 

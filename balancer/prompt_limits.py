@@ -7,9 +7,8 @@ and messages alone, before the request takes a slot.
 
 from __future__ import annotations
 
-from typing import Any
-
 from balancer.chat_template import message_text
+from balancer.contract import RequestParams
 
 # A token is at most this many characters of prompt text in the vocabularies
 # we know (the demo model's longest piece is 48 bytes): a prompt longer than
@@ -27,9 +26,7 @@ class PromptTooLarge(ValueError):
         self.message = message
 
 
-def check_prompt_bounds(
-    kind: str, params: dict[str, Any], *, context_size: int
-) -> None:
+def check_prompt_bounds(params: RequestParams, *, context_size: int) -> None:
     """Refuse a prompt that cannot fit in ``context_size`` tokens, untokenized.
 
     Tokenizing is the expensive part (llama.cpp's tokenizer is slow on text
@@ -38,7 +35,7 @@ def check_prompt_bounds(
     ``CHARS_PER_TOKEN_BOUND`` characters.
     """
     max_chars = context_size * CHARS_PER_TOKEN_BOUND
-    if kind == "raw_prompt":
+    if "raw_prompt" in params:
         size = len(params["raw_prompt"])
         if size > max_chars:
             raise PromptTooLarge(
@@ -47,8 +44,8 @@ def check_prompt_bounds(
                 f"holds at most {max_chars}",
             )
         return
-    if kind != "conversation":
-        return
+    if "conversation_history" not in params:
+        return  # embeddings: each document is bounded on the agent
     history = params["conversation_history"]
     if len(history) > context_size:
         raise PromptTooLarge(

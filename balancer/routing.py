@@ -15,6 +15,7 @@ slot, so the order returned here is a preference, and the claim the authority.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,12 @@ def text_prefix(text: str) -> list[str]:
     return hashes
 
 
-def request_prefix(kind: str, params: dict[str, Any]) -> list[str]:
+# Both tiers hash prompts alike: the web tier with a request's params, the
+# agent with the prompt part of its job (a plain dict, and ``kind`` a plain
+# string, until the agent's side reads the contract's types too).
+
+
+def request_prefix(kind: str, params: Mapping[str, Any]) -> list[str]:
     if kind == "conversation":
         return conversation_prefix(params.get("conversation_history", []))
     if kind == "raw_prompt":
@@ -64,7 +70,7 @@ def request_prefix(kind: str, params: dict[str, Any]) -> list[str]:
     return []
 
 
-def served_prefix(kind: str, params: dict[str, Any], generated: str) -> list[str]:
+def served_prefix(kind: str, params: Mapping[str, Any], generated: str) -> list[str]:
     """What a slot holds after serving a request: the prompt and its answer."""
     if kind == "conversation":
         history = list(params.get("conversation_history", []))

@@ -12,13 +12,23 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from redis.exceptions import RedisError
 
 from balancer import registry
-from balancer.events import OutputItem, error_item
+from balancer.contract import (
+    Done,
+    Failure,
+    OutputItem,
+    RequestKind,
+    RequestParams,
+    Usage,
+    error_item,
+    outcome_of,
+    read_output,
+)
 from balancer.request_log import RequestRecord
 from balancer.routing import Decision
 
@@ -47,27 +57,13 @@ def redis_failure(error: RedisError) -> InferenceFailure:
     return InferenceFailure(503, "The balancer cannot reach Redis")
 
 
-def outcome_of(item: OutputItem) -> str:
-    """How a request ended, from its final item: done, a status, or a variant."""
-    if item["error"] is not None:
-        return str(item["error"].get("code", "error"))
-    response = item["response"]
-    if isinstance(response, dict):
-        generated = response.get("GeneratedToken")
-        if isinstance(generated, dict):
-            return "done" if "Done" in generated else next(iter(generated), "error")
-        if response.get("Embedding") == "Done":
-            return "done"
-    return "error"
-
-
 @dataclass
 class Stream:
     """The output of one request, on the agent that serves it."""
 
     request_id: str
-    kind: str
-    params: dict[str, Any]
+    kind: RequestKind
+    params: RequestParams
     dispatcher: Dispatcher
     agent_id: str = ""
     agent_name: str = ""
@@ -82,7 +78,7 @@ class Stream:
     first_item_at: float = 0.0
     ended_at: float = 0.0
     slot: int | None = None
-    usage: dict[str, Any] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
     # Whether the consumer is waiting for output now, and when it last did:
     # a stream nobody reads any more is abandoned (see Dispatcher._reap).
     reading: bool = False
@@ -187,13 +183,10 @@ class Stream:
 
     def _refused_before_start(self, item: OutputItem) -> bool:
         """The agent turned the request away (no model, shutting down)."""
-        error = item["error"]
-        return (
-            self.received == 0
-            and not self.retried
-            and error is not None
-            and error.get("code") == 503
-        )
+        if self.received or self.retried or item["error"] is None:
+            return False
+        refusal = read_output(item)
+        return isinstance(refusal, Failure) and refusal.code == 503
 
     async def _move_or_fail(self, description: str | None) -> OutputItem | None:
         """Move to another agent if nothing was sent yet; else a 502 item."""
@@ -226,11 +219,9 @@ class Stream:
             self.finished = True
             self.ended_at = now
             self.outcome = outcome_of(item)
-            response = item["response"]
-            if isinstance(response, dict):
-                done = response.get("GeneratedToken", {})
-                if isinstance(done, dict) and "Done" in done:
-                    self.usage = done["Done"].get("usage", {})
+            output = read_output(item)
+            if isinstance(output, Done):
+                self.usage = output.usage
 
     def end_with(self, code: int, description: str) -> OutputItem:
         item = error_item(self.request_id, code, description)

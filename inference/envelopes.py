@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from balancer.events import OutputItem
+from balancer.contract import OutputItem, content_token_text
 
 
 def paddler_envelope(
@@ -42,17 +42,13 @@ def error_envelope(request_id: str, code: int, description: str) -> dict[str, An
 
 
 def ndjson_line(item: OutputItem, agent_name: str) -> str:
-    response = item["response"]
-    if item["error"] is None and isinstance(response, dict):
-        generated = response.get("GeneratedToken")
-        if isinstance(generated, dict) and len(generated) == 1:
-            text = generated.get("ContentToken")
-            if isinstance(text, str):
-                # The hot path, one line per token: only the text needs encoding.
-                return (
-                    f'{{"Response": {{"generated_by": {json.dumps(agent_name)}, '
-                    f'"request_id": "{item["request_id"]}", "response": '
-                    f'{{"GeneratedToken": {{"ContentToken": {json.dumps(text)}'
-                    "}}}}\n"
-                )
+    text = content_token_text(item)
+    if text is not None:
+        # The hot path, one line per token: only the text needs encoding.
+        return (
+            f'{{"Response": {{"generated_by": {json.dumps(agent_name)}, '
+            f'"request_id": "{item["request_id"]}", "response": '
+            f'{{"GeneratedToken": {{"ContentToken": {json.dumps(text)}'
+            "}}}}\n"
+        )
     return json.dumps(paddler_envelope(item, agent_name)) + "\n"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from balancer import request_json
+from balancer.contract import GenerationKind, GenerationParams
 from inference.validation import (
     InvalidRequest,
     validate_conversation,
@@ -23,7 +24,9 @@ from inference.validation import (
 )
 
 # Request variant -> (dispatcher kind, validation of its parameters).
-REQUEST_VARIANTS: dict[str, tuple[str, Callable[[Any], dict[str, Any]]]] = {
+REQUEST_VARIANTS: dict[
+    str, tuple[GenerationKind, Callable[[Any], GenerationParams]]
+] = {
     "ContinueFromConversationHistory": ("conversation", validate_conversation),
     "ContinueFromRawPrompt": ("raw_prompt", validate_raw_prompt),
 }
@@ -37,8 +40,8 @@ _ID_HINT = re.compile(r'"id"\s*:\s*"((?:[^"\\]|\\.){1,200})"')
 @dataclass(frozen=True)
 class SocketRequest:
     id: str
-    kind: str
-    params: dict[str, Any]
+    kind: GenerationKind
+    params: GenerationParams
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from balancer.contract import (
+    ConversationParams,
+    EmbeddingDocument,
+    EmbeddingParams,
+    Grammar,
+    Message,
+    Normalization,
+    RawPromptParams,
+    Tool,
+)
 from balancer.grammar_limits import (
     GrammarTooComplex,
     check_gbnf,
@@ -44,7 +54,7 @@ def _max_tokens(value: Any) -> int:
     return value
 
 
-def validate_grammar(value: Any) -> dict[str, str] | None:
+def validate_grammar(value: Any) -> Grammar | None:
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -76,7 +86,7 @@ def validate_grammar(value: Any) -> dict[str, str] | None:
     raise InvalidRequest("grammar.type", 'must be "gbnf" or "json_schema"')
 
 
-def validate_tools(value: Any, field: str = "tools") -> list[dict[str, Any]]:
+def validate_tools(value: Any, field: str = "tools") -> list[Tool]:
     """Function tools, as Paddler and OpenAI declare them, for the template."""
     if value is None:
         return []
@@ -103,7 +113,7 @@ def validate_tools(value: Any, field: str = "tools") -> list[dict[str, Any]]:
     return [dict(tool) for tool in value]
 
 
-def validate_raw_prompt(body: Any) -> dict[str, Any]:
+def validate_raw_prompt(body: Any) -> RawPromptParams:
     body = _require_keys(
         body, {"raw_prompt", "max_tokens", "grammar"}, {"raw_prompt", "max_tokens"}
     )
@@ -118,7 +128,7 @@ def validate_raw_prompt(body: Any) -> dict[str, Any]:
     }
 
 
-def _message(index: int, value: Any) -> dict[str, Any]:
+def _message(index: int, value: Any) -> Message:
     where = f"conversation_history[{index}]"
     if not isinstance(value, dict):
         raise InvalidRequest(where, "must be an object")
@@ -139,7 +149,7 @@ def _message(index: int, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def validate_conversation(body: Any) -> dict[str, Any]:
+def validate_conversation(body: Any) -> ConversationParams:
     body = _require_keys(
         body,
         {
@@ -173,9 +183,11 @@ def validate_conversation(body: Any) -> dict[str, Any]:
 MAX_EMBEDDING_DOCUMENTS = 10_000
 
 
-def validate_normalization(value: Any) -> Any:
-    if value in ("L2", "None"):
-        return value
+def validate_normalization(value: Any) -> Normalization:
+    if value == "L2":
+        return "L2"
+    if value == "None":
+        return "None"
     if isinstance(value, dict) and set(value) == {"RmsNorm"}:
         inner = value["RmsNorm"]
         if isinstance(inner, dict) and set(inner) == {"epsilon"}:
@@ -191,7 +203,7 @@ def validate_normalization(value: Any) -> Any:
     )
 
 
-def validate_embedding_batch(body: Any) -> dict[str, Any]:
+def validate_embedding_batch(body: Any) -> EmbeddingParams:
     body = _require_keys(body, {"input_batch", "normalization_method"}, {"input_batch"})
     batch = body["input_batch"]
     if not isinstance(batch, list) or not batch:
@@ -200,7 +212,7 @@ def validate_embedding_batch(body: Any) -> dict[str, Any]:
         raise InvalidRequest(
             "input_batch", f"must hold at most {MAX_EMBEDDING_DOCUMENTS} documents"
         )
-    documents = []
+    documents: list[EmbeddingDocument] = []
     seen: set[str] = set()
     for index, document in enumerate(batch):
         where = f"input_batch[{index}]"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from django.http import (
     HttpRequest,
@@ -15,7 +15,8 @@ from django.http import (
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from balancer.dispatch import get_dispatcher
+from balancer.contract import ConversationParams, EmbeddingParams, RawPromptParams
+from balancer.dispatch import Dispatcher, get_dispatcher
 from balancer.fanout import FanOut
 from balancer.stream import InferenceFailure, Stream
 from inference.access import api_key_required
@@ -61,47 +62,54 @@ async def ndjson_lines(stream: Stream | FanOut) -> AsyncIterator[bytes]:
         await stream.close()
 
 
-async def _stream(kind: str, params: dict[str, Any]) -> HttpResponseBase:
-    dispatcher = get_dispatcher()
-    stream: Stream | FanOut
-    try:
-        if kind == "embeddings":
-            stream = await dispatcher.open_embedding_batch(params)
-        else:
-            stream = await dispatcher.open_stream(kind, params)
-    except InferenceFailure as failure:
-        return error_response(failure.code, failure.description)
-    return StreamingHttpResponse(ndjson_lines(stream), content_type="application/json")
+P = TypeVar("P", RawPromptParams, ConversationParams, EmbeddingParams)
 
 
 async def _serve(
-    request: HttpRequest, kind: str, validate: Callable[[Any], dict[str, Any]]
+    request: HttpRequest,
+    validate: Callable[[Any], P],
+    open_: Callable[[Dispatcher, P], Awaitable[Stream | FanOut]],
 ) -> HttpResponseBase:
+    """Validate the body into the agent's params and stream the output."""
     try:
         params = validate(read_json(request))
     except BodyTooLarge as error:
         return error_response(413, str(error))
     except InvalidRequest as error:
         return error_response(400, str(error))
-    return await _stream(kind, params)
+    try:
+        stream = await open_(get_dispatcher(), params)
+    except InferenceFailure as failure:
+        return error_response(failure.code, failure.description)
+    return StreamingHttpResponse(ndjson_lines(stream), content_type="application/json")
 
 
 @csrf_exempt
 @require_POST
 @api_key_required(_unauthorized)
 async def continue_from_raw_prompt(request: HttpRequest) -> HttpResponseBase:
-    return await _serve(request, "raw_prompt", validate_raw_prompt)
+    return await _serve(
+        request,
+        validate_raw_prompt,
+        lambda dispatcher, params: dispatcher.open_stream("raw_prompt", params),
+    )
 
 
 @csrf_exempt
 @require_POST
 @api_key_required(_unauthorized)
 async def continue_from_conversation_history(request: HttpRequest) -> HttpResponseBase:
-    return await _serve(request, "conversation", validate_conversation)
+    return await _serve(
+        request,
+        validate_conversation,
+        lambda dispatcher, params: dispatcher.open_stream("conversation", params),
+    )
 
 
 @csrf_exempt
 @require_POST
 @api_key_required(_unauthorized)
 async def generate_embedding_batch(request: HttpRequest) -> HttpResponseBase:
-    return await _serve(request, "embeddings", validate_embedding_batch)
+    return await _serve(
+        request, validate_embedding_batch, Dispatcher.open_embedding_batch
+    )

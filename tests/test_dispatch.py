@@ -10,10 +10,13 @@ import redis.asyncio as aioredis
 from django.test import override_settings
 
 from balancer import background
+from balancer.contract import RawPromptParams
 from balancer.dispatch import Dispatcher
 from balancer.events import OutputBatch, compact_item
 from balancer.stream import Stream
 from tests.conftest import RedisServer
+
+PROMPT: RawPromptParams = {"raw_prompt": "Hi", "max_tokens": 1, "grammar": None}
 
 
 def token_batch(agent_id: str, request_id: str, text: str) -> str:
@@ -45,7 +48,7 @@ async def test_a_moved_request_takes_output_only_from_its_new_agent(
     dispatcher = object.__new__(Dispatcher)  # only what the inbox reader uses
     dispatcher.inbox = "paddler:test:inbox"
     dispatcher.streams = {}
-    stream = Stream("r1", "raw_prompt", {}, dispatcher, agent_id="second")
+    stream = Stream("r1", "raw_prompt", PROMPT, dispatcher, agent_id="second")
     dispatcher.streams["r1"] = stream
     redis = aioredis.Redis.from_url(redis_server.url)
     with override_settings(REDIS_URL=redis_server.url):

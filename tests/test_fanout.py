@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from balancer.events import OutputItem
+from balancer.contract import OutputItem, Usage
 from balancer.fanout import Document, FanOut, chunk_size, split_batch
 
 
@@ -61,7 +61,7 @@ class FakeChunk:
     documents: list[Document]
     outputs: asyncio.Queue[list[OutputItem]] = field(default_factory=asyncio.Queue)
     closed: bool = False
-    usage: dict[str, Any] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
 
     def send(self, *items: OutputItem) -> None:
         self.outputs.put_nowait(list(items))

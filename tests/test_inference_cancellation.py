@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from balancer import keys, registry
+from balancer.contract import RawPromptParams
 from balancer.dispatch import Dispatcher
 from balancer.stream import Stream
 from tests.conftest import (
@@ -33,6 +34,8 @@ from tests.conftest import (
     wait_for_claims,
     wait_for_idle_slots,
 )
+
+PROMPT: RawPromptParams = {"raw_prompt": "Hi", "max_tokens": 1, "grammar": None}
 
 
 @contextmanager
@@ -119,7 +122,7 @@ async def test_a_reader_cancelled_as_a_token_arrives_stops_and_frees_the_slot() 
     # reader (and with it the request); a reader that swallowed it would
     # relay the whole generation to nobody, its slot held to the end.
     dispatcher = _FinishRecorder()
-    stream = Stream("r1", "raw_prompt", {}, dispatcher)  # type: ignore[arg-type]
+    stream = Stream("r1", "raw_prompt", PROMPT, dispatcher)  # type: ignore[arg-type]
 
     async def read() -> None:
         async for _batch in stream.batches():
@@ -158,7 +161,7 @@ async def test_a_reader_cancelled_while_freeing_its_slot_still_frees_it() -> Non
         dispatcher._slot_freed = asyncio.Event()
         dispatcher._statsd = None
         stream = Stream(
-            "r2", "raw_prompt", {}, dispatcher, agent_id="agent-x", agent_name="x"
+            "r2", "raw_prompt", PROMPT, dispatcher, agent_id="agent-x", agent_name="x"
         )
         stream.finished = True
         dispatcher.streams["r2"] = stream

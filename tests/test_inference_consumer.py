@@ -100,6 +100,7 @@ def test_requests_are_validated_like_the_http_endpoints() -> None:
     )
     assert isinstance(message, SocketRequest)
     assert (message.id, message.kind) == ("a", "conversation")
+    assert "conversation_history" in message.params
     assert message.params["add_generation_prompt"] is True
     stop = parse_socket_message('{"Notification": {"StopRespondingTo": "a"}}')
     assert stop == StopRespondingTo("a")

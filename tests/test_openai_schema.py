@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from balancer.events import OutputItem
+from balancer.contract import OutputItem, Usage
 from inference.openai.errors import OpenAIError
 from inference.openai.listing import model_id, model_id_of_source
 from inference.openai.output import (
@@ -77,8 +77,8 @@ def test_response_formats_become_grammars() -> None:
         )
     ).params["grammar"]
     assert grammar == {"type": "json_schema", "schema": json.dumps(schema)}
-    grammar = parse_chat_request(chat(response_format={"type": "json_object"}))
-    assert grammar.params["grammar"] == {
+    json_object = parse_chat_request(chat(response_format={"type": "json_object"}))
+    assert json_object.params["grammar"] == {
         "type": "gbnf",
         "grammar": JSON_OBJECT_GBNF,
         "root": "root",
@@ -215,7 +215,7 @@ def item(response: Any = None, error: Any = None, final: bool = False) -> Output
 def test_output_items_are_read_as_text_end_or_error() -> None:
     token = item({"GeneratedToken": {"ContentToken": "hi"}})
     assert read_generation_item(token) == TextPiece("hi")
-    usage = {"prompt_tokens": 3, "content_tokens": 4, "cached_prompt_tokens": 1}
+    usage: Usage = {"prompt_tokens": 3, "content_tokens": 4, "cached_prompt_tokens": 1}
     done = read_generation_item(item({"GeneratedToken": {"Done": {"usage": usage}}}))
     assert done == Finished(usage)
     timeout = read_generation_item(

@@ -116,13 +116,26 @@ def test_a_json_schema_nested_too_deep_is_refused_naming_the_limit() -> None:
 def test_prompts_that_cannot_fit_the_context_are_refused_untokenized() -> None:
     with pytest.raises(PromptTooLarge, match="holds at most 131072"):
         check_prompt_bounds(
-            "raw_prompt",
-            {"raw_prompt": "<start_of_turn>" * 50_000},
+            {
+                "raw_prompt": "<start_of_turn>" * 50_000,
+                "max_tokens": 1,
+                "grammar": None,
+            },
             context_size=2048,
         )
     many = [{"role": "user", "content": "x"}] * 2049
     with pytest.raises(PromptTooLarge, match="has 2049 messages"):
         check_prompt_bounds(
-            "conversation", {"conversation_history": many}, context_size=2048
+            {
+                "conversation_history": many,
+                "add_generation_prompt": True,
+                "enable_thinking": False,
+                "max_tokens": 1,
+                "grammar": None,
+                "tools": [],
+            },
+            context_size=2048,
         )
-    check_prompt_bounds("raw_prompt", {"raw_prompt": "Hello"}, context_size=2048)
+    check_prompt_bounds(
+        {"raw_prompt": "Hello", "max_tokens": 1, "grammar": None}, context_size=2048
+    )

@@ -10,7 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from balancer.events import OutputItem
+from balancer.contract import (
+    DocumentEmbedding,
+    DocumentFailed,
+    Done,
+    EmbeddingDone,
+    Failure,
+    GenerationFailed,
+    OutputItem,
+    Token,
+    Usage,
+    read_output,
+)
 from inference.openai.errors import OpenAIError, invalid
 
 
@@ -23,18 +34,16 @@ class TextPiece:
 class Finished:
     """The end of a generation, with the agent's token counts."""
 
-    usage: dict[str, Any]
+    usage: Usage
 
     @property
     def completion_tokens(self) -> int:
-        return sum(
-            int(self.usage.get(name, 0))
-            for name in (
-                "content_tokens",
-                "reasoning_tokens",
-                "tool_call_tokens",
-                "undeterminable_tokens",
-            )
+        usage = self.usage
+        return (
+            int(usage.get("content_tokens", 0))
+            + int(usage.get("reasoning_tokens", 0))
+            + int(usage.get("tool_call_tokens", 0))
+            + int(usage.get("undeterminable_tokens", 0))
         )
 
     def finish_reason(self, max_tokens: int) -> str:
@@ -62,39 +71,25 @@ _CLIENT_FAULTS = {
     "GrammarInitializationFailed": ("response_format", "invalid_response_format"),
     "MultimodalNotSupported": ("messages", "multimodal_not_supported"),
 }
-# Token variants whose text is part of the answer (reasoning is not).
-_TEXT_VARIANTS = ("ContentToken", "ToolCallToken", "UndeterminableToken")
-
-
-def _item_error(item: OutputItem) -> OpenAIError | None:
-    if item["error"] is None:
-        return None
-    code = int(item["error"].get("code", 500))
-    description = str(item["error"].get("description", "inference failed"))
-    return OpenAIError(code, description)
 
 
 def read_generation_item(item: OutputItem) -> TextPiece | Finished | OpenAIError | None:
     """What one output item means to an OpenAI client; None: nothing."""
-    error = _item_error(item)
-    if error is not None:
-        return error
-    response = item["response"]
-    token = response.get("GeneratedToken") if isinstance(response, dict) else None
-    if not isinstance(token, dict) or len(token) != 1:
-        return OpenAIError(502, f"unexpected output from the agent: {response!r}")
-    ((variant, payload),) = token.items()
-    if variant in _TEXT_VARIANTS:
-        return TextPiece(str(payload))
-    if variant == "ReasoningToken":
-        return None
-    if variant == "Done":
-        usage = payload.get("usage", {}) if isinstance(payload, dict) else {}
-        return Finished(usage)
-    if variant in _CLIENT_FAULTS:
-        param, code = _CLIENT_FAULTS[variant]
-        return OpenAIError(400, f"{variant}: {payload}", param=param, code=code)
-    return OpenAIError(500, f"{variant}: {payload}")
+    output = read_output(item)
+    if isinstance(output, Failure):
+        return OpenAIError(output.code, output.description)
+    if isinstance(output, Token):
+        # Reasoning is not part of the answer.
+        return None if output.variant == "ReasoningToken" else TextPiece(output.text)
+    if isinstance(output, Done):
+        return Finished(output.usage)
+    if isinstance(output, GenerationFailed):
+        variant, detail = output.variant, output.detail
+        if variant in _CLIENT_FAULTS:
+            param, code = _CLIENT_FAULTS[variant]
+            return OpenAIError(400, f"{variant}: {detail}", param=param, code=code)
+        return OpenAIError(500, f"{variant}: {detail}")
+    return OpenAIError(502, f"unexpected output from the agent: {item['response']!r}")
 
 
 @dataclass
@@ -107,21 +102,20 @@ class EmbeddingResults:
 
     def add(self, item: OutputItem) -> None:
         """Take one output item; raises ``OpenAIError`` for a failure."""
-        error = _item_error(item)
-        if error is not None:
-            raise error
-        response = item["response"]
-        payload = response.get("Embedding") if isinstance(response, dict) else None
-        if payload == "Done":
+        output = read_output(item)
+        if isinstance(output, Failure):
+            raise OpenAIError(output.code, output.description)
+        if isinstance(output, EmbeddingDone):
             self.done = True
-            return
-        if isinstance(payload, dict) and "Error" in payload:
-            raise invalid("input", str(payload["Error"]))
-        embedding = payload.get("Embedding") if isinstance(payload, dict) else None
-        if not isinstance(embedding, dict):
-            raise OpenAIError(502, f"unexpected output from the agent: {response!r}")
-        index = int(embedding["source_document_id"])
-        self.vectors[index] = list(embedding["embedding"])
+        elif isinstance(output, DocumentFailed):
+            raise invalid("input", output.description)
+        elif isinstance(output, DocumentEmbedding):
+            index = int(output.source_document_id)
+            self.vectors[index] = output.embedding
+        else:
+            raise OpenAIError(
+                502, f"unexpected output from the agent: {item['response']!r}"
+            )
 
     def in_order(self) -> list[list[float]]:
         """The vectors in input order; ``OpenAIError`` if one never came."""

@@ -12,8 +12,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from balancer.contract import (
+    ConversationParams,
+    EmbeddingParams,
+    GenerationKind,
+    Grammar,
+    Message,
+    RawPromptParams,
+    Tool,
+)
 from balancer.grammar_limits import GrammarTooComplex, check_json_schema_text
 from inference.openai.errors import OpenAIError, invalid
 from inference.validation import MAX_TOKENS_LIMIT, InvalidRequest, validate_tools
@@ -43,23 +52,30 @@ ws       ::= | " " | "\n" [ \t]{0,20}
 """.strip()
 
 
+P = TypeVar("P", RawPromptParams, ConversationParams)
+
+
 @dataclass(frozen=True)
-class GenerationRequest:
+class GenerationRequest(Generic[P]):
     """A chat or text completion, translated for the agents."""
 
     model: str
-    # "conversation" or "raw_prompt", and the agent's parameters for it.
-    kind: str
-    params: dict[str, Any]
+    kind: GenerationKind
+    params: P
     max_tokens: int
     stream: bool
     include_usage: bool
 
 
+AnyGeneration = (
+    GenerationRequest[RawPromptParams] | GenerationRequest[ConversationParams]
+)
+
+
 @dataclass(frozen=True)
 class EmbeddingRequest:
     model: str
-    params: dict[str, Any]
+    params: EmbeddingParams
     count: int
     encoding_format: str
 
@@ -161,7 +177,7 @@ def _stream_options(body: dict[str, Any], stream: bool) -> bool:
     return include
 
 
-def response_format_grammar(value: Any) -> dict[str, str] | None:
+def response_format_grammar(value: Any) -> Grammar | None:
     """The agent grammar that enforces an OpenAI ``response_format``."""
     if value is None:
         return None
@@ -201,9 +217,8 @@ def response_format_grammar(value: Any) -> dict[str, str] | None:
     )
 
 
-def _sampling(body: dict[str, Any]) -> dict[str, Any]:
-    """The per-request sampling fields the agents honour, when given."""
-    params: dict[str, Any] = {}
+def _sampling(body: dict[str, Any], params: P) -> P:
+    """``params`` with the sampling fields the agents honour, when given."""
     temperature = _number(body, "temperature", 0.0, 2.0)
     if temperature is not None:
         params["temperature"] = temperature
@@ -280,14 +295,14 @@ def _content(where: str, role: str, value: Any) -> str | list[dict[str, Any]]:
     return parts
 
 
-def _chat_message(index: int, value: Any) -> dict[str, Any]:
+def _chat_message(index: int, value: Any) -> Message:
     where = f"messages[{index}]"
     if not isinstance(value, dict):
         raise invalid(where, "must be an object")
     role = value.get("role")
     if role not in CHAT_ROLES:
         raise invalid(f"{where}.role", f"must be one of {', '.join(CHAT_ROLES)}")
-    message: dict[str, Any] = {
+    message: Message = {
         # Chat templates know "system"; "developer" is OpenAI's newer name.
         "role": "system" if role == "developer" else role,
         "content": _content(f"{where}.content", role, value.get("content")),
@@ -308,7 +323,7 @@ def _chat_message(index: int, value: Any) -> dict[str, Any]:
     return message
 
 
-def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+def _tools(body: dict[str, Any]) -> list[Tool]:
     choice = body.get("tool_choice")
     if choice not in (None, "none", "auto"):
         raise invalid(
@@ -331,7 +346,7 @@ def _max_tokens(body: dict[str, Any], *names: str) -> int | None:
     return None
 
 
-def parse_chat_request(body: Any) -> GenerationRequest:
+def parse_chat_request(body: Any) -> GenerationRequest[ConversationParams]:
     body = _object(body)
     _reject_unknown(body, CHAT_FIELDS)
     model = _model(body)
@@ -347,19 +362,18 @@ def parse_chat_request(body: Any) -> GenerationRequest:
     max_tokens = (
         _max_tokens(body, "max_completion_tokens", "max_tokens") or MAX_TOKENS_LIMIT
     )
-    params: dict[str, Any] = {
+    params: ConversationParams = {
         "conversation_history": history,
         "add_generation_prompt": True,
         "enable_thinking": False,
         "max_tokens": max_tokens,
         "grammar": response_format_grammar(body.get("response_format")),
         "tools": _tools(body),
-        **_sampling(body),
     }
     return GenerationRequest(
         model=model,
         kind="conversation",
-        params=params,
+        params=_sampling(body, params),
         max_tokens=max_tokens,
         stream=stream,
         include_usage=_stream_options(body, stream),
@@ -390,7 +404,7 @@ COMPLETION_FIELDS = frozenset(
 )
 
 
-def parse_completion_request(body: Any) -> GenerationRequest:
+def parse_completion_request(body: Any) -> GenerationRequest[RawPromptParams]:
     body = _object(body)
     _reject_unknown(body, COMPLETION_FIELDS)
     model = _model(body)
@@ -409,15 +423,15 @@ def parse_completion_request(body: Any) -> GenerationRequest:
     _neutral(body, "suffix", "")
     stream = _boolean(body, "stream")
     max_tokens = _max_tokens(body, "max_tokens") or COMPLETION_DEFAULT_MAX_TOKENS
+    params: RawPromptParams = {
+        "raw_prompt": prompt,
+        "max_tokens": max_tokens,
+        "grammar": None,
+    }
     return GenerationRequest(
         model=model,
         kind="raw_prompt",
-        params={
-            "raw_prompt": prompt,
-            "max_tokens": max_tokens,
-            "grammar": None,
-            **_sampling(body),
-        },
+        params=_sampling(body, params),
         max_tokens=max_tokens,
         stream=stream,
         include_usage=_stream_options(body, stream),

@@ -19,8 +19,8 @@ from django.http import (
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from balancer.contract import GenerationKind, GenerationParams, OutputItem
 from balancer.dispatch import get_dispatcher
-from balancer.events import OutputItem
 from balancer.stream import InferenceFailure, Stream
 from inference.access import api_key_required
 from inference.openai.errors import OpenAIError
@@ -32,7 +32,7 @@ from inference.openai.output import (
     read_generation_item,
 )
 from inference.openai.requests import (
-    GenerationRequest,
+    AnyGeneration,
     parse_chat_request,
     parse_completion_request,
     parse_embedding_request,
@@ -60,7 +60,7 @@ def _json(request: HttpRequest) -> Any:
         raise OpenAIError(400, f"The body {error.message}.") from None
 
 
-async def _open(kind: str, params: dict[str, Any]) -> Stream:
+async def _open(kind: GenerationKind, params: GenerationParams) -> Stream:
     try:
         return await get_dispatcher().open_stream(kind, params)
     except InferenceFailure as failure:
@@ -86,7 +86,7 @@ async def _collect(stream: Stream) -> tuple[str, Finished]:
 
 
 async def _events(
-    stream: Stream, request: GenerationRequest, reply: Reply
+    stream: Stream, request: AnyGeneration, reply: Reply
 ) -> AsyncIterator[bytes]:
     """Server-sent events of a chat or text completion, then ``[DONE]``.
 
@@ -136,7 +136,7 @@ async def _events(
 async def _generate(request: HttpRequest, chat: bool) -> HttpResponseBase:
     try:
         body = _json(request)
-        generation = (
+        generation: AnyGeneration = (
             parse_chat_request(body) if chat else parse_completion_request(body)
         )
         stream = await _open(generation.kind, generation.params)
