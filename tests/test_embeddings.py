@@ -19,14 +19,10 @@ from paddler_client.generate_embedding_batch_params import (
 )
 from paddler_client.inference_message import InferenceMessageKind
 
-from tests.conftest import (
-    RedisServer,
-    WebServer,
-    read_ndjson,
-    start_agent,
-    start_redis,
-    start_web,
-)
+from tests.support.fleet import start_agent
+from tests.support.redis_server import RedisServer, start_redis
+from tests.support.streams import read_ndjson
+from tests.support.web import WebServer, start_web
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,12 @@ import pytest
 from paddler_client.client_management import ClientManagement
 from paddler_client.error import HttpError
 
-from tests.conftest import (
-    AUTH,
-    RedisServer,
-    WebServer,
-    create_user,
-    csrf_headers,
-    log_in,
-    set_staff,
-    start_agent,
-    start_web,
-    stop_process,
-)
+from tests.support.constants import AUTH
+from tests.support.fleet import start_agent
+from tests.support.processes import stop_process
+from tests.support.redis_server import RedisServer
+from tests.support.staff import create_user, csrf_headers, log_in, set_staff
+from tests.support.web import WebServer, start_web
 
 # Every management endpoint: method, path ({agent} is a live agent's id).
 ENDPOINTS = [

@@ -10,7 +10,10 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_PATH, WebServer, read_ndjson, running_platform
+from tests.support.constants import MODEL_PATH
+from tests.support.fleet import running_platform
+from tests.support.streams import read_ndjson
+from tests.support.web import WebServer
 
 TEXTS = ["The cat sat on the mat.", "A kitten sat on the rug.", "Stocks fell."]
 
