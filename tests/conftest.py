@@ -81,6 +81,30 @@ def platform(
     agent.stop()
 
 
+@pytest.fixture(scope="session")
+def embedding_platform(
+    session_tmp: Path, greedy_state: dict[str, Any]
+) -> Iterator[WebServer]:
+    """A fleet of its own: one agent of 2 slots with embeddings on (Mean pooling).
+
+    Shared by the embedding tests of both APIs, which only read from it: an
+    embedding does not depend on what the agent generated or embedded before.
+    """
+    state = {
+        **greedy_state,
+        "inference_parameters": {
+            **greedy_state["inference_parameters"],
+            "enable_embeddings": True,
+            "embedding_batch_size": 64,
+            "pooling_type": "Mean",
+        },
+    }
+    tmp = session_tmp / "embeddings"
+    tmp.mkdir(exist_ok=True)
+    with running_platform(tmp, state, agent_name="embedder") as web:
+        yield web
+
+
 @pytest.fixture
 def fleet(tmp_path: Path, greedy_state: dict[str, Any]) -> Iterator[Fleet]:
     built = Fleet(tmp_path, greedy_state)
