@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from typing import Any
 import httpx
 
 from tests.support.constants import AUTH, ROOT
+from tests.support.databases import drop_web_database, web_database
 from tests.support.processes import free_port, service_env, stop_process, wait_until
 
 
@@ -57,40 +57,9 @@ class WebServer:
         wait_until(ready, timeout, f"{count} ready agent(s)")
 
 
-def web_database(tmp_path: Path, port: int) -> str:
-    """A fresh database for one web server.
-
-    Under PostgreSQL (``DATABASE_URL``, as in CI, the production database) a new
-    database is created on that server; otherwise a SQLite file.
-    """
-    base = os.environ.get("DATABASE_URL", "")
-    if not base.startswith(("postgres://", "postgresql://")):
-        return f"sqlite:///{tmp_path / f'web-{port}.sqlite3'}"
-    import psycopg
-
-    name = f"paddler_e2e_{os.getpid()}_{port}"
-    with psycopg.connect(base, autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        connection.execute(f'CREATE DATABASE "{name}"')
-    return base.rsplit("/", 1)[0] + f"/{name}"
-
-
-def drop_web_database(url: str) -> None:
-    if not url.startswith(("postgres://", "postgresql://")):
-        return
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as connection:
-        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def start_web(redis_url: str, tmp_path: Path, **extra_env: str) -> WebServer:
     port = free_port()
     env = service_env(redis_url, DATABASE_URL=web_database(tmp_path, port), **extra_env)
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True
-    )
     log = tmp_path / f"daphne-{port}.log"
     process = subprocess.Popen(
         [
