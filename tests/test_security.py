@@ -29,14 +29,13 @@ from django.urls import URLPattern, reverse
 from balancer.models import DesiredStateRevision
 from balancer.panel import urls as panel_urls
 from inference.models import InferenceApiKey
-from tests.support.constants import AUTH, MANAGEMENT_TOKEN, ROOT
+from tests.support.constants import AUTH, MANAGEMENT_ENDPOINTS, MANAGEMENT_TOKEN, ROOT
 from tests.support.fleet import start_agent
 from tests.support.processes import service_env, stop_process, wait_until
 from tests.support.redis_server import RedisServer
 from tests.support.staff import create_user, log_in
 from tests.support.streams import raw_prompt_stream, read_ndjson, stream_text
 from tests.support.web import WebServer, socket_url, start_web
-from tests.test_management_api import ENDPOINTS
 
 INFERENCE_KEY = "an-inference-key-for-the-security-tests"
 
@@ -139,7 +138,7 @@ def locked_web(
     web.stop()
 
 
-@pytest.mark.parametrize(("method", "template"), ENDPOINTS)
+@pytest.mark.parametrize(("method", "template"), MANAGEMENT_ENDPOINTS)
 def test_an_inference_key_opens_no_management_endpoint(
     locked_web: WebServer, method: str, template: str
 ) -> None:

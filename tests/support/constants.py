@@ -26,3 +26,19 @@ GREEDY_PARAMETERS: dict[str, Any] = {
 # A raw prompt the demo model keeps continuing for hundreds of tokens: for
 # tests that cancel a request while it is still generating.
 ENDLESS_PROMPT = "Count to one thousand: 1, 2, 3, 4, 5, 6, 7, 8,"
+
+# Every management endpoint: method, path ({agent} is a live agent's id).
+MANAGEMENT_ENDPOINTS = [
+    ("GET", "/api/v1/agents"),
+    ("GET", "/api/v1/agents/stream"),
+    ("GET", "/api/v1/buffered_requests"),
+    ("GET", "/api/v1/buffered_requests/stream"),
+    ("GET", "/api/v1/balancer_desired_state"),
+    ("PUT", "/api/v1/balancer_desired_state"),
+    ("GET", "/api/v1/balancer_applicable_state"),
+    ("GET", "/api/v1/agent/{agent}/chat_template_override"),
+    ("GET", "/api/v1/agent/{agent}/model_metadata"),
+    ("GET", "/api/v1/balancer_desired_state/revisions"),
+    ("POST", "/api/v1/balancer_desired_state/revisions/{revision}/roll_back"),
+    ("GET", "/metrics"),
+]

@@ -2,9 +2,9 @@
 
 Running ``manage.py migrate`` took about 8 s of every web server's start on a
 loaded machine, and the suite starts dozens.  Under SQLite the migrations run
-once per test session, into a template file, and each web server gets a copy:
-as fresh as a migrated database of its own (the migrations read no settings
-and no environment, so one run serves every configuration).
+once per test process, into a template file, and each web server gets a copy:
+as fresh as a migrated database of its own.  No migration depends on a
+``PADDLER_`` setting, so one run serves every configuration a test starts.
 """
 
 from __future__ import annotations
