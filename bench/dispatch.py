@@ -30,7 +30,10 @@ import httpx
 import redis
 
 from bench.common import goal, median, report
-from tests.conftest import start_agent, start_redis, start_web, stop_process
+from tests.support.fleet import start_agent
+from tests.support.processes import stop_process
+from tests.support.redis_server import start_redis
+from tests.support.web import start_web
 
 STREAMS = 64
 PROJECT_FRAME = re.compile(r"[(/](balancer|inference|agents|paddler_project)/")

@@ -44,11 +44,9 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from balancer import keys
 from bench.common import MODEL, goal, median, percentile, report
-from tests.conftest import (
-    GREEDY_PARAMETERS,
-    WebServer,
-    running_platform,
-)
+from tests.support.constants import GREEDY_PARAMETERS
+from tests.support.fleet import running_platform
+from tests.support.web import WebServer
 
 SURFACES = ("direct", "http_ndjson", "websocket", "openai_sse")
 LABELS = {

@@ -31,14 +31,10 @@ import httpx
 
 from balancer.chat_template import GEMMA_CHAT_TEMPLATE
 from bench.common import MODEL, goal, median, percentile, report
-from tests.conftest import (
-    WebServer,
-    start_agent,
-    start_redis,
-    start_web,
-    stop_process,
-    wait_until,
-)
+from tests.support.fleet import start_agent
+from tests.support.processes import stop_process, wait_until
+from tests.support.redis_server import start_redis
+from tests.support.web import WebServer, start_web
 
 POLICIES = ("prefix", "least_busy", "round_robin")
 LABELS = {

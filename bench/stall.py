@@ -23,7 +23,8 @@ import httpx
 
 from balancer.chat_template import GEMMA_CHAT_TEMPLATE
 from bench.common import MODEL, goal, median, report
-from tests.conftest import ENDLESS_PROMPT, GREEDY_PARAMETERS, running_platform
+from tests.support.constants import ENDLESS_PROMPT, GREEDY_PARAMETERS
+from tests.support.fleet import running_platform
 
 # Tokens streamed before the conversation arrives, to measure the baseline gap.
 WARM_TOKENS = 30

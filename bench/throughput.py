@@ -25,14 +25,10 @@ from typing import Any
 import httpx
 
 from bench.common import MODEL, ROOT, goal, median, report
-from tests.conftest import (
-    free_port,
-    start_agent,
-    start_redis,
-    start_web,
-    stop_process,
-    wait_until,
-)
+from tests.support.fleet import start_agent
+from tests.support.processes import free_port, stop_process, wait_until
+from tests.support.redis_server import start_redis
+from tests.support.web import start_web
 
 CONTEXT_PER_SLOT = 1024
 THREADS = os.cpu_count() or 1

@@ -16,18 +16,13 @@ import pytest
 from agents.model_source import cached_path_for_url
 from balancer import keys
 from balancer.chat_template import GEMMA_CHAT_TEMPLATE
-from tests.conftest import (
-    ENDLESS_PROMPT,
-    Fleet,
-    WebServer,
-    raw_prompt_stream,
-    read_ndjson,
-    start_redis,
-    stop_process,
-    stream_text,
-    wait_until,
-)
-from tests.model_server import ModelServer
+from tests.support.constants import ENDLESS_PROMPT
+from tests.support.fleet import Fleet
+from tests.support.model_server import ModelServer
+from tests.support.processes import stop_process, wait_until
+from tests.support.redis_server import start_redis
+from tests.support.streams import raw_prompt_stream, read_ndjson, stream_text
+from tests.support.web import WebServer
 
 
 def agent_report(web: WebServer, name: str) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from balancer.chat_template import GEMMA_CHAT_TEMPLATE
 from balancer.desired_state import InferenceParameters
 from balancer.grammar_limits import GrammarTooComplex, check_gbnf
 from inference.openai.requests import JSON_OBJECT_GBNF
-from tests.conftest import ROOT
+from tests.support.constants import ROOT
 
 # The attack: 100,000 nested groups, about 200 KB.
 CRASHING_GRAMMAR = "root ::= " + "(" * 100_000 + '"a"' + ")" * 100_000

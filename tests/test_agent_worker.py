@@ -18,7 +18,7 @@ import redis
 from agents.worker import AgentWorker
 from balancer import keys
 from balancer.events import OutputItem, expand_item
-from tests.conftest import GREEDY_PARAMETERS
+from tests.support.constants import GREEDY_PARAMETERS
 
 INBOX = "paddler:test:worker-inbox"
 WAIT_S = 10

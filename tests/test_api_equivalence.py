@@ -20,7 +20,8 @@ from paddler_client.continue_from_raw_prompt_params import (
 )
 from paddler_client.conversation_message import ConversationMessage
 
-from tests.conftest import WebServer, read_ndjson, stream_text
+from tests.support.streams import read_ndjson, stream_text
+from tests.support.web import WebServer
 
 HISTORY: Any = [
     {"role": "system", "content": "You are a helpful assistant."},

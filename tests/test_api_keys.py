@@ -29,14 +29,9 @@ from inference.api_keys import (
 )
 from inference.models import InferenceApiKey
 from inference.services import inference_api_key_create, inference_api_key_revoke
-from tests.conftest import (
-    AUTH,
-    ROOT,
-    RedisServer,
-    WebServer,
-    socket_url,
-    start_web,
-)
+from tests.support.constants import AUTH, ROOT
+from tests.support.redis_server import RedisServer
+from tests.support.web import WebServer, socket_url, start_web
 
 ENV_KEYS = ["first-env-key", "second-env-key"]
 RAW_PROMPT = {"raw_prompt": "Hello", "max_tokens": 2}

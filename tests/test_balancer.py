@@ -17,15 +17,11 @@ from typing import Any
 import httpx
 
 from balancer import keys
-from tests.conftest import (
-    AUTH,
-    ENDLESS_PROMPT,
-    Fleet,
-    WebServer,
-    read_ndjson,
-    request_log,
-    wait_until,
-)
+from tests.support.constants import AUTH, ENDLESS_PROMPT
+from tests.support.fleet import Fleet, request_log
+from tests.support.processes import wait_until
+from tests.support.streams import read_ndjson
+from tests.support.web import WebServer
 
 
 def briefing(topic: str) -> str:

@@ -23,7 +23,9 @@ from paddler_client.inference_message import InferenceMessageKind
 from paddler_client.tool import Function, Tool
 
 from balancer.chat_template import GEMMA_CHAT_TEMPLATE, ChatTemplate
-from tests.conftest import WebServer, read_ndjson, running_platform, stream_text
+from tests.support.fleet import running_platform
+from tests.support.streams import read_ndjson, stream_text
+from tests.support.web import WebServer
 
 SYSTEM_PROMPT = "You answer in one short sentence."
 TOOLS_TEMPLATE = (

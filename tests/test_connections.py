@@ -18,19 +18,10 @@ from twisted.internet.error import ConnectionDone
 from twisted.python import failure
 
 from paddler_project.connections import backlog_bytes
-from tests.conftest import (
-    AUTH,
-    ENDLESS_PROMPT,
-    Fleet,
-    WebServer,
-    claimed_slots,
-    raw_prompt_stream,
-    read_ndjson,
-    request_log,
-    stream_text,
-    wait_until,
-)
-from tests.raw_clients import (
+from tests.support.constants import AUTH, ENDLESS_PROMPT
+from tests.support.fleet import Fleet, request_log
+from tests.support.processes import wait_until
+from tests.support.raw_clients import (
     SMALL_RECEIVE_BUFFER,
     RawWebSocket,
     connect,
@@ -38,6 +29,9 @@ from tests.raw_clients import (
     http_post,
     raw_prompt_request,
 )
+from tests.support.slots import claimed_slots
+from tests.support.streams import raw_prompt_stream, read_ndjson, stream_text
+from tests.support.web import WebServer
 
 # The smallest limit allowed: a stalled reader passes it after a few dozen
 # tokens (the kernel's send queue counts; the reader's receive buffer is tiny).

@@ -13,7 +13,7 @@ import pytest
 from django.contrib.auth import authenticate
 from django.core.management import call_command
 
-from tests.conftest import ROOT
+from tests.support.constants import ROOT
 
 
 def mode(path: Path) -> int:

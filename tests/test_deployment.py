@@ -14,15 +14,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import (
-    ROOT,
-    RedisServer,
-    WebServer,
-    free_port,
-    service_env,
-    stop_process,
-    wait_until,
-)
+from tests.support.constants import ROOT
+from tests.support.processes import free_port, service_env, stop_process, wait_until
+from tests.support.redis_server import RedisServer
+from tests.support.web import WebServer
 
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]

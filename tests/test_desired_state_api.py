@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import AUTH, WebServer
+from tests.support.constants import AUTH
+from tests.support.web import WebServer
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from balancer.contract import RawPromptParams
 from balancer.dispatch import Dispatcher
 from balancer.events import OutputBatch, compact_item
 from balancer.stream import Stream
-from tests.conftest import RedisServer
+from tests.support.redis_server import RedisServer
 
 PROMPT: RawPromptParams = {"raw_prompt": "Hi", "max_tokens": 1, "grammar": None}
 

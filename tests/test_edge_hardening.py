@@ -19,15 +19,10 @@ import websockets
 from django.test import override_settings
 
 from inference.socket_admission import host_allowed, origin_allowed
-from tests.conftest import (
-    AUTH,
-    RedisServer,
-    WebServer,
-    socket_url,
-    start_redis,
-    start_web,
-)
-from tests.raw_clients import connect, web_port
+from tests.support.constants import AUTH
+from tests.support.raw_clients import connect, web_port
+from tests.support.redis_server import RedisServer, start_redis
+from tests.support.web import WebServer, socket_url, start_web
 
 HUGE_INTEGER = "9" * 5000
 PADDLER_BODIES = {

@@ -18,14 +18,11 @@ import openai
 import pytest
 
 from balancer import keys
-from tests.conftest import (
-    AUTH,
-    Fleet,
-    WebServer,
-    read_ndjson,
-    request_log,
-    wait_until,
-)
+from tests.support.constants import AUTH
+from tests.support.fleet import Fleet, request_log
+from tests.support.processes import wait_until
+from tests.support.streams import read_ndjson
+from tests.support.web import WebServer
 
 TOPICS = [
     "The cat sat on the mat.",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,41 +17,8 @@ from paddler_client.generate_embedding_batch_params import (
 )
 from paddler_client.inference_message import InferenceMessageKind
 
-from tests.conftest import (
-    RedisServer,
-    WebServer,
-    read_ndjson,
-    start_agent,
-    start_redis,
-    start_web,
-)
-
-
-@pytest.fixture(scope="module")
-def embedding_platform(
-    model_path: Path, tmp_path_factory: pytest.TempPathFactory, greedy_state: Any
-) -> Iterator[WebServer]:
-    tmp = tmp_path_factory.mktemp("embeddings")
-    redis_server: RedisServer = start_redis()
-    web = start_web(redis_server.url, tmp)
-    state = {
-        **greedy_state,
-        "inference_parameters": {
-            **greedy_state["inference_parameters"],
-            "enable_embeddings": True,
-            "embedding_batch_size": 64,
-            "pooling_type": "Mean",
-        },
-    }
-    web.put_desired_state(state)
-    agent = start_agent(redis_server.url, tmp, "embedder", 2)
-    try:
-        web.wait_for_ready_agents(1)
-        yield web
-    finally:
-        agent.stop()
-        web.stop()
-        redis_server.process.terminate()
+from tests.support.streams import read_ndjson
+from tests.support.web import WebServer
 
 
 def embed(web: WebServer, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -22,18 +22,12 @@ import pytest
 import websockets
 
 from balancer import keys
-from tests.conftest import (
-    AUTH,
-    ENDLESS_PROMPT,
-    Fleet,
-    WebServer,
-    claimed_slots,
-    request_log,
-    socket_url,
-    start_redis,
-    wait_for_claims,
-    wait_until,
-)
+from tests.support.constants import AUTH, ENDLESS_PROMPT
+from tests.support.fleet import Fleet, request_log
+from tests.support.processes import wait_until
+from tests.support.redis_server import start_redis
+from tests.support.slots import claimed_slots, wait_for_claims
+from tests.support.web import WebServer, socket_url
 
 
 def fleet_is_idle(web: WebServer) -> bool:

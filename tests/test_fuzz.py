@@ -36,7 +36,8 @@ from inference.validation import (
     validate_embedding_batch,
     validate_raw_prompt,
 )
-from tests.conftest import AUTH, WebServer, socket_url
+from tests.support.constants import AUTH
+from tests.support.web import WebServer, socket_url
 
 json_values = st.recursive(
     st.none()

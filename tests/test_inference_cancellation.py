@@ -21,19 +21,18 @@ from balancer import keys, registry
 from balancer.contract import RawPromptParams
 from balancer.dispatch import Dispatcher
 from balancer.stream import Stream
-from tests.conftest import (
-    ENDLESS_PROMPT,
+from tests.support.constants import ENDLESS_PROMPT
+from tests.support.processes import stop_process
+from tests.support.redis_server import RedisServer, start_redis
+from tests.support.slots import (
     FIRST_TOKEN_BUDGET_S,
     REPORT_LAG_S,
-    RedisServer,
-    WebServer,
     claimed_slots,
     seconds_to_first_token,
-    start_redis,
-    stop_process,
     wait_for_claims,
     wait_for_idle_slots,
 )
+from tests.support.web import WebServer
 
 PROMPT: RawPromptParams = {"raw_prompt": "Hi", "max_tokens": 1, "grammar": None}
 

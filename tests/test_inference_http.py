@@ -10,7 +10,9 @@ import httpx
 import pytest
 
 from balancer.chat_template import GEMMA_CHAT_TEMPLATE, ChatTemplate
-from tests.conftest import WebServer, read_ndjson, running_platform, stream_text
+from tests.support.fleet import running_platform
+from tests.support.streams import read_ndjson, stream_text
+from tests.support.web import WebServer
 
 
 @pytest.fixture

@@ -25,21 +25,19 @@ from paddler_client.continue_from_raw_prompt_params import (
 from paddler_client.conversation_message import ConversationMessage
 from paddler_client.inference_message import InferenceMessage, InferenceMessageKind
 
-from tests.conftest import (
-    ENDLESS_PROMPT,
+from tests.support.constants import ENDLESS_PROMPT
+from tests.support.raw_clients import is_final, raw_prompt_request, request_id_of
+from tests.support.redis_server import RedisServer
+from tests.support.slots import (
     FIRST_TOKEN_BUDGET_S,
     REPORT_LAG_S,
-    RedisServer,
-    WebServer,
     claimed_slots,
-    read_ndjson,
     seconds_to_first_token,
-    socket_url,
-    stream_text,
     wait_for_claims,
     wait_for_idle_slots,
 )
-from tests.raw_clients import is_final, raw_prompt_request, request_id_of
+from tests.support.streams import read_ndjson, stream_text
+from tests.support.web import WebServer, socket_url
 
 
 def http_lines(web: WebServer, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -10,15 +10,10 @@ import redis
 from django.contrib.auth.models import User
 from django.test import Client, override_settings
 
-from tests.conftest import (
-    Fleet,
-    RedisServer,
-    create_user,
-    free_port,
-    start_redis,
-    stop_process,
-    wait_until,
-)
+from tests.support.fleet import Fleet
+from tests.support.processes import free_port, stop_process, wait_until
+from tests.support.redis_server import RedisServer, start_redis
+from tests.support.staff import create_user
 
 LIMIT = 3
 REFUSED = "Too many failed logins for this username or from this address"

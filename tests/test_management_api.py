@@ -15,34 +15,13 @@ import pytest
 from paddler_client.client_management import ClientManagement
 from paddler_client.error import HttpError
 
-from tests.conftest import (
-    AUTH,
-    RedisServer,
-    WebServer,
-    create_user,
-    csrf_headers,
-    log_in,
-    set_staff,
-    start_agent,
-    start_web,
-    stop_process,
-)
+from tests.support.constants import AUTH, MANAGEMENT_ENDPOINTS
+from tests.support.fleet import start_agent
+from tests.support.processes import stop_process
+from tests.support.redis_server import RedisServer
+from tests.support.staff import create_user, csrf_headers, log_in, set_staff
+from tests.support.web import WebServer, start_web
 
-# Every management endpoint: method, path ({agent} is a live agent's id).
-ENDPOINTS = [
-    ("GET", "/api/v1/agents"),
-    ("GET", "/api/v1/agents/stream"),
-    ("GET", "/api/v1/buffered_requests"),
-    ("GET", "/api/v1/buffered_requests/stream"),
-    ("GET", "/api/v1/balancer_desired_state"),
-    ("PUT", "/api/v1/balancer_desired_state"),
-    ("GET", "/api/v1/balancer_applicable_state"),
-    ("GET", "/api/v1/agent/{agent}/chat_template_override"),
-    ("GET", "/api/v1/agent/{agent}/model_metadata"),
-    ("GET", "/api/v1/balancer_desired_state/revisions"),
-    ("POST", "/api/v1/balancer_desired_state/revisions/{revision}/roll_back"),
-    ("GET", "/metrics"),
-]
 CHANGES = {"PUT", "POST"}
 
 
@@ -100,7 +79,7 @@ def sessions(platform: WebServer) -> Iterator[dict[str, httpx.Client]]:
         client.close()
 
 
-@pytest.mark.parametrize(("method", "template"), ENDPOINTS)
+@pytest.mark.parametrize(("method", "template"), MANAGEMENT_ENDPOINTS)
 def test_management_endpoints_answer_401_without_token_or_staff_session(
     platform: WebServer,
     sessions: dict[str, httpx.Client],
@@ -119,7 +98,7 @@ def test_management_endpoints_answer_401_without_token_or_staff_session(
     assert newest_revision(platform) == before
 
 
-@pytest.mark.parametrize(("method", "template"), ENDPOINTS)
+@pytest.mark.parametrize(("method", "template"), MANAGEMENT_ENDPOINTS)
 def test_management_endpoints_work_with_the_token(
     platform: WebServer, method: str, template: str
 ) -> None:
@@ -129,7 +108,7 @@ def test_management_endpoints_work_with_the_token(
     assert response.status_code == (204 if method in CHANGES else 200)
 
 
-@pytest.mark.parametrize(("method", "template"), ENDPOINTS)
+@pytest.mark.parametrize(("method", "template"), MANAGEMENT_ENDPOINTS)
 def test_management_endpoints_work_with_a_staff_session(
     platform: WebServer,
     sessions: dict[str, httpx.Client],
@@ -144,7 +123,7 @@ def test_management_endpoints_work_with_a_staff_session(
 
 
 @pytest.mark.parametrize(
-    ("method", "template"), [e for e in ENDPOINTS if e[0] in CHANGES]
+    ("method", "template"), [e for e in MANAGEMENT_ENDPOINTS if e[0] in CHANGES]
 )
 def test_changes_through_a_session_need_the_csrf_token(
     platform: WebServer,

@@ -12,7 +12,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import AUTH, ENDLESS_PROMPT, Fleet, WebServer, wait_until
+from tests.support.constants import AUTH, ENDLESS_PROMPT
+from tests.support.fleet import Fleet
+from tests.support.processes import wait_until
+from tests.support.web import WebServer
 
 
 class StatsdListener:

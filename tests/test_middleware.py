@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from paddler_project.handlers import is_inference_path
-from tests.conftest import WebServer
+from tests.support.web import WebServer
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """URL and Hugging Face model sources against real local servers, as an attacker.
 
 Each test drives ``resolve_model_path`` in this process against a real HTTP
-server on loopback (``tests/model_server.py``), a real Redis, or a plain
+server on loopback (``tests/support/model_server.py``), a real Redis, or a plain
 socket, and checks the issue an agent would report and what reached the
 servers and the cache.
 """
@@ -26,8 +26,10 @@ from pytest_django.fixtures import Settings
 from agents.model_source import ModelSourceError, resolve_model_path
 from balancer.desired_state import ModelSource
 from paddler_project.env import env_hosts
-from tests.conftest import ROOT, free_port, start_redis, stop_process
-from tests.model_server import ModelServer, self_signed_tls
+from tests.support.constants import ROOT
+from tests.support.model_server import ModelServer, self_signed_tls
+from tests.support.processes import free_port, stop_process
+from tests.support.redis_server import start_redis
 
 # The message every unreachable or refused address gets, whatever the cause.
 UNREACHABLE = (

@@ -15,7 +15,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import WebServer, read_ndjson, stream_text
+from tests.support.streams import read_ndjson, stream_text
+from tests.support.web import WebServer
 
 MODEL = "gemma3-270m-q4_k_m"
 # Any: the client's TypedDicts would reject plain dict literals.

@@ -10,34 +10,17 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL_PATH, WebServer, read_ndjson, running_platform
+from tests.support.constants import MODEL_PATH
+from tests.support.streams import read_ndjson
+from tests.support.web import WebServer
 
 TEXTS = ["The cat sat on the mat.", "A kitten sat on the rug.", "Stocks fell."]
 
 
 @pytest.fixture(scope="module")
-def embedding_web(
-    tmp_path_factory: pytest.TempPathFactory, greedy_state: dict[str, Any]
-) -> Iterator[WebServer]:
-    state = {
-        **greedy_state,
-        "inference_parameters": {
-            **greedy_state["inference_parameters"],
-            "enable_embeddings": True,
-            "embedding_batch_size": 64,
-            "pooling_type": "Mean",
-        },
-    }
-    with running_platform(
-        tmp_path_factory.mktemp("openai-embeddings"), state, agent_name="embedder"
-    ) as web:
-        yield web
-
-
-@pytest.fixture(scope="module")
-def client(embedding_web: WebServer) -> Iterator[openai.OpenAI]:
+def client(embedding_platform: WebServer) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(
-        base_url=f"{embedding_web.url}/v1", api_key="unused", max_retries=0
+        base_url=f"{embedding_platform.url}/v1", api_key="unused", max_retries=0
     ) as client:
         yield client
 
@@ -69,11 +52,11 @@ def token_count(text: str) -> int:
 
 
 def test_embeddings_are_the_paddler_l2_vectors_in_input_order(
-    embedding_web: WebServer, client: openai.OpenAI
+    embedding_platform: WebServer, client: openai.OpenAI
 ) -> None:
     # Without encoding_format the client asks for base64 and decodes it.
     response = client.embeddings.create(model="any", input=TEXTS)
-    expected = paddler_vectors(embedding_web, TEXTS)
+    expected = paddler_vectors(embedding_platform, TEXTS)
     assert [item.index for item in response.data] == [0, 1, 2]
     assert response.model == "any"
     assert response.usage is not None

@@ -24,8 +24,11 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 from playwright.sync_api import expect as page_expect
 
 from balancer import keys
-from tests.conftest import AUTH, ROOT, Fleet, WebServer, wait_until
-from tests.model_server import ModelServer
+from tests.support.constants import AUTH, ROOT
+from tests.support.fleet import Fleet
+from tests.support.model_server import ModelServer
+from tests.support.processes import wait_until
+from tests.support.web import WebServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -22,7 +22,7 @@ from balancer.models import DesiredStateRevision
 from balancer.panel.forms import DesiredStateForm
 from balancer.request_log import RequestRecord
 from balancer.services import desired_state_current, desired_state_update
-from tests.conftest import RedisServer
+from tests.support.redis_server import RedisServer
 
 PAGES = ["/", "/model/", "/prompt/", "/requests/"]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 
 from balancer import keys, registry
-from tests.conftest import start_redis, stop_process
+from tests.support.processes import stop_process
+from tests.support.redis_server import start_redis
 
 
 async def test_a_claim_repeated_after_a_lost_answer_claims_nothing_more() -> None:

@@ -15,8 +15,9 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import RedisServer, WebServer, socket_url, start_web
-from tests.raw_clients import OP_CLOSE, RawWebSocket, connect, drain, web_port
+from tests.support.raw_clients import OP_CLOSE, RawWebSocket, connect, drain, web_port
+from tests.support.redis_server import RedisServer
+from tests.support.web import WebServer, socket_url, start_web
 
 LIMIT = 2048
 READ_TIMEOUT_MS = 1000

@@ -21,14 +21,9 @@ from balancer.services import (
     desired_state_roll_back,
     desired_state_update,
 )
-from tests.conftest import (
-    AUTH,
-    WebServer,
-    create_user,
-    csrf_headers,
-    log_in,
-    manage,
-)
+from tests.support.constants import AUTH
+from tests.support.staff import create_user, csrf_headers, log_in
+from tests.support.web import WebServer, manage
 
 STATE_A: dict[str, Any] = {
     "model": {"LocalToAgent": "/models/a.gguf"},

@@ -29,25 +29,13 @@ from django.urls import URLPattern, reverse
 from balancer.models import DesiredStateRevision
 from balancer.panel import urls as panel_urls
 from inference.models import InferenceApiKey
-from tests.conftest import (
-    AUTH,
-    MANAGEMENT_TOKEN,
-    ROOT,
-    RedisServer,
-    WebServer,
-    create_user,
-    log_in,
-    raw_prompt_stream,
-    read_ndjson,
-    service_env,
-    socket_url,
-    start_agent,
-    start_web,
-    stop_process,
-    stream_text,
-    wait_until,
-)
-from tests.test_management_api import ENDPOINTS
+from tests.support.constants import AUTH, MANAGEMENT_ENDPOINTS, MANAGEMENT_TOKEN, ROOT
+from tests.support.fleet import start_agent
+from tests.support.processes import service_env, stop_process, wait_until
+from tests.support.redis_server import RedisServer
+from tests.support.staff import create_user, log_in
+from tests.support.streams import raw_prompt_stream, read_ndjson, stream_text
+from tests.support.web import WebServer, socket_url, start_web
 
 INFERENCE_KEY = "an-inference-key-for-the-security-tests"
 
@@ -150,7 +138,7 @@ def locked_web(
     web.stop()
 
 
-@pytest.mark.parametrize(("method", "template"), ENDPOINTS)
+@pytest.mark.parametrize(("method", "template"), MANAGEMENT_ENDPOINTS)
 def test_an_inference_key_opens_no_management_endpoint(
     locked_web: WebServer, method: str, template: str
 ) -> None:
@@ -289,7 +277,7 @@ def test_web_and_agents_work_with_a_redis_that_wants_tls_and_a_password(
 ) -> None:
     """As the README tells to lock Redis down: TLS only (no plain port),
     ``requirepass``, and a private CA named in the ``rediss://`` URL."""
-    from tests.conftest import free_port
+    from tests.support.processes import free_port
 
     certificates = make_certificates(tmp_path)
     port = free_port()

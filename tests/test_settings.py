@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support.constants import ROOT
 
 
 @pytest.mark.parametrize(

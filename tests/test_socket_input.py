@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ENDLESS_PROMPT, WebServer
-from tests.raw_clients import (
+from tests.support.constants import ENDLESS_PROMPT
+from tests.support.raw_clients import (
     OP_BINARY,
     OP_CLOSE,
     OP_TEXT,
@@ -26,6 +26,7 @@ from tests.raw_clients import (
     raw_prompt_request,
     request_id_of,
 )
+from tests.support.web import WebServer
 
 # daphne's message limit as paddler_project.request_limits raises it: twice
 # PADDLER_MAX_REQUEST_BYTES (autobahn refuses larger messages before the

@@ -11,14 +11,9 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import (
-    RedisServer,
-    WebServer,
-    socket_url,
-    start_redis,
-    start_web,
-    stop_process,
-)
+from tests.support.processes import stop_process
+from tests.support.redis_server import RedisServer, start_redis
+from tests.support.web import WebServer, socket_url, start_web
 
 
 @pytest.fixture(scope="module")

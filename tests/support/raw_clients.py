@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from tests.conftest import WebServer
+from tests.support.web import WebServer
 
 # As small a receive buffer as the kernel allows: what the server cannot send
 # then piles up on the server's side at once.

@@ -1,0 +1,54 @@
+"""Staff users in a web server's database, and clients logged in as them."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.support.web import WebServer, manage
+
+
+def create_user(web: WebServer, username: str, password: str) -> None:
+    """A staff user in ``web``'s database (the admin lets only staff log in)."""
+    manage(
+        web,
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model; "
+        f"user, _ = get_user_model().objects.get_or_create(username={username!r}); "
+        f"user.is_staff = True; user.set_password({password!r}); user.save()",
+    )
+
+
+def set_staff(web: WebServer, username: str, staff: bool) -> None:
+    # Only the flag: a new password hash would end the user's sessions.
+    manage(
+        web,
+        "shell",
+        "-c",
+        "from django.contrib.auth import get_user_model; "
+        f"get_user_model().objects.filter(username={username!r})"
+        f".update(is_staff={staff!r})",
+    )
+
+
+def log_in(web: WebServer, username: str, password: str) -> httpx.Client:
+    """A client holding a session, logged in through the admin's login form."""
+    client = httpx.Client(base_url=web.url, timeout=10)
+    client.get("/admin/login/").raise_for_status()
+    response = client.post(
+        "/admin/login/?next=/admin/",
+        data={
+            "username": username,
+            "password": password,
+            "csrfmiddlewaretoken": client.cookies["csrftoken"],
+            "next": "/admin/",
+        },
+    )
+    assert response.status_code == 302, response.text
+    assert "sessionid" in client.cookies
+    return client
+
+
+def csrf_headers(client: httpx.Client) -> dict[str, str]:
+    """What a page of ours would send with a change made through a session."""
+    return {"X-CSRFToken": client.cookies["csrftoken"]}
