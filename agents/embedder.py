@@ -18,6 +18,7 @@ from agents.jobs import (
     error_output,
     response_output,
 )
+from balancer.contract import Normalization, embedding_done_item
 from balancer.desired_state import InferenceParameters
 
 logger = logging.getLogger(__name__)
@@ -32,13 +33,13 @@ _POOLING_TYPES = {
 }
 
 
-def normalize(vector: list[float], method: Any) -> list[float]:
+def normalize(vector: list[float], method: Normalization) -> list[float]:
     """Paddler's normalizations: "L2", "None" or {"RmsNorm": {"epsilon": e}}."""
     if method == "L2":
         norm = sum(v * v for v in vector) ** 0.5
         return [v / norm for v in vector] if norm > 0 else vector
-    if isinstance(method, dict) and "RmsNorm" in method:
-        epsilon = float(method["RmsNorm"].get("epsilon", 1e-6))
+    if isinstance(method, dict):
+        epsilon = method["RmsNorm"]["epsilon"]
         scale = (sum(v * v for v in vector) / len(vector) + epsilon) ** 0.5
         return [v / scale for v in vector]
     return vector
@@ -188,18 +189,10 @@ class Embedder:
             used += len(document[1])
         if group and not self._embed_group(job, group):
             return
-        self._on_output(
-            [
-                Output(
-                    job.request_id,
-                    job.destination,
-                    response={"Embedding": "Done"},
-                    final=True,
-                    # For usage figures (OpenAI's usage, the request log).
-                    meta={"prompt_tokens": sum(len(t) for _, t in pending)},
-                )
-            ]
-        )
+        done = embedding_done_item(job.request_id)
+        # For usage figures (OpenAI's usage, the request log).
+        done["meta"] = {"prompt_tokens": sum(len(t) for _, t in pending)}
+        self._on_output([Output(job.destination, done)])
 
     def _emit(self, job: EmbeddingJob, response: dict[str, Any]) -> None:
         self._on_output([response_output(job, response)])
@@ -233,10 +226,9 @@ class Embedder:
                 raise RuntimeError("the model gave no pooled embedding")
             vector = normalize(list(pointer[: self._n_embd]), job.normalization)
             outputs.append(
-                Output(
-                    job.request_id,
-                    job.destination,
-                    response={
+                response_output(
+                    job,
+                    {
                         "Embedding": {
                             "Embedding": {
                                 "embedding": vector,

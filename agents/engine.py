@@ -42,6 +42,7 @@ from agents.prompting import PromptPreparer, prompt_tokens
 from agents.sampling import sampler_chain
 from agents.slots import Slot, choose_slot, common_prefix_length, split_on_stop
 from balancer.chat_template import ChatTemplate
+from balancer.contract import Usage, content_token_item
 from balancer.desired_state import InferenceParameters
 from balancer.grammar_limits import GrammarTooComplex
 from balancer.routing import request_prefix, served_prefix
@@ -558,9 +559,9 @@ class Engine:
                 # A long prompt takes several steps before its first token:
                 # tell the web tier the request is alive (it is not forwarded).
                 outputs.append(
-                    Output(
-                        slot.job.request_id,
-                        slot.job.destination,
+                    response_output(
+                        slot.job,
+                        None,
                         meta={"evaluated_prompt_tokens": len(slot.cache)},
                     )
                 )
@@ -582,12 +583,12 @@ class Engine:
         sendable, slot.held_text, stopped = split_on_stop(text, job.stop)
         if sendable:
             slot.text += sendable
-            output = response_output(
-                job, {"GeneratedToken": {"ContentToken": sendable}}
+            output = Output(
+                job.destination, content_token_item(job.request_id, sendable)
             )
             if not slot.told_slot:
                 # The web tier logs the slot even if the request is cancelled.
-                output.meta = {"slot": slot.seq_id}
+                output.item["meta"] = {"slot": slot.seq_id}
                 slot.told_slot = True
             outputs.append(output)
         if (
@@ -607,9 +608,9 @@ class Engine:
         if rest:
             slot.text += rest
             outputs.append(
-                response_output(job, {"GeneratedToken": {"ContentToken": rest}})
+                Output(job.destination, content_token_item(job.request_id, rest))
             )
-        usage = {
+        usage: Usage = {
             "prompt_tokens": slot.prompt_tokens,
             "cached_prompt_tokens": slot.cached_tokens,
             "input_image_tokens": 0,
@@ -619,11 +620,14 @@ class Engine:
             "tool_call_tokens": 0,
             "undeterminable_tokens": 0,
         }
-        done = response_output(
-            job, {"GeneratedToken": {"Done": {"usage": usage}}}, True
+        outputs.append(
+            response_output(
+                job,
+                {"GeneratedToken": {"Done": {"usage": usage}}},
+                True,
+                meta={"slot": slot.seq_id},
+            )
         )
-        done.meta = {"slot": slot.seq_id}
-        outputs.append(done)
         slot.prefix = served_prefix(job.kind, job.prefix_params(), slot.text)
         self._release(slot, keep_cache=True)
 

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from balancer.chat_template import ChatTemplate
+from balancer.contract import (
+    GenerationKind,
+    Message,
+    Normalization,
+    OutputItem,
+    Tool,
+    error_item,
+)
 
 
 class ModelLoadError(Exception):
@@ -26,10 +34,10 @@ class Generation:
     request_id: str
     max_tokens: int
     raw_prompt: str | None = None
-    conversation: list[dict[str, Any]] | None = None
+    conversation: list[Message] | None = None
     add_generation_prompt: bool = True
     enable_thinking: bool = False
-    tools: list[dict[str, Any]] | None = None
+    tools: list[Tool] | None = None
     grammar: str | None = None
     grammar_root: str = "root"
     temperature: float | None = None
@@ -40,18 +48,32 @@ class Generation:
     destination: Any = None
     # The conversation as the client sent it (before a default system prompt
     # was put first): routing hashes are computed on this on both sides.
-    original_conversation: list[dict[str, Any]] | None = None
+    original_conversation: list[Message] | None = None
     # Its tokens, once the preparer thread has made them.
     prompt: list[int] = field(default_factory=list)
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> GenerationKind:
         return "raw_prompt" if self.raw_prompt is not None else "conversation"
 
-    def prefix_params(self) -> dict[str, Any]:
+    def prefix_params(self) -> PromptPrefixParams:
+        """The params routing hashes, as the web tier hashed them."""
         if self.raw_prompt is not None:
             return {"raw_prompt": self.raw_prompt}
         return {"conversation_history": self.original_conversation or []}
+
+
+class RawPromptPrefixParams(TypedDict):
+    raw_prompt: str
+
+
+class ConversationPrefixParams(TypedDict):
+    conversation_history: list[Message]
+
+
+# The prompt part of a request's params (``balancer.contract``), all that
+# ``balancer.routing`` reads of them.
+PromptPrefixParams = RawPromptPrefixParams | ConversationPrefixParams
 
 
 @dataclass
@@ -60,38 +82,59 @@ class EmbeddingJob:
 
     request_id: str
     documents: list[tuple[str, str]]
-    # "L2", "None", or {"RmsNorm": {"epsilon": float}}
-    normalization: Any = "None"
+    normalization: Normalization = "None"
     destination: Any = None
 
 
 @dataclass
 class Output:
-    """One item of a request's output: a Paddler response payload or an error."""
+    """One item of a request's output and the inbox it goes to."""
 
-    request_id: str
+    # Opaque here: the job's ``destination``.
     destination: Any
-    response: dict[str, Any] | str | None = None
-    error: dict[str, Any] | None = None
-    final: bool = False
-    # For the web tier only (never sent to clients): which slot served it.
-    meta: dict[str, Any] | None = None
+    item: OutputItem
+
+    @property
+    def request_id(self) -> str:
+        return self.item["request_id"]
+
+    @property
+    def final(self) -> bool:
+        return self.item["final"]
+
+    @property
+    def response(self) -> dict[str, Any] | str | None:
+        return self.item["response"]
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        return self.item["error"]
 
 
 def error_output(job: Generation | EmbeddingJob, code: int, description: str) -> Output:
     """The last item of a request that failed."""
-    return Output(
-        job.request_id,
-        job.destination,
-        error={"code": code, "description": description},
-        final=True,
-    )
+    return Output(job.destination, error_item(job.request_id, code, description))
 
 
 def response_output(
-    job: Generation | EmbeddingJob, response: dict[str, Any], final: bool = False
+    job: Generation | EmbeddingJob,
+    response: dict[str, Any] | None,
+    final: bool = False,
+    *,
+    meta: dict[str, Any] | None = None,
 ) -> Output:
-    return Output(job.request_id, job.destination, response=response, final=final)
+    """An item the contract has no constructor for (``Done``, an embedding,
+    a ``GeneratedToken`` error, a progress item with ``meta`` only)."""
+    return Output(
+        job.destination,
+        {
+            "request_id": job.request_id,
+            "response": response,
+            "error": None,
+            "final": final,
+            "meta": meta,
+        },
+    )
 
 
 class EngineProtocol(Protocol):

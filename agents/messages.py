@@ -9,23 +9,28 @@ Redis list its stream reads.  No I/O here: the worker does the sending.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
-from agents.jobs import EmbeddingJob, Generation, Output
+from agents.jobs import EmbeddingJob, Generation, Output, response_output
+from balancer.contract import (
+    ConversationParams,
+    Grammar,
+    OutputItem,
+    RawPromptParams,
+    error_item,
+)
 from balancer.events import (
     CompactToken,
+    InferenceRequestEvent,
     OutputBatch,
-    OutputItem,
     compact_item,
-    error_item,
 )
 from balancer.grammar_limits import GrammarTooComplex, check_gbnf
 
 
-def grammar_to_gbnf(grammar: dict[str, str]) -> tuple[str, str]:
+def grammar_to_gbnf(grammar: Grammar) -> tuple[str, str]:
     """(GBNF text, root rule) for a request's grammar; ValueError if malformed,
     ``GrammarTooComplex`` (a ValueError) past a limit of ``grammar_limits``."""
-    if grammar.get("type") == "json_schema":
+    if grammar["type"] == "json_schema":
         from llama_cpp.llama_grammar import json_schema_to_gbnf
 
         from balancer.grammar_limits import check_json_schema_text
@@ -39,21 +44,16 @@ def grammar_to_gbnf(grammar: dict[str, str]) -> tuple[str, str]:
         check_gbnf(text)
         return text, "root"
     check_gbnf(grammar["grammar"])
-    return grammar["grammar"], grammar.get("root") or "root"
+    return grammar["grammar"], grammar["root"]
 
 
 def refusal(request_id: str, reply_to: str, code: int, description: str) -> Output:
     """The only output item of a request the agent does not take."""
-    return Output(
-        request_id,
-        reply_to,
-        error={"code": code, "description": description},
-        final=True,
-    )
+    return Output(reply_to, error_item(request_id, code, description))
 
 
 def job_from_request(
-    message: dict[str, Any], *, system_prompt: str
+    message: InferenceRequestEvent, *, system_prompt: str
 ) -> Generation | EmbeddingJob | Output:
     """The job an ``inference.request`` message asks for, or, for a request
     whose grammar cannot be used, its one and last output item.
@@ -64,7 +64,9 @@ def job_from_request(
     request_id = message["request_id"]
     reply_to = message["reply_to"]
     params = message["params"]
-    if message["kind"] == "embeddings":
+    # The params are the contract's, built and validated by the web tier: the
+    # kinds' TypedDicts are final, so the keys they hold tell them apart.
+    if "input_batch" in params:
         return EmbeddingJob(
             request_id=request_id,
             destination=reply_to,
@@ -74,37 +76,46 @@ def job_from_request(
     job = Generation(
         request_id=request_id,
         destination=reply_to,
-        max_tokens=int(params.get("max_tokens", 256)),
+        max_tokens=params["max_tokens"],
+        # Sampling overrides are optional: None leaves the desired state's.
         temperature=params.get("temperature"),
         top_p=params.get("top_p"),
         seed=params.get("seed"),
-        stop=list(params.get("stop") or []),
+        stop=params.get("stop", []),
     )
-    grammar = params.get("grammar")
-    if grammar:
+    grammar = params["grammar"]
+    if grammar is not None:
         try:
             job.grammar, job.grammar_root = grammar_to_gbnf(grammar)
         except GrammarTooComplex as error:
             # The web tier checks this too; the agent does not rely on it.
             return refusal(request_id, reply_to, 400, f"grammar: {error}")
         except ValueError as error:
-            return Output(
-                request_id,
-                reply_to,
-                response={"GeneratedToken": {"GrammarSyntaxError": str(error)}},
-                final=True,
+            return response_output(
+                job, {"GeneratedToken": {"GrammarSyntaxError": str(error)}}, True
             )
-    if message["kind"] == "raw_prompt":
-        job.raw_prompt = params["raw_prompt"]
-        return job
+    if "raw_prompt" in params:
+        return _raw_prompt_job(job, params)
+    return _conversation_job(job, params, system_prompt=system_prompt)
+
+
+def _raw_prompt_job(job: Generation, params: RawPromptParams) -> Generation:
+    job.raw_prompt = params["raw_prompt"]
+    return job
+
+
+def _conversation_job(
+    job: Generation, params: ConversationParams, *, system_prompt: str
+) -> Generation:
     job.original_conversation = params["conversation_history"]
     history = list(params["conversation_history"])
     if system_prompt and not any(m.get("role") == "system" for m in history):
         history.insert(0, {"role": "system", "content": system_prompt})
     job.conversation = history
-    job.add_generation_prompt = bool(params.get("add_generation_prompt", True))
-    job.enable_thinking = bool(params.get("enable_thinking", False))
-    job.tools = params.get("tools") or None
+    job.add_generation_prompt = params["add_generation_prompt"]
+    job.enable_thinking = params["enable_thinking"]
+    # An empty list renders as no tools at all.
+    job.tools = params["tools"] or None
     return job
 
 
@@ -130,15 +141,7 @@ def output_batches(
         if output.request_id in lost:
             continue
         by_destination.setdefault(output.destination, []).append(
-            compact_item(
-                {
-                    "request_id": output.request_id,
-                    "response": output.response,
-                    "error": output.error,
-                    "final": output.final,
-                    "meta": output.meta,
-                }
-            )
+            compact_item(output.item)
         )
     return {
         destination: {"agent_id": agent_id, "agent_name": agent_name, "items": items}

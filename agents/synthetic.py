@@ -9,8 +9,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agents.jobs import EmbeddingJob, Generation, Output
+from agents.jobs import (
+    EmbeddingJob,
+    Generation,
+    Output,
+    error_output,
+    response_output,
+)
 from balancer.chat_template import ChatTemplate
+from balancer.contract import Usage, content_token_item
 
 
 class SyntheticEngine:
@@ -45,16 +52,7 @@ class SyntheticEngine:
         self._commands.put(("submit", job))
 
     def submit_embeddings(self, job: EmbeddingJob) -> None:
-        self._on_output(
-            [
-                Output(
-                    job.request_id,
-                    job.destination,
-                    error={"code": 400, "description": "synthetic backend"},
-                    final=True,
-                )
-            ]
-        )
+        self._on_output([error_output(job, 400, "synthetic backend")])
 
     def cancel(self, request_id: str) -> None:
         self._commands.put(("cancel", request_id))
@@ -100,28 +98,23 @@ class SyntheticEngine:
             outputs: list[Output] = []
             for request_id, (job, count) in list(self._active.items()):
                 if count >= job.max_tokens:
-                    usage = {
+                    usage: Usage = {
                         "prompt_tokens": 1,
                         "cached_prompt_tokens": 0,
                         "content_tokens": count,
                     }
                     outputs.append(
-                        Output(
-                            request_id,
-                            job.destination,
-                            response={"GeneratedToken": {"Done": {"usage": usage}}},
-                            final=True,
+                        response_output(
+                            job,
+                            {"GeneratedToken": {"Done": {"usage": usage}}},
+                            True,
                             meta={"slot": 0},
                         )
                     )
                     del self._active[request_id]
                     continue
                 outputs.append(
-                    Output(
-                        request_id,
-                        job.destination,
-                        response={"GeneratedToken": {"ContentToken": " tok"}},
-                    )
+                    Output(job.destination, content_token_item(request_id, " tok"))
                 )
                 self._active[request_id] = (job, count + 1)
             if outputs:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from channels.layers import BaseChannelLayer, get_channel_layer
@@ -31,6 +31,7 @@ from agents.synthetic import SyntheticEngine
 from balancer import keys
 from balancer.chat_template import ChatTemplateError, compile_template
 from balancer.desired_state import DesiredState, DesiredStateError
+from balancer.events import InferenceRequestEvent
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +316,10 @@ class AgentWorker:
     def handle_message(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "inference.request":
-            self._handle_request(message)
+            # Sent as an ``InferenceRequestEvent`` (``balancer.dispatch``), its
+            # params built and validated by the web tier; the channel layer
+            # carries it as plain JSON.
+            self._handle_request(cast(InferenceRequestEvent, message))
         elif kind == "inference.cancel":
             if self.engine is not None:
                 self.engine.cancel(message["request_id"])
@@ -325,7 +329,7 @@ class AgentWorker:
         elif kind == "desired_state.changed":
             self._schedule_apply(message["state"])
 
-    def _handle_request(self, message: dict[str, Any]) -> None:
+    def _handle_request(self, message: InferenceRequestEvent) -> None:
         if self.engine is None or not self._accepting:
             self._outputs.put_nowait(
                 [

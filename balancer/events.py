@@ -17,22 +17,7 @@ from balancer.contract import (
     RequestParams,
     content_token_item,
     content_token_text,
-    error_item,
 )
-
-# The agent imports the output item from here; its side of the contract moves
-# to ``balancer.contract`` next.
-__all__ = [
-    "CompactToken",
-    "DesiredStateChangedEvent",
-    "InferenceCancelEvent",
-    "InferenceRequestEvent",
-    "OutputBatch",
-    "OutputItem",
-    "compact_item",
-    "error_item",
-    "expand_item",
-]
 
 
 class InferenceRequestEvent(TypedDict):

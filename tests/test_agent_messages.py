@@ -3,21 +3,38 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from agents.jobs import EmbeddingJob, Generation, Output
 from agents.messages import job_from_request, output_batches
+from balancer.contract import Message, RequestKind, RequestParams, content_token_item
+from balancer.events import InferenceRequestEvent
 
-HISTORY = [{"role": "user", "content": "Hi"}]
+HISTORY: list[Message] = [{"role": "user", "content": "Hi"}]
+
+# What the web tier's validation fills in when a client leaves it out.
+DEFAULTS: dict[RequestKind, dict[str, Any]] = {
+    "raw_prompt": {"max_tokens": 256, "grammar": None},
+    "conversation": {
+        "add_generation_prompt": True,
+        "enable_thinking": False,
+        "max_tokens": 256,
+        "grammar": None,
+        "tools": [],
+    },
+    "embeddings": {},
+}
 
 
-def message(kind: str, **params: Any) -> dict[str, Any]:
+def message(kind: RequestKind, **params: Any) -> InferenceRequestEvent:
+    # The contract's params, as validation builds them from a client's body.
+    full = cast(RequestParams, {**DEFAULTS[kind], **params})
     return {
         "type": "inference.request",
         "request_id": "r",
         "reply_to": "inbox",
         "kind": kind,
-        "params": params,
+        "params": full,
     }
 
 
@@ -69,8 +86,8 @@ def test_an_unusable_json_schema_ends_the_request_with_a_syntax_error() -> None:
 
 def test_lost_requests_end_with_502_and_their_later_output_is_dropped() -> None:
     outputs = [
-        Output("lost", "inbox", response={"GeneratedToken": {"ContentToken": "x"}}),
-        Output("kept", "other", response={"GeneratedToken": {"ContentToken": "y"}}),
+        Output("inbox", content_token_item("lost", "x")),
+        Output("other", content_token_item("kept", "y")),
     ]
     batches = output_batches(
         outputs, agent_id="id", agent_name="name", lost={"lost": "inbox"}

@@ -17,7 +17,8 @@ import redis
 
 from agents.worker import AgentWorker
 from balancer import keys
-from balancer.events import OutputItem, expand_item
+from balancer.contract import OutputItem
+from balancer.events import expand_item
 from tests.support.constants import GREEDY_PARAMETERS
 
 INBOX = "paddler:test:worker-inbox"
@@ -39,7 +40,7 @@ def request(request_id: str, **params: Any) -> dict[str, Any]:
         "request_id": request_id,
         "reply_to": INBOX,
         "kind": "raw_prompt",
-        "params": {"raw_prompt": "Hi", "max_tokens": 3, **params},
+        "params": {"raw_prompt": "Hi", "max_tokens": 3, "grammar": None, **params},
     }
 
 
@@ -118,7 +119,8 @@ async def test_a_grammar_too_complex_is_refused_before_the_engine(
     worker: AgentWorker, isolated_redis: redis.Redis
 ) -> None:
     await worker.apply_state(state())
-    worker.handle_message(request("deep", grammar={"grammar": DEEP_GRAMMAR}))
+    grammar = {"type": "gbnf", "grammar": DEEP_GRAMMAR, "root": "root"}
+    worker.handle_message(request("deep", grammar=grammar))
     (item,), _ = await items_until_final(isolated_redis, "deep")
     assert item["error"] is not None
     assert item["error"]["code"] == 400
