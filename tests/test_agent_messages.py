@@ -98,3 +98,30 @@ def test_lost_requests_end_with_502_and_their_later_output_is_dropped() -> None:
     # A plain content token travels compact, as [request_id, text].
     assert batches["other"]["items"] == [["kept", "y"]]
     assert batches["other"]["agent_name"] == "name"
+
+
+def test_a_conversation_keeps_its_template_flags_tools_and_sampling() -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    job = job_from_request(
+        message(
+            "conversation",
+            conversation_history=HISTORY,
+            add_generation_prompt=False,
+            enable_thinking=True,
+            tools=[tool],
+            stop=["x"],
+            temperature=0.5,
+        ),
+        system_prompt="",
+    )
+    assert isinstance(job, Generation) and job.kind == "conversation"
+    assert not job.add_generation_prompt and job.enable_thinking
+    assert job.tools == [tool] and job.stop == ["x"] and job.temperature == 0.5
+    assert job.top_p is None and job.seed is None
+
+
+def test_a_raw_prompt_without_overrides_leaves_sampling_to_the_desired_state() -> None:
+    job = job_from_request(message("raw_prompt", raw_prompt="Hi"), system_prompt="")
+    assert isinstance(job, Generation) and job.kind == "raw_prompt"
+    assert job.prefix_params() == {"raw_prompt": "Hi"}
+    assert job.temperature is None and job.stop == [] and job.grammar is None
