@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 BUFFER_POLL_S = 0.05
 # How old the registry read that routes a request may be.
 AGENTS_CACHE_S = 0.05
+# How old the context size that bounds prompts may be.
+CONTEXT_SIZE_CACHE_S = 1.0
 
 
 def _spread(decision: Decision, avoid: set[str]) -> Decision:
@@ -88,6 +90,8 @@ class Dispatcher:
         self._statsd = metrics.statsd_client()
         self._agents_task: asyncio.Future[list[registry.AgentRecord]] | None = None
         self._agents_read_at = 0.0
+        self._context_size_value = InferenceParameters.context_size
+        self._context_size_read_at = -CONTEXT_SIZE_CACHE_S
 
     async def agents(self) -> list[registry.AgentRecord]:
         """The registry, at most ``AGENTS_CACHE_S`` old.
@@ -163,17 +167,27 @@ class Dispatcher:
         before it takes a slot or an agent spends time tokenizing it."""
         if kind == "embeddings":
             return
-        raw = await self.redis.get(keys.desired_state())
-        parameters = json.loads(raw).get("inference_parameters") if raw else None
-        context_size = (
-            parameters.get("context_size") if isinstance(parameters, dict) else None
-        )
-        if not isinstance(context_size, int) or context_size < 1:
-            context_size = InferenceParameters.context_size
         try:
-            check_prompt_bounds(params, context_size=context_size)
+            check_prompt_bounds(params, context_size=await self._context_size())
         except PromptTooLarge as error:
             raise InferenceFailure(413, str(error)) from None
+
+    async def _context_size(self) -> int:
+        """The desired state's context size, read from Redis at most every
+        ``CONTEXT_SIZE_CACHE_S``, not once per request (the state holds the
+        whole chat template).  A bound a moment stale is harmless: agents
+        check the exact one of their model."""
+        now = time.monotonic()
+        if now - self._context_size_read_at >= CONTEXT_SIZE_CACHE_S:
+            raw = await self.redis.get(keys.desired_state())
+            parameters = json.loads(raw).get("inference_parameters") if raw else None
+            size = (
+                parameters.get("context_size") if isinstance(parameters, dict) else None
+            )
+            if not isinstance(size, int) or size < 1:
+                size = InferenceParameters.context_size
+            self._context_size_value, self._context_size_read_at = size, now
+        return self._context_size_value
 
     async def open_embedding_batch(self, params: EmbeddingParams) -> fanout.FanOut:
         """Split the batch into chunks that agents embed in parallel, each a

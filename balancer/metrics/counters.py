@@ -19,17 +19,10 @@ from balancer.request_log import RequestRecord
 
 # Upper bounds (ms) of the latency histograms.
 BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
-# Request-log field -> metric name.
-TIMINGS = {
-    "queue_wait_ms": "queue_wait",
-    "time_to_first_token_ms": "time_to_first_token",
-    "duration_ms": "duration",
-}
-TOKENS = {
-    "prompt_tokens": "prompt",
-    "cached_prompt_tokens": "cached_prompt",
-    "generated_tokens": "generated",
-}
+# The metric names of a request's timings and token counts (see ``timings``
+# and ``token_counts``, which read them from its record).
+TIMINGS = ("queue_wait", "time_to_first_token", "duration")
+TOKENS = ("prompt", "cached_prompt", "generated")
 
 
 def timings(record: RequestRecord) -> dict[str, float | None]:
@@ -99,7 +92,7 @@ async def read_counters(redis: aioredis.Redis) -> Counters:
             requests[kind, outcome] = value
     return Counters(
         requests=requests,
-        tokens={name: fields.get(f"tokens|{name}", 0) for name in TOKENS.values()},
+        tokens={name: fields.get(f"tokens|{name}", 0) for name in TOKENS},
         histograms={
             name: Histogram(
                 buckets=[
@@ -108,6 +101,6 @@ async def read_counters(redis: aioredis.Redis) -> Counters:
                 ],
                 sum=fields.get(f"sum|{name}", 0),
             )
-            for name in TIMINGS.values()
+            for name in TIMINGS
         },
     )

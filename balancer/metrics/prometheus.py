@@ -86,10 +86,10 @@ class FleetCollector(Collector):
             "Tokens: prompt, cached_prompt, generated.",
             labels=["type"],
         )
-        for name in TOKENS.values():
+        for name in TOKENS:
             tokens.add_metric([name], self.counters.tokens[name])
         yield tokens
-        for name in TIMINGS.values():
+        for name in TIMINGS:
             histogram = self.counters.histograms[name]
             yield HistogramMetricFamily(
                 f"paddler_{name}_milliseconds",
