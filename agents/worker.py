@@ -35,6 +35,11 @@ from balancer.events import InferenceRequestEvent
 
 logger = logging.getLogger(__name__)
 
+# A web process whose heartbeat key has been missing this long is dead.  It
+# renews the key every second (balancer.background.web_heartbeat), so after
+# a Redis restart a live one's key is back well within this.
+WEB_GONE_AFTER_S = 3.0
+
 
 class AgentWorker:
     def __init__(
@@ -61,7 +66,8 @@ class AgentWorker:
         self._accepting = False
         self._applied_key: str | None = None
         self._lost_redis = False
-        self._webs_missing: set[str] = set()
+        # Inbox -> when its web process was first seen missing (monotonic).
+        self._webs_missing_since: dict[str, float] = {}
         # Requests whose output Redis did not take: request id -> inbox.
         self._undelivered: dict[str, str] = {}
         self._system_prompt = ""
@@ -248,12 +254,24 @@ class AgentWorker:
             for inbox in inboxes:
                 pipe.exists(keys.web_alive_for_inbox(inbox))
             flags = await pipe.execute()
-        # Missing twice in a row: a Redis restart empties it for a moment.
+        # Dead only once missing for longer than a web process's heartbeat
+        # lives: a Redis restart empties Redis for a moment, and the web
+        # process writes its key again within a second of Redis coming back.
+        # Counting checks instead of time cancelled the requests of a live
+        # web process when two checks ran close together right after a
+        # restart (each slot change wakes this loop).
+        now = time.monotonic()
         missing = {
             inbox for inbox, alive in zip(inboxes, flags, strict=True) if not alive
         }
-        dead = missing & self._webs_missing
-        self._webs_missing = missing
+        self._webs_missing_since = {
+            inbox: self._webs_missing_since.get(inbox, now) for inbox in missing
+        }
+        dead = {
+            inbox
+            for inbox, since in self._webs_missing_since.items()
+            if now - since >= WEB_GONE_AFTER_S
+        }
         for request_id, inbox in in_flight.items():
             if inbox in dead:
                 logger.warning(
@@ -342,6 +360,8 @@ class AgentWorker:
                 ]
             )
             return
+        # A web process that just sent a request lives, whatever Redis says.
+        self._webs_missing_since.pop(message["reply_to"], None)
         job = job_from_request(message, system_prompt=self._system_prompt)
         if isinstance(job, Output):
             self._outputs.put_nowait([job])

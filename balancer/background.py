@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 CLAIM_LEASE_MS = 15_000
 # A stream whose consumer has not read for this long is cancelled.
 ABANDONED_S = 5.0
-# A web process silent this long is taken for dead by the agents.
+# A web process silent this long is taken for dead by the agents (they wait
+# as long again: agents.worker.WEB_GONE_AFTER_S).
 WEB_HEARTBEAT_TTL_MS = 4_000
 # How often a web process checks that Redis still holds the desired state.
 DESIRED_STATE_CHECK_S = 2.0

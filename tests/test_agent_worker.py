@@ -155,3 +155,29 @@ async def test_a_new_system_prompt_keeps_the_running_engine(
         state(inference_parameters={**GREEDY_PARAMETERS, "n_batch": 256})
     )
     assert worker.engine is not None and worker.engine is not engine
+
+
+async def test_requests_of_a_web_process_missing_only_for_a_moment_run_on(
+    worker: AgentWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after a Redis restart a live web process's heartbeat key is
+    missing until it writes it again.  Checks that run close together then
+    (every slot change wakes the heartbeat loop) must not take it for dead:
+    its requests ran on, silently cancelled, and their clients got a 504."""
+    await worker.apply_state(state())
+    engine = worker.engine
+    assert engine is not None
+    worker.handle_message(request("long", max_tokens=10_000_000))
+    await asyncio.sleep(0.05)
+    # The inbox's web process has no heartbeat key in this Redis.
+    await worker._cancel_orphans()
+    await worker._cancel_orphans()
+    await asyncio.sleep(0.2)
+    assert "long" in engine.destinations()
+    # Missing for longer than a heartbeat lives: the web process is gone.
+    monkeypatch.setattr("agents.worker.WEB_GONE_AFTER_S", 0.1)
+    await worker._cancel_orphans()
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while "long" in engine.destinations():
+        assert asyncio.get_running_loop().time() < deadline, "never cancelled"
+        await asyncio.sleep(0.05)
