@@ -32,6 +32,7 @@ from balancer import keys
 from balancer.chat_template import ChatTemplateError, compile_template
 from balancer.desired_state import DesiredState, DesiredStateError
 from balancer.events import InferenceRequestEvent
+from balancer.pools import DEFAULT_POOL, check_pool_name
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +52,13 @@ class AgentWorker:
         n_gpu_layers: int | None = None,
         shutdown_grace_s: float = 10.0,
         backend: str = "llama",
+        pool: str = DEFAULT_POOL,
     ) -> None:
         self.agent_id = uuid.uuid4().hex
         self.name = name
+        # The pool whose desired state this agent applies and whose requests
+        # it serves; one pool per agent.
+        self.pool = check_pool_name(pool)
         self.slots = slots
         self.n_threads = n_threads
         self.n_gpu_layers = n_gpu_layers
@@ -98,7 +103,7 @@ class AgentWorker:
             asyncio.create_task(self._receive_loop(), name="receive"),
         ]
         output_task = asyncio.create_task(self.output_loop(), name="output")
-        raw = await self._redis.get(keys.desired_state())
+        raw = await self._redis.get(keys.desired_state(self.pool))
         if raw is not None:
             self._schedule_apply(json.loads(raw))
         try:
@@ -123,8 +128,10 @@ class AgentWorker:
         assert layer is not None, "CHANNEL_LAYERS is not configured"
         self._layer = layer
         self.channel = await layer.new_channel("paddler.agent.")
-        await layer.group_add(keys.AGENTS_GROUP, self.channel)
-        logger.info("agent %s (%s) registered", self.name, self.agent_id)
+        await layer.group_add(keys.agents_group(self.pool), self.channel)
+        logger.info(
+            "agent %s (%s) registered in pool %s", self.name, self.agent_id, self.pool
+        )
 
     async def disconnect(self) -> None:
         """Deregister and close Redis; the agent is gone from the registry."""
@@ -158,7 +165,9 @@ class AgentWorker:
             logger.warning("could not deregister from Redis", exc_info=True)
         if self._layer is not None:
             try:
-                await self._layer.group_discard(keys.AGENTS_GROUP, self.channel)
+                await self._layer.group_discard(
+                    keys.agents_group(self.pool), self.channel
+                )
             except Exception:
                 logger.debug("could not leave the agents group", exc_info=True)
 
@@ -178,6 +187,7 @@ class AgentWorker:
         return {
             "id": self.agent_id,
             "name": self.name,
+            "pool": self.pool,
             "channel": self.channel,
             "slots_total": slots_total,
             "desired_slots_total": self.slots,
@@ -295,7 +305,7 @@ class AgentWorker:
 
     async def _rejoin(self) -> None:
         assert self._layer is not None
-        await self._layer.group_add(keys.AGENTS_GROUP, self.channel)
+        await self._layer.group_add(keys.agents_group(self.pool), self.channel)
         if self.engine is not None:
             await self._store_metadata(self.engine)
         logger.info("agent %s registered again after losing Redis", self.name)

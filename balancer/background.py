@@ -20,7 +20,7 @@ from django.conf import settings
 
 from balancer import keys, registry
 from balancer.events import OutputBatch, expand_item
-from balancer.services import desired_state_revision_current
+from balancer.services import desired_state_revision_current, pool_names
 
 if TYPE_CHECKING:
     from balancer.dispatch import Dispatcher
@@ -66,18 +66,23 @@ async def read_inbox(dispatcher: Dispatcher) -> None:
 
 
 async def keep_desired_state(redis: aioredis.Redis) -> None:
-    """Put the desired state back into Redis if Redis lost it (a restart).
+    """Put each pool's desired state back into Redis if Redis lost it (a
+    restart).
 
     Agents read it from there when they start; the database stays the
     source of truth.  SET NX: a newer state written meanwhile wins.
     """
     while True:
         try:
-            if not await redis.exists(keys.desired_state()):
-                revision = await sync_to_async(desired_state_revision_current)()
+            for pool in await sync_to_async(pool_names)():
+                if await redis.exists(keys.desired_state(pool)):
+                    continue
+                revision = await sync_to_async(desired_state_revision_current)(
+                    pool=pool
+                )
                 if revision is not None:
                     state = json.dumps(revision.to_state().to_json())
-                    await redis.set(keys.desired_state(), state, nx=True)
+                    await redis.set(keys.desired_state(pool), state, nx=True)
         except Exception:
             logger.warning("could not check the desired state", exc_info=True)
         await asyncio.sleep(DESIRED_STATE_CHECK_S)

@@ -22,11 +22,20 @@ import weakref
 from collections.abc import Callable, Collection
 
 import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from balancer import background, fanout, keys, metrics, registry, request_log
+from balancer import (
+    background,
+    fanout,
+    keys,
+    metrics,
+    registry,
+    request_log,
+    services,
+)
 from balancer.background import CLAIM_LEASE_MS
 from balancer.contract import (
     EmbeddingDocument,
@@ -38,6 +47,7 @@ from balancer.contract import (
 )
 from balancer.desired_state import InferenceParameters
 from balancer.events import InferenceCancelEvent, InferenceRequestEvent
+from balancer.pools import DEFAULT_POOL, pool_for_model
 from balancer.prompt_limits import PromptTooLarge, check_prompt_bounds
 from balancer.routing import Candidate, Decision, decide, request_prefix
 from balancer.stream import InferenceFailure, Stream, redis_failure
@@ -50,6 +60,9 @@ BUFFER_POLL_S = 0.05
 AGENTS_CACHE_S = 0.05
 # How old the context size that bounds prompts may be.
 CONTEXT_SIZE_CACHE_S = 1.0
+# How old the pools' names and aliases that route requests may be: a new
+# pool or alias takes effect within this.
+POOLS_CACHE_S = 1.0
 
 
 def _spread(decision: Decision, avoid: set[str]) -> Decision:
@@ -90,8 +103,10 @@ class Dispatcher:
         self._statsd = metrics.statsd_client()
         self._agents_task: asyncio.Future[list[registry.AgentRecord]] | None = None
         self._agents_read_at = 0.0
-        self._context_size_value = InferenceParameters.context_size
-        self._context_size_read_at = -CONTEXT_SIZE_CACHE_S
+        # Pool -> (context size, when read).
+        self._context_sizes: dict[str, tuple[int, float]] = {}
+        self._pool_routes: dict[str, list[str]] = {DEFAULT_POOL: []}
+        self._pool_routes_read_at = -POOLS_CACHE_S
 
     async def agents(self) -> list[registry.AgentRecord]:
         """The registry, at most ``AGENTS_CACHE_S`` old.
@@ -112,6 +127,29 @@ class Dispatcher:
         except Exception:
             self._agents_task = None  # read again next time
             raise
+
+    async def pool_routes(self) -> dict[str, list[str]]:
+        """Every pool's name and aliases, from the database at most every
+        ``POOLS_CACHE_S`` (not once per request)."""
+        now = time.monotonic()
+        if now - self._pool_routes_read_at >= POOLS_CACHE_S:
+            self._pool_routes = await sync_to_async(services.pool_routes)()
+            self._pool_routes_read_at = now
+        return self._pool_routes
+
+    async def pool_named(self, name: str | None) -> str:
+        """The pool a Paddler request names (the default when it names
+        none); ``InferenceFailure`` 404 for one that does not exist."""
+        if name is None or name == DEFAULT_POOL:
+            return DEFAULT_POOL
+        if name not in await self.pool_routes():
+            raise InferenceFailure(404, f"No pool named {name!r}")
+        return name
+
+    async def pool_for_model(self, model: str) -> str | None:
+        """The pool serving an OpenAI request's ``model`` (see
+        ``pools.pool_for_model``), or None."""
+        return pool_for_model(model, await self.pool_routes())
 
     def _ensure_started(self) -> None:
         if self._tasks:
@@ -137,19 +175,27 @@ class Dispatcher:
         kind: RequestKind,
         params: RequestParams,
         *,
+        pool: str = DEFAULT_POOL,
         parent_id: str | None = None,
         avoid: Callable[[], Collection[str]] | None = None,
     ) -> Stream:
-        """Claim a slot (waiting in the buffer if need be) and send the request.
+        """Claim a slot of one of ``pool``'s agents (waiting in the pool's
+        buffer if need be) and send the request.
 
         Raises ``InferenceFailure`` (503 buffer full, 504 waited too long).
         """
         stream = Stream(
-            uuid.uuid4().hex, kind, params, self, parent_id=parent_id, avoid=avoid
+            uuid.uuid4().hex,
+            kind,
+            params,
+            self,
+            pool=pool,
+            parent_id=parent_id,
+            avoid=avoid,
         )
         try:
             try:
-                await self._check_prompt_size(kind, params)
+                await self._check_prompt_size(kind, params, pool)
                 await self._place(stream, exclude=set())
             except RedisError as error:
                 raise redis_failure(error) from None
@@ -161,35 +207,38 @@ class Dispatcher:
         return stream
 
     async def _check_prompt_size(
-        self, kind: RequestKind, params: RequestParams
+        self, kind: RequestKind, params: RequestParams, pool: str
     ) -> None:
         """413 for a prompt that cannot fit in the desired state's context,
         before it takes a slot or an agent spends time tokenizing it."""
         if kind == "embeddings":
             return
         try:
-            check_prompt_bounds(params, context_size=await self._context_size())
+            check_prompt_bounds(params, context_size=await self._context_size(pool))
         except PromptTooLarge as error:
             raise InferenceFailure(413, str(error)) from None
 
-    async def _context_size(self) -> int:
-        """The desired state's context size, read from Redis at most every
+    async def _context_size(self, pool: str) -> int:
+        """The pool's desired context size, read from Redis at most every
         ``CONTEXT_SIZE_CACHE_S``, not once per request (the state holds the
         whole chat template).  A bound a moment stale is harmless: agents
         check the exact one of their model."""
         now = time.monotonic()
-        if now - self._context_size_read_at >= CONTEXT_SIZE_CACHE_S:
-            raw = await self.redis.get(keys.desired_state())
+        size, read_at = self._context_sizes.get(pool, (0, -CONTEXT_SIZE_CACHE_S))
+        if now - read_at >= CONTEXT_SIZE_CACHE_S:
+            raw = await self.redis.get(keys.desired_state(pool))
             parameters = json.loads(raw).get("inference_parameters") if raw else None
-            size = (
+            read = (
                 parameters.get("context_size") if isinstance(parameters, dict) else None
             )
-            if not isinstance(size, int) or size < 1:
-                size = InferenceParameters.context_size
-            self._context_size_value, self._context_size_read_at = size, now
-        return self._context_size_value
+            size = read if isinstance(read, int) and read > 0 else 0
+            size = size or InferenceParameters.context_size
+            self._context_sizes[pool] = (size, now)
+        return size
 
-    async def open_embedding_batch(self, params: EmbeddingParams) -> fanout.FanOut:
+    async def open_embedding_batch(
+        self, params: EmbeddingParams, *, pool: str = DEFAULT_POOL
+    ) -> fanout.FanOut:
         """Split the batch into chunks that agents embed in parallel, each a
         request of its own, and merge their outputs (see ``fanout``).
 
@@ -203,7 +252,7 @@ class Dispatcher:
             fleet = await self.agents()
         except RedisError as error:
             raise redis_failure(error) from None
-        agents = sum(1 for agent in fleet if agent.slots_total > 0)
+        agents = sum(1 for a in fleet if a.slots_total > 0 and a.pool == pool)
         size = fanout.chunk_size(
             len(documents),
             largest=settings.PADDLER_EMBEDDING_CHUNK_SIZE,
@@ -225,6 +274,7 @@ class Dispatcher:
                 return await self.open_stream(
                     "embeddings",
                     chunk_params(chunk),
+                    pool=pool,
                     parent_id=batch_id,
                     avoid=avoid,
                 )
@@ -232,7 +282,7 @@ class Dispatcher:
                 return error_item(batch_id, failure.code, failure.description)
 
         opened = await self.open_stream(
-            "embeddings", chunk_params(first), parent_id=batch_id
+            "embeddings", chunk_params(first), pool=pool, parent_id=batch_id
         )
         return fanout.FanOut(
             batch_id,
@@ -310,7 +360,11 @@ class Dispatcher:
         buffered = False
         try:
             while True:
-                agents = {a.id: a for a in await self.agents() if a.id not in exclude}
+                agents = {
+                    a.id: a
+                    for a in await self.agents()
+                    if a.pool == stream.pool and a.id not in exclude
+                }
                 decision = self._decide(list(agents.values()), prefix)
                 if stream.avoid is not None:
                     decision = _spread(decision, set(stream.avoid()))
@@ -321,6 +375,7 @@ class Dispatcher:
                     lease_ms=CLAIM_LEASE_MS,
                     max_buffered=settings.PADDLER_MAX_BUFFERED_REQUESTS,
                     buffer_timeout_ms=timeout_ms,
+                    pool=stream.pool,
                 )
                 if acquisition.outcome == "claimed":
                     assert acquisition.agent_id is not None
@@ -343,7 +398,7 @@ class Dispatcher:
         finally:
             if buffered:
                 # Timed out, or the client went away while waiting.
-                await registry.leave_buffer(self.redis, stream.request_id)
+                await registry.leave_buffer(self.redis, stream.request_id, stream.pool)
 
     async def finish(self, stream: Stream) -> None:
         """Free the stream's slot (telling the agent to stop if unfinished)

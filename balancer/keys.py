@@ -5,10 +5,22 @@ One function per name, so that both sides always agree on the spelling.
 
 from __future__ import annotations
 
+from balancer.pools import DEFAULT_POOL
+
 PREFIX = "paddler:"
 
-# Channel-layer group every agent joins; desired-state changes go to it.
+# Channel-layer group the default pool's agents join; its desired-state
+# changes go to it.
 AGENTS_GROUP = "paddler.agents"
+
+# The default pool keeps the names it had before pools existed, so a running
+# fleet upgrades without losing its desired state or buffer; other pools'
+# names carry the pool.
+
+
+def agents_group(pool: str = DEFAULT_POOL) -> str:
+    """Channel-layer group of one pool's agents (desired-state changes)."""
+    return AGENTS_GROUP if pool == DEFAULT_POOL else f"{AGENTS_GROUP}.{pool}"
 
 
 def agents_set() -> str:
@@ -36,14 +48,19 @@ def agent_metadata(agent_id: str) -> str:
     return f"{PREFIX}agent:{agent_id}:metadata"
 
 
-def buffer() -> str:
-    """Sorted set of buffered request ids, scored by the time they arrived."""
-    return f"{PREFIX}buffer"
+def buffer(pool: str = DEFAULT_POOL) -> str:
+    """Sorted set of a pool's buffered request ids, scored by arrival time."""
+    if pool == DEFAULT_POOL:
+        return f"{PREFIX}buffer"
+    return f"{PREFIX}pool:{pool}:buffer"
 
 
-def desired_state() -> str:
-    """The applicable desired state (JSON), read by agents when they start."""
-    return f"{PREFIX}desired_state"
+def desired_state(pool: str = DEFAULT_POOL) -> str:
+    """A pool's applicable desired state (JSON), read by its agents when
+    they start."""
+    if pool == DEFAULT_POOL:
+        return f"{PREFIX}desired_state"
+    return f"{PREFIX}pool:{pool}:desired_state"
 
 
 def web_inbox(web_id: str) -> str:

@@ -116,6 +116,26 @@ def _inference_parameter_constraints() -> list[models.BaseConstraint]:
     return constraints
 
 
+class Pool(models.Model):
+    """A group of agents serving one model under a desired state of its own.
+
+    Clients reach it by its name or one of its aliases (the ``model`` of an
+    OpenAI request).  The pool ``default`` always exists (migration
+    ``balancer.0002``): Paddler's API and agents started without ``--pool``
+    use it.
+    """
+
+    name = models.CharField(max_length=63, unique=True)
+    aliases = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class DesiredStateRevisionQuerySet(models.QuerySet["DesiredStateRevision"]):
     def newest_first(self) -> DesiredStateRevisionQuerySet:
         return self.order_by("-created_at", "-id")
@@ -137,6 +157,7 @@ class DesiredStateRevision(models.Model):
     A revision is never edited: a change, or a roll back, adds a new one.
     """
 
+    pool = models.ForeignKey(Pool, on_delete=models.CASCADE, related_name="revisions")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
@@ -254,7 +275,7 @@ class DesiredStateRevision(models.Model):
         (32 bits on PostgreSQL), which would otherwise fail as a 500.
         """
         try:
-            self.full_clean(exclude=["created_by"], validate_unique=False)
+            self.full_clean(exclude=["created_by", "pool"], validate_unique=False)
         except ValidationError as error:
             name, messages = next(iter(error.message_dict.items()))
             raise DesiredStateError(_wire_field(name), " ".join(messages)) from None

@@ -15,6 +15,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from balancer import keys
+from balancer.pools import DEFAULT_POOL
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class AgentRecord:
     # which is up to a heartbeat old.
     slots_claimed: int
     report: dict[str, Any]
+
+    @property
+    def pool(self) -> str:
+        """The pool it serves (agents from before pools serve the default)."""
+        return str(self.report.get("pool") or DEFAULT_POOL)
 
     @property
     def slots_busy(self) -> int:
@@ -169,9 +175,13 @@ async def acquire_slot(
     lease_ms: int,
     max_buffered: int,
     buffer_timeout_ms: int,
+    pool: str = DEFAULT_POOL,
 ) -> Acquisition:
+    """Claim a slot on the first candidate with one free, or wait in the
+    pool's buffer.  Each pool has a buffer of its own: a full pool never
+    delays another pool's requests."""
     now = now_ms()
-    script_keys = [keys.buffer()]
+    script_keys = [keys.buffer(pool)]
     for agent_id in candidates:
         script_keys += [keys.agent_slots(agent_id), keys.agent_claims(agent_id)]
     result = await redis.eval(
@@ -191,8 +201,10 @@ async def acquire_slot(
     return Acquisition(outcome)
 
 
-async def leave_buffer(redis: aioredis.Redis, request_id: str) -> None:
-    await redis.zrem(keys.buffer(), request_id)
+async def leave_buffer(
+    redis: aioredis.Redis, request_id: str, pool: str = DEFAULT_POOL
+) -> None:
+    await redis.zrem(keys.buffer(pool), request_id)
 
 
 async def release_slot(redis: aioredis.Redis, agent_id: str, request_id: str) -> None:
@@ -212,6 +224,20 @@ async def renew_claims(
         await pipe.execute()
 
 
-async def buffered_count(redis: aioredis.Redis, buffer_timeout_ms: int) -> int:
+async def buffered_count(
+    redis: aioredis.Redis, buffer_timeout_ms: int, pool: str = DEFAULT_POOL
+) -> int:
     cutoff = now_ms() - buffer_timeout_ms - 5_000
-    return int(await redis.zcount(keys.buffer(), cutoff, "+inf"))
+    return int(await redis.zcount(keys.buffer(pool), cutoff, "+inf"))
+
+
+async def buffered_counts(
+    redis: aioredis.Redis, buffer_timeout_ms: int, pools: list[str]
+) -> dict[str, int]:
+    """Buffered requests per pool, in one round trip."""
+    cutoff = now_ms() - buffer_timeout_ms - 5_000
+    async with redis.pipeline(transaction=False) as pipe:
+        for pool in pools:
+            pipe.zcount(keys.buffer(pool), cutoff, "+inf")
+        counts = await pipe.execute()
+    return {pool: int(count) for pool, count in zip(pools, counts, strict=True)}

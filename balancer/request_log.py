@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 
 from balancer import keys
+from balancer.pools import DEFAULT_POOL
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ class RequestRecord(TypedDict):
     # A chunk of an embedding batch: the batch's request id.
     parent_id: str | None
     kind: str
+    # The model pool that served it.
+    pool: str
     agent_id: str
     agent: str
     slot: int | None
@@ -82,9 +85,11 @@ def _decode(raw: bytes | str) -> RequestRecord | None:
         record = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return None
-    if not isinstance(record, dict) or not RequestRecord.__required_keys__ <= set(
-        record
-    ):
+    if not isinstance(record, dict):
+        return None
+    # Written before pools existed: the default pool served it.
+    record.setdefault("pool", DEFAULT_POOL)
+    if not RequestRecord.__required_keys__ <= set(record):
         return None
     return cast(RequestRecord, record)
 

@@ -29,6 +29,7 @@ from balancer.contract import (
     outcome_of,
     read_output,
 )
+from balancer.pools import DEFAULT_POOL
 from balancer.request_log import RequestRecord
 from balancer.routing import Decision
 
@@ -65,6 +66,8 @@ class Stream:
     kind: RequestKind
     params: RequestParams
     dispatcher: Dispatcher
+    # The model pool it is served by.
+    pool: str = DEFAULT_POOL
     agent_id: str = ""
     agent_name: str = ""
     decision: Decision | None = None
@@ -242,6 +245,7 @@ class Stream:
             "id": self.request_id,
             "parent_id": self.parent_id,
             "kind": self.kind,
+            "pool": self.pool,
             "agent_id": self.agent_id,
             "agent": self.agent_name,
             "slot": self.slot,

@@ -145,8 +145,10 @@ class InferenceSocketConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         task = asyncio.current_task()
         try:
             try:
-                stream = await get_dispatcher().open_stream(
-                    request.kind, request.params
+                dispatcher = get_dispatcher()
+                pool = await dispatcher.pool_named(request.pool)
+                stream = await dispatcher.open_stream(
+                    request.kind, request.params, pool=pool
                 )
             except InferenceFailure as failure:
                 self._forget(request.id, task)

@@ -42,6 +42,9 @@ class SocketRequest:
     id: str
     kind: GenerationKind
     params: GenerationParams
+    # The model pool it names (our extension: ``Request.pool``); None for
+    # the default pool, as every Paddler client sends it.
+    pool: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def _parse_request(payload: Any) -> SocketRequest:
     if not isinstance(request_id, str) or not request_id:
         raise InvalidSocketMessage("", "Request.id must be a non-empty string")
     for key in payload:
-        if key not in ("id", "request"):
+        if key not in ("id", "request", "pool"):
             raise InvalidSocketMessage(request_id, f"Request.{key}: unknown field")
     variant, params = _single_tag(payload.get("request"), "Request.request", request_id)
     if variant not in REQUEST_VARIANTS:
@@ -112,9 +115,12 @@ def _parse_request(payload: Any) -> SocketRequest:
             f"Request.request: unknown request {variant!r}; expected one of "
             + ", ".join(REQUEST_VARIANTS),
         )
+    pool = payload.get("pool")
+    if pool is not None and not isinstance(pool, str):
+        raise InvalidSocketMessage(request_id, "Request.pool must be a string")
     kind, validate = REQUEST_VARIANTS[variant]
     try:
-        return SocketRequest(request_id, kind, validate(params))
+        return SocketRequest(request_id, kind, validate(params), pool)
     except InvalidRequest as error:
         raise InvalidSocketMessage(request_id, str(error)) from None
 

@@ -34,6 +34,10 @@ async def health(request: HttpRequest) -> HttpResponseBase:
     return HttpResponse("OK", content_type="text/plain")
 
 
+# Names the model pool of a Paddler request; without it, the default pool.
+POOL_HEADER = "X-Paddler-Pool"
+
+
 def error_response(code: int, description: str) -> JsonResponse:
     return JsonResponse(
         {"error": {"code": code, "description": description}}, status=code
@@ -68,17 +72,22 @@ P = TypeVar("P", RawPromptParams, ConversationParams, EmbeddingParams)
 async def _serve(
     request: HttpRequest,
     validate: Callable[[Any], P],
-    open_: Callable[[Dispatcher, P], Awaitable[Stream | FanOut]],
+    open_: Callable[[Dispatcher, P, str], Awaitable[Stream | FanOut]],
 ) -> HttpResponseBase:
-    """Validate the body into the agent's params and stream the output."""
+    """Validate the body into the agent's params and stream the output.
+
+    The request goes to the default pool unless its ``X-Paddler-Pool``
+    header names another (our extension: Paddler has one pool)."""
     try:
         params = validate(read_json(request))
     except BodyTooLarge as error:
         return error_response(413, str(error))
     except InvalidRequest as error:
         return error_response(400, str(error))
+    dispatcher = get_dispatcher()
     try:
-        stream = await open_(get_dispatcher(), params)
+        pool = await dispatcher.pool_named(request.headers.get(POOL_HEADER))
+        stream = await open_(dispatcher, params, pool)
     except InferenceFailure as failure:
         return error_response(failure.code, failure.description)
     return StreamingHttpResponse(ndjson_lines(stream), content_type="application/json")
@@ -91,7 +100,9 @@ async def continue_from_raw_prompt(request: HttpRequest) -> HttpResponseBase:
     return await _serve(
         request,
         validate_raw_prompt,
-        lambda dispatcher, params: dispatcher.open_stream("raw_prompt", params),
+        lambda dispatcher, params, pool: dispatcher.open_stream(
+            "raw_prompt", params, pool=pool
+        ),
     )
 
 
@@ -102,7 +113,9 @@ async def continue_from_conversation_history(request: HttpRequest) -> HttpRespon
     return await _serve(
         request,
         validate_conversation,
-        lambda dispatcher, params: dispatcher.open_stream("conversation", params),
+        lambda dispatcher, params, pool: dispatcher.open_stream(
+            "conversation", params, pool=pool
+        ),
     )
 
 
@@ -111,5 +124,9 @@ async def continue_from_conversation_history(request: HttpRequest) -> HttpRespon
 @api_key_required(_unauthorized)
 async def generate_embedding_batch(request: HttpRequest) -> HttpResponseBase:
     return await _serve(
-        request, validate_embedding_batch, Dispatcher.open_embedding_batch
+        request,
+        validate_embedding_batch,
+        lambda dispatcher, params, pool: dispatcher.open_embedding_batch(
+            params, pool=pool
+        ),
     )

@@ -185,6 +185,7 @@ def logged_request(**fields: Any) -> RequestRecord:
         "id": "r",
         "parent_id": None,
         "kind": "conversation",
+        "pool": "default",
         "agent_id": "",
         "agent": "",
         "slot": None,

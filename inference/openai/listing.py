@@ -1,4 +1,5 @@
-"""The models the API lists: their ids, and which ones the fleet serves.
+"""The models the API lists: their ids, which ones the fleet serves, and the
+model pool each id routes to.
 
 A model's id is its file name without ``.gguf``, as the agents report it or
 the desired state names it.
@@ -12,6 +13,7 @@ from typing import Any
 
 from balancer import keys, registry
 from balancer.dispatch import get_dispatcher
+from balancer.pools import DEFAULT_POOL
 
 
 def model_id(path_or_url: str) -> str:
@@ -43,20 +45,43 @@ def models_list(identifiers: list[str]) -> dict[str, Any]:
     return {"object": "list", "data": [model_object(i) for i in identifiers]}
 
 
-async def served_model_ids() -> list[str]:
-    """The models the fleet serves now, else the one it is told to serve.
+async def served_model_ids(pool: str = DEFAULT_POOL) -> list[str]:
+    """The models a pool's agents serve now, else the one it is told to serve.
 
-    With no agent up (a fleet scaled to zero) requests still wait in the
+    With no agent up (a pool scaled to zero) requests still wait in the
     buffer, so the desired model is listed rather than nothing.
     """
     redis = get_dispatcher().redis
     paths = {
         str(agent.report["model_path"])
         for agent in await registry.list_agents(redis)
-        if agent.report.get("model_path")
+        if agent.pool == pool and agent.report.get("model_path")
     }
     if paths:
         return sorted({model_id(path) for path in paths})
-    raw = await redis.get(keys.desired_state())
+    raw = await redis.get(keys.desired_state(pool))
     desired = model_id_of_source(json.loads(raw).get("model")) if raw else None
     return [desired] if desired else []
+
+
+async def listed_model_ids() -> list[str]:
+    """What ``/v1/models`` lists: the default pool by the models it serves
+    (as before pools existed), every other pool by its name; each pool's
+    aliases too.  Each id routes to its pool (``model_pool``)."""
+    routes = await get_dispatcher().pool_routes()
+    ids: list[str] = []
+    for pool, aliases in routes.items():
+        ids += await served_model_ids() if pool == DEFAULT_POOL else [pool]
+        ids += aliases
+    return list(dict.fromkeys(ids))
+
+
+async def model_pool(model: str) -> str | None:
+    """The pool an OpenAI request for ``model`` goes to, or None (404).
+
+    A pool's name or alias, else the default pool for the models it serves
+    (see ``pools.pool_for_model`` for a fleet with one pool)."""
+    pool = await get_dispatcher().pool_for_model(model)
+    if pool is None and model in await served_model_ids():
+        pool = DEFAULT_POOL
+    return pool

@@ -24,7 +24,12 @@ from balancer.dispatch import get_dispatcher
 from balancer.stream import InferenceFailure, Stream
 from inference.access import api_key_required
 from inference.openai.errors import OpenAIError
-from inference.openai.listing import model_object, models_list, served_model_ids
+from inference.openai.listing import (
+    listed_model_ids,
+    model_object,
+    model_pool,
+    models_list,
+)
 from inference.openai.output import (
     EmbeddingResults,
     Finished,
@@ -60,9 +65,27 @@ def _json(request: HttpRequest) -> Any:
         raise OpenAIError(400, f"The body {error.message}.") from None
 
 
-async def _open(kind: GenerationKind, params: GenerationParams) -> Stream:
+def _model_not_found(model: str) -> OpenAIError:
+    return OpenAIError(
+        404,
+        f"The model '{model}' does not exist",
+        param="model",
+        code="model_not_found",
+    )
+
+
+async def _pool(model: str) -> str:
+    """The pool serving ``model``, or ``OpenAIError`` 404."""
+    pool = await model_pool(model)
+    if pool is None:
+        raise _model_not_found(model)
+    return pool
+
+
+async def _open(kind: GenerationKind, params: GenerationParams, model: str) -> Stream:
+    pool = await _pool(model)
     try:
-        return await get_dispatcher().open_stream(kind, params)
+        return await get_dispatcher().open_stream(kind, params, pool=pool)
     except InferenceFailure as failure:
         raise OpenAIError(failure.code, failure.description) from None
 
@@ -139,7 +162,7 @@ async def _generate(request: HttpRequest, chat: bool) -> HttpResponseBase:
         generation: AnyGeneration = (
             parse_chat_request(body) if chat else parse_completion_request(body)
         )
-        stream = await _open(generation.kind, generation.params)
+        stream = await _open(generation.kind, generation.params, generation.model)
     except OpenAIError as error:
         return error_response(error)
     reply = Reply.new("chatcmpl" if chat else "cmpl", generation.model)
@@ -184,7 +207,9 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
     try:
         embedding = parse_embedding_request(_json(request))
         try:
-            batch = await get_dispatcher().open_embedding_batch(embedding.params)
+            batch = await get_dispatcher().open_embedding_batch(
+                embedding.params, pool=await _pool(embedding.model)
+            )
         except InferenceFailure as failure:
             raise OpenAIError(failure.code, failure.description) from None
         # Chunks end in any order; the results are put in input order.
@@ -209,19 +234,12 @@ async def embeddings(request: HttpRequest) -> HttpResponseBase:
 @require_GET
 @api_key_required(_unauthorized)
 async def models(request: HttpRequest) -> HttpResponseBase:
-    return JsonResponse(models_list(await served_model_ids()))
+    return JsonResponse(models_list(await listed_model_ids()))
 
 
 @require_GET
 @api_key_required(_unauthorized)
 async def retrieve_model(request: HttpRequest, model: str) -> HttpResponseBase:
-    if model not in await served_model_ids():
-        return error_response(
-            OpenAIError(
-                404,
-                f"The model '{model}' does not exist",
-                param="model",
-                code="model_not_found",
-            )
-        )
+    if model not in await listed_model_ids():
+        return error_response(_model_not_found(model))
     return JsonResponse(model_object(model))

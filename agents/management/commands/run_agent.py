@@ -13,6 +13,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from agents.worker import AgentWorker
+from balancer.pools import DEFAULT_POOL, PoolError, check_pool_name
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ class Command(BaseCommand):
             help="'synthetic' emits tokens without a model (benchmarks only)",
         )
         parser.add_argument(
+            "--pool",
+            default=DEFAULT_POOL,
+            help="the model pool this agent serves and takes its desired state "
+            f"from (default {DEFAULT_POOL!r})",
+        )
+        parser.add_argument(
             "--shutdown-grace",
             type=float,
             default=10.0,
@@ -59,6 +66,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["slots"] < 1:
             raise CommandError("--slots must be at least 1")
+        try:
+            check_pool_name(options["pool"])
+        except PoolError as error:
+            raise CommandError(f"--pool: {error}") from None
         worker = AgentWorker(
             name=options["name"],
             slots=options["slots"],
@@ -66,6 +77,7 @@ class Command(BaseCommand):
             n_gpu_layers=options["n_gpu_layers"],
             shutdown_grace_s=options["shutdown_grace"],
             backend=options["backend"],
+            pool=options["pool"],
         )
         asyncio.run(self._serve(worker))
 
