@@ -22,6 +22,7 @@ from balancer.desired_state import (
     InferenceParameters,
     ModelSource,
 )
+from balancer.pools import DEFAULT_POOL
 
 # The fields of ``ModelSource`` other than its kind; a revision has one column
 # per field for each of its two model sources, named ``<source>_<field>``.
@@ -136,6 +137,13 @@ class Pool(models.Model):
         return self.name
 
 
+def default_pool_id() -> int:
+    """The default pool, for a revision made without naming one (made anew
+    should a flushed database have lost it)."""
+    pool, _ = Pool.objects.get_or_create(name=DEFAULT_POOL)
+    return pool.pk
+
+
 class DesiredStateRevisionQuerySet(models.QuerySet["DesiredStateRevision"]):
     def newest_first(self) -> DesiredStateRevisionQuerySet:
         return self.order_by("-created_at", "-id")
@@ -232,6 +240,14 @@ class DesiredStateRevision(models.Model):
 
     def __str__(self) -> str:
         return f"revision {self.pk} ({self.created_at:%Y-%m-%d %H:%M:%S})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Made without naming a pool: the default pool's.  Not a field
+        # default, which would query the database whenever a revision is
+        # instantiated.
+        if self.pool_id is None:
+            self.pool_id = default_pool_id()
+        super().save(*args, **kwargs)
 
     def model_source(self, source: str) -> ModelSource:
         """``source`` is ``"model"`` or ``"multimodal_projection"``."""
