@@ -27,6 +27,7 @@ from balancer.desired_state import DesiredStateError
 from balancer.dispatch import get_dispatcher
 from balancer.metrics import prometheus_text
 from balancer.models import DesiredStateRevision
+from balancer.pools import DEFAULT_POOL
 from balancer.services import (
     desired_state_current,
     desired_state_history,
@@ -52,9 +53,9 @@ async def agents_snapshot() -> dict[str, Any]:
     return {"agents": [agent.public_snapshot() for agent in agents]}
 
 
-async def buffer_snapshot() -> dict[str, Any]:
+async def buffer_snapshot(pool: str = DEFAULT_POOL) -> dict[str, Any]:
     count = await registry.buffered_count(
-        get_dispatcher().redis, settings.PADDLER_BUFFERED_REQUEST_TIMEOUT_MS
+        get_dispatcher().redis, settings.PADDLER_BUFFERED_REQUEST_TIMEOUT_MS, pool
     )
     return {"buffered_requests_current": count}
 
@@ -86,13 +87,16 @@ async def agents_stream(request: HttpRequest) -> HttpResponseBase:
 @require_GET
 @operator_required
 async def buffered_requests(request: HttpRequest) -> HttpResponseBase:
-    return JsonResponse(await buffer_snapshot())
+    """The default pool's buffered requests, or ``?pool=NAME``'s: what an
+    autoscaler reads to grow that pool's hosts."""
+    return JsonResponse(await buffer_snapshot(request.GET.get("pool", DEFAULT_POOL)))
 
 
 @require_GET
 @operator_required
 async def buffered_requests_stream(request: HttpRequest) -> HttpResponseBase:
-    return _sse(request, buffer_snapshot)
+    pool = request.GET.get("pool", DEFAULT_POOL)
+    return _sse(request, lambda: buffer_snapshot(pool))
 
 
 # CSRF: token callers have no CSRF cookie; operator_required checks sessions.

@@ -77,3 +77,41 @@ def test_revisions_and_their_permissions_survive_the_move_to_balancer() -> None:
             cursor, "inference_desiredstaterevision"
         )
     assert "inference_desiredstaterevision_model_source" in constraints
+
+
+BEFORE_POOLS = [("balancer", "0001_initial")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_single_desired_state_becomes_the_default_pools_with_its_revisions() -> (
+    None
+):
+    latest = _migrate([*BEFORE_POOLS]).loader.graph.leaf_nodes()
+    old = MigrationExecutor(connection).loader.project_state(BEFORE_POOLS).apps
+    revision_model = old.get_model("balancer", "DesiredStateRevision")
+    revision_model.objects.all().delete()
+    first = revision_model.objects.create(
+        note="first",
+        model_kind="LocalToAgent",
+        model_local_path="/models/first.gguf",
+    )
+    second = revision_model.objects.create(
+        note="second",
+        model_kind="LocalToAgent",
+        model_local_path="/models/second.gguf",
+        temperature=0.2,
+    )
+
+    _migrate(latest)
+
+    from balancer.models import DesiredStateRevision, Pool
+    from balancer.services import desired_state_current, desired_state_history
+
+    default = Pool.objects.get(name="default")
+    assert set(DesiredStateRevision.objects.values_list("pool", flat=True)) == {
+        default.pk
+    }
+    history = desired_state_history(limit=10)
+    assert [revision.pk for revision in history] == [second.pk, first.pk]
+    assert desired_state_current().model.local_path == "/models/second.gguf"
+    assert desired_state_current().inference_parameters.temperature == 0.2

@@ -10,13 +10,37 @@ from django.core.management.base import BaseCommand, CommandError
 
 from balancer.chat_template import GEMMA_CHAT_TEMPLATE
 from balancer.desired_state import DesiredState, DesiredStateError
-from balancer.services import desired_state_current, desired_state_update
+from balancer.pools import DEFAULT_POOL, PoolError
+from balancer.services import (
+    desired_state_current,
+    desired_state_update,
+    pool_create,
+    pool_names,
+    pool_set_aliases,
+)
 
 
 class Command(BaseCommand):
-    help = "Set the desired state (model, chat template, parameters) and push it."
+    help = (
+        "Set a pool's desired state (model, chat template, parameters) and push "
+        "it to the pool's agents."
+    )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument(
+            "--pool",
+            default=DEFAULT_POOL,
+            help="the model pool whose state to set, made if it does not exist "
+            f"(default {DEFAULT_POOL!r})",
+        )
+        parser.add_argument(
+            "--alias",
+            action="append",
+            default=None,
+            metavar="MODEL",
+            help="a model name that routes to the pool (repeat for several); "
+            "replaces the pool's aliases",
+        )
         parser.add_argument("--local-model", help="absolute GGUF path on the agents")
         parser.add_argument(
             "--gemma-template",
@@ -33,7 +57,16 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        state = desired_state_current().to_json()
+        pool = options["pool"]
+        try:
+            if pool not in pool_names():
+                pool_create(name=pool)
+                self.stdout.write(f"pool {pool!r} created")
+            if options["alias"] is not None:
+                pool_set_aliases(name=pool, aliases=options["alias"])
+        except PoolError as error:
+            raise CommandError(str(error)) from None
+        state = desired_state_current(pool=pool).to_json()
         if options["local_model"]:
             state["model"] = {"LocalToAgent": options["local_model"]}
         if options["gemma_template"]:
@@ -51,5 +84,7 @@ class Command(BaseCommand):
             desired = DesiredState.from_json(state)
         except DesiredStateError as error:
             raise CommandError(str(error)) from None
-        revision = desired_state_update(state=desired, note="set_desired_state")
-        self.stdout.write(f"desired state saved as {revision}")
+        revision = desired_state_update(
+            state=desired, note="set_desired_state", pool=pool
+        )
+        self.stdout.write(f"desired state of pool {pool!r} saved as {revision}")
