@@ -14,11 +14,13 @@ import httpx
 import openai
 import pytest
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 
 from balancer import keys
 from tests.support.constants import AUTH, GREEDY_PARAMETERS, MODEL_PATH
 from tests.support.fleet import Fleet, request_log
 from tests.support.processes import wait_until
+from tests.support.statsd import StatsdListener
 from tests.support.web import WebServer, manage, socket_url
 
 BRIEF_SYSTEM_PROMPT = "Answer in one word. " * 20
@@ -29,14 +31,26 @@ LONG_PROMPT = "one two three four five six seven eight nine ten " * 40
 
 
 @pytest.fixture(scope="module")
+def statsd() -> Iterator[StatsdListener]:
+    listener = StatsdListener()
+    yield listener
+    listener.close()
+
+
+@pytest.fixture(scope="module")
 def pools(
-    tmp_path_factory: pytest.TempPathFactory, greedy_state: dict[str, Any]
+    tmp_path_factory: pytest.TempPathFactory,
+    greedy_state: dict[str, Any],
+    statsd: StatsdListener,
 ) -> Iterator[tuple[Fleet, WebServer]]:
     fleet = Fleet(tmp_path_factory.mktemp("pools"), greedy_state)
     try:
         web = fleet.web(
             PADDLER_MAX_BUFFERED_REQUESTS="1",
             PADDLER_BUFFERED_REQUEST_TIMEOUT_MS="20000",
+            PADDLER_STATSD_ADDR=statsd.address,
+            PADDLER_STATSD_INTERVAL_MS="200",
+            PADDLER_STATSD_PREFIX="fleet",
         )
         parameters = {**GREEDY_PARAMETERS, "context_size": BRIEF_CONTEXT}
         output = manage(
@@ -227,3 +241,44 @@ def test_a_full_pool_refuses_without_touching_the_other(
     wait_until(
         lambda: all(a["slots_processing"] == 0 for a in web.agents()), 30, "idle"
     )
+
+
+def test_metrics_count_each_pool_beside_the_fleet_totals(
+    pools: tuple[Fleet, WebServer], statsd: StatsdListener
+) -> None:
+    _, web = pools
+    url = f"{web.url}/api/v1/continue_from_raw_prompt"
+    body = {"raw_prompt": "Hello", "max_tokens": 2}
+    assert httpx.post(url, json=body, headers={"X-Paddler-Pool": "brief"}).is_success
+    text = httpx.get(f"{web.url}/metrics", headers=AUTH).text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    brief, default = (("pool", "brief"),), (("pool", "default"),)
+    assert samples["paddler_pool_slots_total", brief] == 1
+    assert samples["paddler_pool_slots_total", default] == 1
+    assert samples["paddler_slots_total", ()] == 2
+    assert samples["paddler_pool_agents", brief] == 1
+    assert samples["paddler_pool_requests_buffered", brief] == 0
+    served = samples[
+        "paddler_pool_requests_total",
+        (("kind", "raw_prompt"), ("outcome", "done"), ("pool", "brief")),
+    ]
+    assert served >= 1
+    assert (
+        samples["paddler_requests_total", (("kind", "raw_prompt"), ("outcome", "done"))]
+        > served
+    )
+    assert (
+        samples["paddler_pool_tokens_total", (("pool", "brief"), ("type", "generated"))]
+        >= 2
+    )
+    # StatsD: per pool, beside the fleet's totals.
+    wait_until(
+        lambda: statsd.latest("fleet.pool.brief.slots_total") == "1|g", 10, "gauge"
+    )
+    assert statsd.latest("fleet.slots_total") == "2|g"
+    assert statsd.latest("fleet.pool.brief.requests.raw_prompt.done") == "1|c"
+    assert statsd.latest("fleet.pool.default.slots_total") == "1|g"

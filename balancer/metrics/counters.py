@@ -4,7 +4,8 @@ Every web replica adds its finished requests here, so ``/metrics`` on any
 replica shows the whole tier; per-process counters would show one replica's
 share.  Fields: ``requests|<kind>|<outcome>``, ``tokens|<type>``, and per
 timing ``bucket|<name>|<bound>`` (cumulative, as Prometheus wants them) and
-``sum|<name>``.
+``sum|<name>``: the fleet's totals; and per model pool
+``pool_requests|<pool>|<kind>|<outcome>`` and ``pool_tokens|<pool>|<type>``.
 """
 
 from __future__ import annotations
@@ -53,9 +54,12 @@ def count_request(pipe: Any, record: RequestRecord) -> None:
     ``pipe`` is a Redis pipeline: the caller sends these with its own writes.
     """
     counters = keys.metrics_counters()
-    pipe.hincrby(counters, f"requests|{record['kind']}|{record['outcome']}", 1)
+    kind, outcome, pool = record["kind"], record["outcome"], record["pool"]
+    pipe.hincrby(counters, f"requests|{kind}|{outcome}", 1)
+    pipe.hincrby(counters, f"pool_requests|{pool}|{kind}|{outcome}", 1)
     for name, count in token_counts(record).items():
         pipe.hincrby(counters, f"tokens|{name}", int(count or 0))
+        pipe.hincrby(counters, f"pool_tokens|{pool}|{name}", int(count or 0))
     for name, value in timings(record).items():
         if value is None:
             continue
@@ -80,18 +84,30 @@ class Counters:
     requests: dict[tuple[str, str], float]  # (kind, outcome) -> count
     tokens: dict[str, float]  # every name in TOKENS
     histograms: dict[str, Histogram]  # every name in TIMINGS
+    pool_requests: dict[tuple[str, str, str], float]  # (pool, kind, outcome)
+    pool_tokens: dict[tuple[str, str], float]  # (pool, name in TOKENS)
 
 
 async def read_counters(redis: aioredis.Redis) -> Counters:
     raw = await redis.hgetall(keys.metrics_counters())
     fields = {_text(k): float(_text(v)) for k, v in raw.items()}
     requests: dict[tuple[str, str], float] = {}
+    pool_requests: dict[tuple[str, str, str], float] = {}
+    pool_tokens: dict[tuple[str, str], float] = {}
     for field, value in fields.items():
         if field.startswith("requests|"):
             _, kind, outcome = field.split("|", 2)
             requests[kind, outcome] = value
+        elif field.startswith("pool_requests|"):
+            _, pool, kind, outcome = field.split("|", 3)
+            pool_requests[pool, kind, outcome] = value
+        elif field.startswith("pool_tokens|"):
+            _, pool, name = field.split("|", 2)
+            pool_tokens[pool, name] = value
     return Counters(
         requests=requests,
+        pool_requests=pool_requests,
+        pool_tokens=pool_tokens,
         tokens={name: fields.get(f"tokens|{name}", 0) for name in TOKENS},
         histograms={
             name: Histogram(

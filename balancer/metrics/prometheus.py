@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 
 from balancer import registry
 from balancer.metrics.counters import TIMINGS, TOKENS, Counters, read_counters
+from balancer.metrics.fleet import fleet_pools
 
 
 # eq=False: a registry keeps its collectors in a dict, by identity.
@@ -35,7 +36,8 @@ class FleetCollector(Collector):
     """
 
     agents: list[registry.AgentRecord]
-    buffered: int
+    # Buffered requests by pool.
+    buffered: dict[str, int]
     counters: Counters
 
     def collect(self) -> Iterator[Metric]:
@@ -52,8 +54,8 @@ class FleetCollector(Collector):
         )
         yield GaugeMetricFamily(
             "paddler_requests_buffered",
-            "Requests waiting for a free slot.",
-            value=self.buffered,
+            "Requests waiting for a free slot, fleet-wide.",
+            value=sum(self.buffered.values()),
         )
         yield GaugeMetricFamily(
             "paddler_agents", "Agents with a live heartbeat.", value=len(agents)
@@ -89,6 +91,7 @@ class FleetCollector(Collector):
         for name in TOKENS:
             tokens.add_metric([name], self.counters.tokens[name])
         yield tokens
+        yield from self._per_pool()
         for name in TIMINGS:
             histogram = self.counters.histograms[name]
             yield HistogramMetricFamily(
@@ -98,12 +101,56 @@ class FleetCollector(Collector):
                 sum_value=histogram.sum,
             )
 
+    def _per_pool(self) -> Iterator[Metric]:
+        """The same figures by model pool: an autoscaler grows the pool
+        whose buffer fills; the fleet totals above stay as they were."""
+        labels = ["pool"]
+        families = {
+            name: GaugeMetricFamily(f"paddler_pool_{name}", text, labels=labels)
+            for name, text in (
+                ("agents", "Agents with a live heartbeat, per pool."),
+                ("slots_total", "Slots that accept work, per pool."),
+                ("slots_processing", "Slots generating right now, per pool."),
+                ("requests_buffered", "Requests waiting for a free slot, per pool."),
+            )
+        }
+        for pool, buffered in sorted(self.buffered.items()):
+            members = [a for a in self.agents if a.pool == pool]
+            families["agents"].add_metric([pool], len(members))
+            families["slots_total"].add_metric(
+                [pool], sum(a.slots_total for a in members)
+            )
+            families["slots_processing"].add_metric(
+                [pool], sum(a.slots_processing for a in members)
+            )
+            families["requests_buffered"].add_metric([pool], buffered)
+        yield from families.values()
+        requests = CounterMetricFamily(
+            "paddler_pool_requests_total",
+            "Finished requests by pool, kind and outcome.",
+            labels=["pool", "kind", "outcome"],
+        )
+        for (pool, kind, outcome), count in sorted(self.counters.pool_requests.items()):
+            requests.add_metric([pool, kind, outcome], count)
+        yield requests
+        tokens = CounterMetricFamily(
+            "paddler_pool_tokens_total",
+            "Tokens by pool: prompt, cached_prompt, generated.",
+            labels=["pool", "type"],
+        )
+        for (pool, name), count in sorted(self.counters.pool_tokens.items()):
+            tokens.add_metric([pool, name], count)
+        yield tokens
+
 
 async def prometheus_text(redis: aioredis.Redis) -> str:
+    agents = await registry.list_agents(redis)
     collector = FleetCollector(
-        agents=await registry.list_agents(redis),
-        buffered=await registry.buffered_count(
-            redis, settings.PADDLER_BUFFERED_REQUEST_TIMEOUT_MS
+        agents=agents,
+        buffered=await registry.buffered_counts(
+            redis,
+            settings.PADDLER_BUFFERED_REQUEST_TIMEOUT_MS,
+            await fleet_pools(agents),
         ),
         counters=await read_counters(redis),
     )

@@ -17,6 +17,7 @@ from django.conf import settings
 
 from balancer import keys, registry
 from balancer.metrics.counters import timings, token_counts
+from balancer.metrics.fleet import fleet_pools
 from balancer.request_log import RequestRecord
 
 logger = logging.getLogger(__name__)
@@ -50,25 +51,40 @@ def statsd_client() -> statsd.Client | None:
 def send_request(client: statsd.Client, record: RequestRecord) -> None:
     """A finished request: its outcome, timings and tokens."""
     kind, outcome = _metric_name(record["kind"]), _metric_name(record["outcome"])
+    pool = _metric_name(record["pool"])
     client.get_counter("requests").increment(f"{kind}.{outcome}")
+    client.get_counter(f"pool.{pool}.requests").increment(f"{kind}.{outcome}")
     timer = client.get_timer()
     for name, value in timings(record).items():
         if value is not None:
             timer.send(name, value / 1000)  # seconds, sent as ms
     tokens = client.get_counter("tokens")
+    pool_tokens = client.get_counter(f"pool.{pool}.tokens")
     for name, count in token_counts(record).items():
         if count:
             tokens.increment(name, count)
+            pool_tokens.increment(name, count)
 
 
 def send_fleet_gauges(
-    client: statsd.Client, agents: list[registry.AgentRecord], buffered: int
+    client: statsd.Client,
+    agents: list[registry.AgentRecord],
+    buffered: dict[str, int],
 ) -> None:
+    """The fleet's totals, then each pool's (``pool.<name>.*``), then each
+    agent's; ``buffered`` is by pool."""
     gauge = client.get_gauge()
     gauge.send("slots_processing", sum(a.slots_processing for a in agents))
     gauge.send("slots_total", sum(a.slots_total for a in agents))
-    gauge.send("requests_buffered", buffered)
+    gauge.send("requests_buffered", sum(buffered.values()))
     gauge.send("agents", len(agents))
+    for pool, count in sorted(buffered.items()):
+        members = [a for a in agents if a.pool == pool]
+        per_pool = client.get_gauge(f"pool.{_metric_name(pool)}")
+        per_pool.send("slots_processing", sum(a.slots_processing for a in members))
+        per_pool.send("slots_total", sum(a.slots_total for a in members))
+        per_pool.send("requests_buffered", count)
+        per_pool.send("agents", len(members))
     for agent in agents:
         per_agent = client.get_gauge(f"agent.{_metric_name(agent.name or agent.id)}")
         per_agent.send("slots_processing", agent.slots_processing)
@@ -90,8 +106,10 @@ async def report_fleet(redis: aioredis.Redis, web_id: str) -> None:
             if holder in (web_id.encode(), web_id):  # bytes unless decoded
                 await redis.pexpire(lease, interval_ms * 3)
                 agents = await registry.list_agents(redis)
-                buffered = await registry.buffered_count(
-                    redis, settings.PADDLER_BUFFERED_REQUEST_TIMEOUT_MS
+                buffered = await registry.buffered_counts(
+                    redis,
+                    settings.PADDLER_BUFFERED_REQUEST_TIMEOUT_MS,
+                    await fleet_pools(agents),
                 )
                 send_fleet_gauges(client, agents, buffered)
         except Exception:
