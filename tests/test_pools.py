@@ -52,7 +52,11 @@ def pools(
             PADDLER_STATSD_INTERVAL_MS="200",
             PADDLER_STATSD_PREFIX="fleet",
         )
-        parameters = {**GREEDY_PARAMETERS, "context_size": BRIEF_CONTEXT}
+        parameters = {
+            **GREEDY_PARAMETERS,
+            "context_size": BRIEF_CONTEXT,
+            "enable_embeddings": True,
+        }
         output = manage(
             web,
             "set_desired_state",
@@ -282,3 +286,16 @@ def test_metrics_count_each_pool_beside_the_fleet_totals(
     assert statsd.latest("fleet.slots_total") == "2|g"
     assert statsd.latest("fleet.pool.brief.requests.raw_prompt.done") == "1|c"
     assert statsd.latest("fleet.pool.default.slots_total") == "1|g"
+
+
+def test_embeddings_come_from_the_pool_that_enables_them(
+    pools: tuple[Fleet, WebServer],
+) -> None:
+    _, web = pools
+    client = openai_client(web)
+    result = client.embeddings.create(model="gpt-4o-mini", input=["a", "b"])
+    assert [len(item.embedding) for item in result.data] == [640, 640]
+    # The default pool's state leaves embeddings off.
+    with pytest.raises(openai.APIError) as raised:
+        client.embeddings.create(model=MODEL_ID, input=["a"])
+    assert "embeddings are not enabled" in str(raised.value)
