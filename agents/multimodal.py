@@ -320,7 +320,7 @@ class MultimodalPrompt:
                 last = index == len(self.chunks) - 1
                 if chunk.kind == "text":
                     skip = max(0, reuse - chunk.start)
-                    _decode_text(
+                    evaluate_tokens(
                         context,
                         chunk.tokens[skip:],
                         seq_id=seq_id,
@@ -338,6 +338,24 @@ class MultimodalPrompt:
                         logits_last=logits_last and last,
                     )
         return position + self.n_pos
+
+    def encode_image(self, index: int) -> None:
+        """Run the vision encoder on chunk ``index`` (an image), alone.
+
+        ``evaluate`` encodes images itself; this is for measuring the encoder,
+        and for an engine that would encode off its decode step.
+        """
+        if self._handle is None:
+            raise RuntimeError("the prompt was closed")
+        if self.chunks[index].kind != "image":
+            raise ValueError(f"chunk {index} is not an image")
+        with self._projection.lock:
+            chunk = mtmd_cpp.mtmd_input_chunks_get(self._handle, index)
+            status = mtmd_cpp.mtmd_encode_chunk(self._projection.handle, chunk)
+        if status != 0:
+            raise ImageEvaluationFailed(
+                f"the vision encoder failed on an image (status {status})"
+            )
 
     def _evaluate_image(
         self,
@@ -386,7 +404,7 @@ class MultimodalPrompt:
         self.close()
 
 
-def _decode_text(
+def evaluate_tokens(
     context: Any,
     tokens: Sequence[int],
     *,
@@ -395,6 +413,11 @@ def _decode_text(
     n_batch: int,
     logits_last: bool,
 ) -> None:
+    """Evaluate text tokens into sequence ``seq_id`` from ``position`` on.
+
+    In batches of at most ``n_batch``; with ``logits_last``, the last token's
+    logits are computed.
+    """
     if not tokens:
         return
     batch = llama_cpp.llama_batch_init(n_batch, 0, 1)

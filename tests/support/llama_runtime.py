@@ -64,7 +64,11 @@ class LlamaRuntime:
 
 
 def open_runtime(
-    model_path: Path, *, sequences: int = 2, context_per_sequence: int = 512
+    model_path: Path,
+    *,
+    sequences: int = 2,
+    context_per_sequence: int = 512,
+    threads: int = 2,
 ) -> LlamaRuntime:
     """The model with a context of ``sequences`` sequences, configured like
     the engine's (a full sliding-window cache, so any prefix can be kept)."""
@@ -81,8 +85,8 @@ def open_runtime(
     params.n_batch = n_batch
     params.n_ubatch = n_batch
     params.n_seq_max = sequences
-    params.n_threads = 2
-    params.n_threads_batch = 2
+    params.n_threads = threads
+    params.n_threads_batch = threads
     params.swa_full = True
     params.no_perf = True
     context = llama_cpp.llama_init_from_model(model, params)
