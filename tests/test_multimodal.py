@@ -48,14 +48,16 @@ def mmproj_path(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 @pytest.fixture(scope="module")
 def runtime(model_path: Path) -> Iterator[LlamaRuntime]:
-    loaded = open_runtime(model_path, sequences=2)
+    # One thread: on a loaded machine, llama.cpp threads that wait for each
+    # other spin, and two of them cost far more than one.
+    loaded = open_runtime(model_path, sequences=2, threads=1)
     yield loaded
     loaded.close()
 
 
 @pytest.fixture(scope="module")
 def projection(mmproj_path: Path, runtime: LlamaRuntime) -> Iterator[Projection]:
-    with Projection(mmproj_path, model=runtime.model, n_threads=2) as loaded:
+    with Projection(mmproj_path, model=runtime.model, n_threads=1) as loaded:
         yield loaded
 
 
