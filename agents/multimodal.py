@@ -143,9 +143,9 @@ class DecodedImage:
 
     width: int
     height: int
-    rgb: bytes = b""
+    rgb: bytes
     # ``balancer.images.image_digest`` of the bytes it was decoded from.
-    digest: str = ""
+    digest: str
 
     @property
     def identity(self) -> str:
@@ -157,28 +157,46 @@ class DecodedImage:
         return f"{self.digest}:{self.width}x{self.height}"
 
 
-def decode_image(data: bytes, *, max_edge: int | None = None) -> DecodedImage:
-    """Decode an image file's bytes (any format Pillow reads) to RGB.
+# The formats a client may send: what browsers and cameras produce.  Pillow
+# reads many more, each a parser exposed to untrusted bytes.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+# Pixels an image may have before it is decoded: a PNG of one colour packs
+# hundreds of millions of pixels (gigabytes once decoded) into a few hundred
+# kilobytes, well inside any request size limit.
+MAX_PIXELS = 40_000_000
+
+
+def decode_image(
+    data: bytes, *, max_edge: int | None = None, max_pixels: int = MAX_PIXELS
+) -> DecodedImage:
+    """Decode an image file's bytes (one of ``IMAGE_FORMATS``) to RGB.
 
     Scaled down, keeping its aspect ratio, so that neither side exceeds
     ``max_edge`` (the desired state's ``image_resize_to_fit``); never scaled
     up, as the projection resamples to its own input size anyway.  EXIF
     orientation is applied (a phone's portrait photo stays upright) and
-    transparency is laid on white, not on black.
+    transparency is laid on white, not on black.  An image of more than
+    ``max_pixels`` is refused from its header, before its pixels are decoded.
     """
     if not data:
         raise ImageDecodingFailed("the image is empty (0 bytes)")
     if max_edge is not None and max_edge < 1:
         raise ValueError(f"max_edge must be at least 1, not {max_edge}")
     try:
-        with Image.open(io.BytesIO(data)) as opened:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as opened:
+            width, height = opened.size
+            if width * height > max_pixels:
+                raise ImageDecodingFailed(
+                    f"the image is {width}x{height} pixels, more than the "
+                    f"{max_pixels} an image may have"
+                )
             opened.load()
             image = ImageOps.exif_transpose(opened)
             image = _flatten(image)
     except UnidentifiedImageError as error:
         raise ImageDecodingFailed(
             f"the {len(data)} bytes sent as an image are in no image format that "
-            "can be decoded"
+            f"can be decoded (one of {', '.join(IMAGE_FORMATS)})"
         ) from error
     except (
         Image.DecompressionBombError,
@@ -590,9 +608,11 @@ class Projection:
             parse_special=parse_special,
         )
         with self.lock:
-            bitmaps = [_bitmap(image) for image in images]
+            bitmaps: list[Any] = []
             handle = mtmd_cpp.mtmd_input_chunks_init()
             try:
+                for image in images:
+                    bitmaps.append(_bitmap(image))
                 array = (mtmd_cpp.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*bitmaps)
                 status = mtmd_cpp.mtmd_tokenize(
                     self.handle,

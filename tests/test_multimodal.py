@@ -210,6 +210,24 @@ def test_truncated_jpeg_raises_image_decoding_failed() -> None:
         decode_image(whole[: len(whole) // 2])
 
 
+def test_image_of_too_many_pixels_is_refused_before_decoding() -> None:
+    # 8000x8000 of one colour: 64 million pixels in a few hundred kilobytes.
+    bomb = encoded(Image.new("L", (8000, 8000), 0), "PNG")
+    assert len(bomb) < 1 << 20
+    with pytest.raises(ImageDecodingFailed, match="8000x8000 pixels"):
+        decode_image(bomb)
+    small = encoded(Image.new("RGB", (100, 100), "red"), "PNG")
+    with pytest.raises(ImageDecodingFailed, match="100x100 pixels"):
+        decode_image(small, max_pixels=9_999)
+
+
+def test_formats_outside_the_accepted_ones_are_refused() -> None:
+    tiff = encoded(Image.new("RGB", (8, 8), "red"), "TIFF")
+    assert decode_image(encoded(Image.new("RGB", (8, 8), "red"), "WEBP")).width == 8
+    with pytest.raises(ImageDecodingFailed, match="no image format"):
+        decode_image(tiff)
+
+
 def test_images_are_scaled_down_to_fit_and_never_up() -> None:
     wide = encoded(Image.new("RGB", (2000, 1000), "red"), "PNG")
     scaled = decode_image(wide, max_edge=1024)
