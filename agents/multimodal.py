@@ -389,6 +389,19 @@ class MultimodalPrompt:
         # of their own (switching to non-causal attention where the model
         # wants it, as Gemma 3 does); they cannot share a batch with tokens.
         chunk = mtmd_cpp.mtmd_input_chunks_get(self._handle, index)
+        n_tokens = self.chunks[index].n_tokens
+        room = min(n_batch, int(llama_cpp.llama_n_ubatch(context)))
+        if mtmd_cpp.mtmd_decode_use_non_causal(self._projection.handle, chunk) and (
+            n_tokens > room
+        ):
+            # The helper would split the image over several micro-batches,
+            # and its tokens would no longer all see each other: wrong
+            # embeddings, and no error from llama.cpp.
+            raise ImageEvaluationFailed(
+                f"an image takes {n_tokens} tokens, but the context evaluates at "
+                f"most {room} at once and this model must see all of an image's "
+                "tokens together: raise n_batch"
+            )
         new_position = llama_cpp.llama_pos(0)
         status = mtmd_cpp.mtmd_helper_eval_chunk_single(
             self._projection.handle,

@@ -20,6 +20,7 @@ from agents.jobs import ModelLoadError
 from agents.multimodal import (
     ImageCountMismatch,
     ImageDecodingFailed,
+    ImageEvaluationFailed,
     ImagePosition,
     MultimodalNotSupported,
     MultimodalPrompt,
@@ -185,6 +186,24 @@ def test_kept_prefix_covers_the_same_image_and_gives_the_fresh_answer(
             runtime.context, seq_id=0, n_batch=runtime.n_batch, reuse=keep
         )
     assert runtime.greedy(seq_id=0, position=position, count=ANSWER_TOKENS) == fresh
+
+
+def test_image_larger_than_a_micro_batch_is_refused_not_split(
+    model_path: Path, mmproj_path: Path
+) -> None:
+    # Gemma 3's image tokens attend to each other both ways: split over two
+    # micro-batches they would silently give other embeddings.
+    small = open_runtime(model_path, sequences=1, threads=1, n_batch=8)
+    try:
+        projection = Projection(mmproj_path, model=small.model, n_threads=1)
+        with (
+            projection,
+            prompt_with(projection, noise_png(1)) as prompt,
+            pytest.raises(ImageEvaluationFailed, match="16 tokens"),
+        ):
+            prompt.evaluate(small.context, seq_id=0, n_batch=8)
+    finally:
+        small.close()
 
 
 def test_evaluation_refuses_to_start_inside_an_image(projection: Projection) -> None:

@@ -69,6 +69,7 @@ def open_runtime(
     sequences: int = 2,
     context_per_sequence: int = 512,
     threads: int = 2,
+    n_batch: int = 512,
 ) -> LlamaRuntime:
     """The model with a context of ``sequences`` sequences, configured like
     the engine's (a full sliding-window cache, so any prefix can be kept)."""
@@ -79,7 +80,6 @@ def open_runtime(
     )
     if not model:
         raise RuntimeError(f"llama.cpp could not load {model_path}")
-    n_batch = 512
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = context_per_sequence * sequences
     params.n_batch = n_batch
