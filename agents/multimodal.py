@@ -542,6 +542,8 @@ class Projection:
         use_gpu: bool = True,
         warmup: bool = True,
     ) -> None:
+        if not model:
+            raise ValueError("a projection needs a loaded text model")
         _init_logging()
         self.path = str(path)
         self.lock = threading.Lock()
@@ -579,7 +581,8 @@ class Projection:
                 model_width=int(mismatch["model"]),
                 projection_width=int(mismatch["mmproj"]),
             )
-        reason = " ".join(line.strip() for line in problems if line.strip())
+        # The last lines say why; the first ones are warnings on the way.
+        reason = " ".join(line.strip() for line in problems[-3:] if line.strip())
         return ProjectionLoadFailed(
             f"llama.cpp could not load the multimodal projection {self.path}"
             + (f": {reason}" if reason else "")
