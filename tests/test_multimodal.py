@@ -262,6 +262,19 @@ def test_transparent_image_is_laid_on_white_rgb() -> None:
     assert image.rgb == b"\xff" * (4 * 4 * 3)
 
 
+def test_image_is_known_by_its_sent_bytes_and_its_scaled_size() -> None:
+    picture = Image.open(io.BytesIO(noise_png(4)))
+    png, jpeg = encoded(picture, "PNG"), encoded(picture, "JPEG")
+    assert decode_image(png).digest == image_digest(png) == decode_image(png).digest
+    assert len(image_digest(png)) == 32
+    # The same picture sent in another encoding is another image to the cache.
+    assert decode_image(jpeg).digest != decode_image(png).digest
+    # The same bytes scaled to another size hold other keys and values.
+    full, scaled = decode_image(png), decode_image(png, max_edge=32)
+    assert full.digest == scaled.digest
+    assert full.identity != scaled.identity
+
+
 def test_marker_and_image_counts_must_agree(projection: Projection) -> None:
     image = decode_image(noise_png(1))
     with pytest.raises(ImageCountMismatch, match="1 image marker"):
