@@ -16,9 +16,14 @@ from agents.jobs import (
     ModelLoadError,
     Output,
     error_output,
-    response_output,
 )
-from balancer.contract import Normalization, embedding_done_item
+from balancer.contract import (
+    Normalization,
+    OutputItem,
+    document_embedding_item,
+    document_failed_item,
+    embedding_done_item,
+)
 from balancer.desired_state import InferenceParameters
 
 logger = logging.getLogger(__name__)
@@ -160,18 +165,19 @@ class Embedder:
             if len(tokens) > self.batch_size:
                 self._emit(
                     job,
-                    {
-                        "Embedding": {
-                            "Error": f"document {document_id} is {len(tokens)} "
-                            f"tokens, more than the embedding batch of "
-                            f"{self.batch_size}"
-                        }
-                    },
+                    document_failed_item(
+                        job.request_id,
+                        f"document {document_id} is {len(tokens)} tokens, more "
+                        f"than the embedding batch of {self.batch_size}",
+                    ),
                 )
                 continue
             if not tokens:
                 self._emit(
-                    job, {"Embedding": {"Error": f"document {document_id} is empty"}}
+                    job,
+                    document_failed_item(
+                        job.request_id, f"document {document_id} is empty"
+                    ),
                 )
                 continue
             pending.append((document_id, tokens))
@@ -189,13 +195,14 @@ class Embedder:
             used += len(document[1])
         if group and not self._embed_group(job, group):
             return
-        done = embedding_done_item(job.request_id)
-        # For usage figures (OpenAI's usage, the request log).
-        done["meta"] = {"prompt_tokens": sum(len(t) for _, t in pending)}
+        # The tokens read, for usage figures (OpenAI's usage, the request log).
+        done = embedding_done_item(
+            job.request_id, prompt_tokens=sum(len(t) for _, t in pending)
+        )
         self._on_output([Output(job.destination, done)])
 
-    def _emit(self, job: EmbeddingJob, response: dict[str, Any]) -> None:
-        self._on_output([response_output(job, response)])
+    def _emit(self, job: EmbeddingJob, item: OutputItem) -> None:
+        self._on_output([Output(job.destination, item)])
 
     def _embed_group(
         self, job: EmbeddingJob, group: list[tuple[str, list[int]]]
@@ -226,18 +233,15 @@ class Embedder:
                 raise RuntimeError("the model gave no pooled embedding")
             vector = normalize(list(pointer[: self._n_embd]), job.normalization)
             outputs.append(
-                response_output(
-                    job,
-                    {
-                        "Embedding": {
-                            "Embedding": {
-                                "embedding": vector,
-                                "normalization_method": job.normalization,
-                                "pooling_type": self.pooling_name,
-                                "source_document_id": document_id,
-                            }
-                        }
-                    },
+                Output(
+                    job.destination,
+                    document_embedding_item(
+                        job.request_id,
+                        source_document_id=document_id,
+                        embedding=vector,
+                        normalization_method=job.normalization,
+                        pooling_type=self.pooling_name,
+                    ),
                 )
             )
         self._on_output(outputs)

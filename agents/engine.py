@@ -36,13 +36,19 @@ from agents.jobs import (
     ModelLoadError,
     Output,
     error_output,
-    response_output,
 )
 from agents.prompting import PromptPreparer, prompt_tokens
 from agents.sampling import sampler_chain
 from agents.slots import Slot, choose_slot, common_prefix_length, split_on_stop
 from balancer.chat_template import ChatTemplate
-from balancer.contract import Usage, content_token_item
+from balancer.contract import (
+    SlotReport,
+    Usage,
+    content_token_item,
+    done_item,
+    generation_failed_item,
+    progress_item,
+)
 from balancer.desired_state import InferenceParameters
 from balancer.grammar_limits import GrammarTooComplex
 from balancer.routing import request_prefix, served_prefix
@@ -248,13 +254,13 @@ class Engine:
         busy += len(self._preparing)
         return busy + (self._embedder.pending if self._embedder else 0)
 
-    def destinations(self) -> dict[str, Any]:
+    def destinations(self) -> dict[str, str]:
         """Request id -> destination of everything in flight (any thread)."""
         jobs = [slot.job for slot in self._slots] + list(self._waiting)
         jobs += list(self._preparing.values())
         return {job.request_id: job.destination for job in jobs if job is not None}
 
-    def slot_states(self) -> list[dict[str, Any]]:
+    def slot_states(self) -> list[SlotReport]:
         """Per slot: busy or not, and the routing hashes of what it holds."""
         return [
             {"busy": slot.busy, "prefix": list(slot.prefix)} for slot in self._slots
@@ -463,8 +469,11 @@ class Engine:
         except GrammarTooComplex as error:
             return error_output(job, 400, f"grammar: {error}")
         except ValueError as error:
-            return response_output(
-                job, {"GeneratedToken": {"GrammarSyntaxError": str(error)}}, True
+            return Output(
+                job.destination,
+                generation_failed_item(
+                    job.request_id, "GrammarSyntaxError", str(error)
+                ),
             )
         self._start(slot, job, prompt, sampler)
         return None
@@ -488,7 +497,7 @@ class Engine:
         slot.told_slot = False
         slot.held_text = ""
         slot.text = ""
-        slot.prefix = request_prefix(job.kind, job.prefix_params())
+        slot.prefix = request_prefix(job.prefix_params())
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.started_at = time.monotonic()
 
@@ -559,10 +568,9 @@ class Engine:
                 # A long prompt takes several steps before its first token:
                 # tell the web tier the request is alive (it is not forwarded).
                 outputs.append(
-                    response_output(
-                        slot.job,
-                        None,
-                        meta={"evaluated_prompt_tokens": len(slot.cache)},
+                    Output(
+                        slot.job.destination,
+                        progress_item(slot.job.request_id, len(slot.cache)),
                     )
                 )
         if outputs:
@@ -583,14 +591,16 @@ class Engine:
         sendable, slot.held_text, stopped = split_on_stop(text, job.stop)
         if sendable:
             slot.text += sendable
-            output = Output(
-                job.destination, content_token_item(job.request_id, sendable)
+            # The web tier logs the slot even if the request is cancelled:
+            # the first token tells it.
+            told = None if slot.told_slot else slot.seq_id
+            slot.told_slot = True
+            outputs.append(
+                Output(
+                    job.destination,
+                    content_token_item(job.request_id, sendable, slot=told),
+                )
             )
-            if not slot.told_slot:
-                # The web tier logs the slot even if the request is cancelled.
-                output.item["meta"] = {"slot": slot.seq_id}
-                slot.told_slot = True
-            outputs.append(output)
         if (
             stopped
             or slot.generated >= job.max_tokens
@@ -621,14 +631,9 @@ class Engine:
             "undeterminable_tokens": 0,
         }
         outputs.append(
-            response_output(
-                job,
-                {"GeneratedToken": {"Done": {"usage": usage}}},
-                True,
-                meta={"slot": slot.seq_id},
-            )
+            Output(job.destination, done_item(job.request_id, usage, slot=slot.seq_id))
         )
-        slot.prefix = served_prefix(job.kind, job.prefix_params(), slot.text)
+        slot.prefix = served_prefix(job.prefix_params(), slot.text)
         self._release(slot, keep_cache=True)
 
     def _release(self, slot: Slot, *, keep_cache: bool) -> None:

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypedDict
+from typing import Protocol
 
 from balancer.chat_template import ChatTemplate
 from balancer.contract import (
+    ConversationPrefix,
     GenerationKind,
+    ItemError,
     Message,
     Normalization,
     OutputItem,
+    PromptPrefix,
+    RawPromptPrefix,
+    Response,
+    SlotReport,
     Tool,
     error_item,
 )
@@ -44,8 +50,9 @@ class Generation:
     top_p: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
-    # Opaque to the engine: handed back with every output item.
-    destination: Any = None
+    # The inbox (Redis list) of the web process that holds the client;
+    # opaque to the engine, handed back with every output item.
+    destination: str = ""
     # The conversation as the client sent it (before a default system prompt
     # was put first): routing hashes are computed on this on both sides.
     original_conversation: list[Message] | None = None
@@ -56,24 +63,15 @@ class Generation:
     def kind(self) -> GenerationKind:
         return "raw_prompt" if self.raw_prompt is not None else "conversation"
 
-    def prefix_params(self) -> PromptPrefixParams:
+    def prefix_params(self) -> PromptPrefix:
         """The params routing hashes, as the web tier hashed them."""
         if self.raw_prompt is not None:
-            return {"raw_prompt": self.raw_prompt}
-        return {"conversation_history": self.original_conversation or []}
-
-
-class RawPromptPrefixParams(TypedDict):
-    raw_prompt: str
-
-
-class ConversationPrefixParams(TypedDict):
-    conversation_history: list[Message]
-
-
-# The prompt part of a request's params (``balancer.contract``), all that
-# ``balancer.routing`` reads of them.
-PromptPrefixParams = RawPromptPrefixParams | ConversationPrefixParams
+            prompt: RawPromptPrefix = {"raw_prompt": self.raw_prompt}
+            return prompt
+        conversation: ConversationPrefix = {
+            "conversation_history": self.original_conversation or []
+        }
+        return conversation
 
 
 @dataclass
@@ -83,15 +81,15 @@ class EmbeddingJob:
     request_id: str
     documents: list[tuple[str, str]]
     normalization: Normalization = "None"
-    destination: Any = None
+    destination: str = ""
 
 
 @dataclass
 class Output:
     """One item of a request's output and the inbox it goes to."""
 
-    # Opaque here: the job's ``destination``.
-    destination: Any
+    # The job's ``destination``.
+    destination: str
     item: OutputItem
 
     @property
@@ -103,38 +101,17 @@ class Output:
         return self.item["final"]
 
     @property
-    def response(self) -> dict[str, Any] | str | None:
+    def response(self) -> Response | None:
         return self.item["response"]
 
     @property
-    def error(self) -> dict[str, Any] | None:
+    def error(self) -> ItemError | None:
         return self.item["error"]
 
 
 def error_output(job: Generation | EmbeddingJob, code: int, description: str) -> Output:
     """The last item of a request that failed."""
     return Output(job.destination, error_item(job.request_id, code, description))
-
-
-def response_output(
-    job: Generation | EmbeddingJob,
-    response: dict[str, Any] | None,
-    final: bool = False,
-    *,
-    meta: dict[str, Any] | None = None,
-) -> Output:
-    """An item the contract has no constructor for (``Done``, an embedding,
-    a ``GeneratedToken`` error, a progress item with ``meta`` only)."""
-    return Output(
-        job.destination,
-        {
-            "request_id": job.request_id,
-            "response": response,
-            "error": None,
-            "final": final,
-            "meta": meta,
-        },
-    )
 
 
 class EngineProtocol(Protocol):
@@ -172,6 +149,6 @@ class EngineProtocol(Protocol):
     @property
     def slots_processing(self) -> int: ...
 
-    def destinations(self) -> dict[str, Any]: ...
+    def destinations(self) -> dict[str, str]: ...
 
-    def slot_states(self) -> list[dict[str, Any]]: ...
+    def slot_states(self) -> list[SlotReport]: ...

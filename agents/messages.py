@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from agents.jobs import EmbeddingJob, Generation, Output, response_output
+from agents.jobs import EmbeddingJob, Generation, Output
 from balancer.contract import (
     ConversationParams,
     Grammar,
     OutputItem,
     RawPromptParams,
     error_item,
+    generation_failed_item,
 )
 from balancer.events import (
     CompactToken,
@@ -91,8 +92,9 @@ def job_from_request(
             # The web tier checks this too; the agent does not rely on it.
             return refusal(request_id, reply_to, 400, f"grammar: {error}")
         except ValueError as error:
-            return response_output(
-                job, {"GeneratedToken": {"GrammarSyntaxError": str(error)}}, True
+            return Output(
+                reply_to,
+                generation_failed_item(request_id, "GrammarSyntaxError", str(error)),
             )
     if "raw_prompt" in params:
         return _raw_prompt_job(job, params)

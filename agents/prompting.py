@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from agents.jobs import Generation, Output, error_output, response_output
+from agents.jobs import Generation, Output, error_output
 from balancer.chat_template import ChatTemplate, ChatTemplateError, message_text
+from balancer.contract import generation_failed_item
 
 logger = logging.getLogger(__name__)
 
@@ -136,8 +137,11 @@ class PromptPreparer:
             try:
                 prompt = self._prepare(job)
             except ChatTemplateError as error:
-                failure = response_output(
-                    job, {"GeneratedToken": {"ChatTemplateError": str(error)}}, True
+                failure = Output(
+                    job.destination,
+                    generation_failed_item(
+                        job.request_id, "ChatTemplateError", str(error)
+                    ),
                 )
             except PromptTooLarge as error:
                 failure = error_output(job, 413, str(error))

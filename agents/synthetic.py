@@ -14,10 +14,9 @@ from agents.jobs import (
     Generation,
     Output,
     error_output,
-    response_output,
 )
 from balancer.chat_template import ChatTemplate
-from balancer.contract import Usage, content_token_item
+from balancer.contract import SlotReport, Usage, content_token_item, done_item
 
 
 class SyntheticEngine:
@@ -68,11 +67,11 @@ class SyntheticEngine:
     def slots_processing(self) -> int:
         return len(self._active) + len(self._waiting)
 
-    def destinations(self) -> dict[str, Any]:
+    def destinations(self) -> dict[str, str]:
         jobs = [job for job, _ in list(self._active.values())] + list(self._waiting)
         return {job.request_id: job.destination for job in jobs}
 
-    def slot_states(self) -> list[dict[str, Any]]:
+    def slot_states(self) -> list[SlotReport]:
         busy = len(self._active)
         return [{"busy": i < busy, "prefix": []} for i in range(self.n_slots)]
 
@@ -104,12 +103,7 @@ class SyntheticEngine:
                         "content_tokens": count,
                     }
                     outputs.append(
-                        response_output(
-                            job,
-                            {"GeneratedToken": {"Done": {"usage": usage}}},
-                            True,
-                            meta={"slot": 0},
-                        )
+                        Output(job.destination, done_item(request_id, usage, slot=0))
                     )
                     del self._active[request_id]
                     continue

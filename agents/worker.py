@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
 from channels.layers import BaseChannelLayer, get_channel_layer
@@ -31,7 +31,7 @@ from agents.synthetic import SyntheticEngine
 from balancer import keys
 from balancer.chat_template import ChatTemplateError, compile_template
 from balancer.desired_state import DesiredState, DesiredStateError
-from balancer.events import InferenceRequestEvent
+from balancer.events import AgentMessage, InferenceRequestEvent
 from balancer.pools import DEFAULT_POOL, check_pool_name
 
 logger = logging.getLogger(__name__)
@@ -329,7 +329,7 @@ class AgentWorker:
                 logger.exception("could not handle %s", message.get("type"))
                 self._fail_request(message, error)
 
-    def _fail_request(self, message: dict[str, Any], error: Exception) -> None:
+    def _fail_request(self, message: AgentMessage, error: Exception) -> None:
         """A request we could not hand to the engine ends with an error item,
         instead of waiting for its 504."""
         request_id, reply_to = message.get("request_id"), message.get("reply_to")
@@ -341,20 +341,20 @@ class AgentWorker:
             [refusal(request_id, reply_to, 500, f"the agent failed: {error}")]
         )
 
-    def handle_message(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "inference.request":
-            # Sent as an ``InferenceRequestEvent`` (``balancer.dispatch``), its
-            # params built and validated by the web tier; the channel layer
-            # carries it as plain JSON.
-            self._handle_request(cast(InferenceRequestEvent, message))
-        elif kind == "inference.cancel":
+    def handle_message(self, message: AgentMessage) -> None:
+        # The channel layer carries the web tier's typed events as plain JSON;
+        # a request's params were built and validated there, and are read as
+        # they are.  A message that is not what its type says fails here and
+        # ``_fail_request`` answers it.
+        if message["type"] == "inference.request":
+            self._handle_request(message)
+        elif message["type"] == "inference.cancel":
             if self.engine is not None:
                 self.engine.cancel(message["request_id"])
                 # The engine frees the slot at its next step: report it then,
                 # not at the next heartbeat.
                 asyncio.get_running_loop().call_later(0.1, self._mark_changed)
-        elif kind == "desired_state.changed":
+        elif message["type"] == "desired_state.changed":
             self._schedule_apply(message["state"])
 
     def _handle_request(self, message: InferenceRequestEvent) -> None:

@@ -4,15 +4,27 @@ Framework-free.  A request is a kind and its params, built once at the edge
 (the Paddler HTTP API, the inference socket, the OpenAI API) and sent to an
 agent as JSON unchanged: these ``TypedDict``s are the JSON's shape, so the
 agent reads them as they are.  The agent's output comes back as
-``OutputItem``s; the readers here say what an item is (a token, the end of a
-generation with its usage, an error, an embedding) so that no other module
-picks Paddler's response shapes apart by hand.
+``OutputItem``s in Paddler's response shapes: each kind of output is a typed
+value (a token, the end of a generation with its usage, a generation error,
+an error item, an embedding, progress), the agent builds items only with the
+constructors here (``output_item`` is the one conversion of a value to its
+item), and the web tier reads them only with ``read_output``, so that no other
+module builds or picks Paddler's response shapes apart by hand.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, NotRequired, TypedDict, final
+from typing import (
+    Any,
+    Literal,
+    NotRequired,
+    TypedDict,
+    TypeGuard,
+    assert_never,
+    final,
+    get_args,
+)
 
 RequestKind = Literal["raw_prompt", "conversation", "embeddings"]
 GenerationKind = Literal["raw_prompt", "conversation"]
@@ -91,7 +103,45 @@ GenerationParams = RawPromptParams | ConversationParams
 RequestParams = RawPromptParams | ConversationParams | EmbeddingParams
 
 
+# The prompt part of a generation's params, all that routing hashes: the agent
+# keeps only this of a request (``agents.jobs.Generation.prefix_params``); the
+# web tier hands routing the whole params, of which it reads the same key.
+@final
+class RawPromptPrefix(TypedDict):
+    raw_prompt: str
+
+
+@final
+class ConversationPrefix(TypedDict):
+    conversation_history: list[Message]
+
+
+PromptPrefix = RawPromptPrefix | ConversationPrefix
+# What routing reads: a request's params (a generation's are a
+# ``PromptPrefix`` with more keys, and mypy sees them so) or the agent's
+# prompt part of them.  Spelt flat: mypy 2.4 narrows a union of union aliases
+# wrongly on ``in``.
+PromptParams = RawPromptPrefix | ConversationPrefix | EmbeddingParams
+
+
+class SlotReport(TypedDict):
+    """One slot in an agent's status report, which routing reads: whether it
+    is busy, and the prefix hashes of what its KV cache holds."""
+
+    busy: bool
+    prefix: list[str]
+
+
+# Output: what the agent sends back for a request, item by item.  Each kind of
+# output is a typed value (``Token``, ``Done``, ``GenerationFailed``, ...);
+# ``output_item`` is the one conversion of a value to the ``OutputItem`` the
+# agent sends, in Paddler's wire shape, and ``read_output`` the one reading
+# back.  The agents build items only through the constructors below.
+
+
 class ItemError(TypedDict):
+    """Why a request failed: an HTTP status and a description."""
+
     code: int
     description: str
 
@@ -109,68 +159,110 @@ class Usage(TypedDict, total=False):
     undeterminable_tokens: int
 
 
+# GeneratedToken variants that carry a piece of the answer.
+TokenKind = Literal[
+    "ContentToken", "ReasoningToken", "ToolCallToken", "UndeterminableToken"
+]
+TOKEN_VARIANTS: frozenset[str] = frozenset(get_args(TokenKind))
+
+# GeneratedToken variants that end a generation instead of ``Done`` (Paddler's
+# ``GeneratedTokenResult``), each with a string payload.
+GenerationErrorKind = Literal[
+    "ChatTemplateError",
+    "GrammarIncompatibleWithThinking",
+    "GrammarInitializationFailed",
+    "GrammarRejectedModelOutput",
+    "GrammarSyntaxError",
+    "ImageDecodingFailed",
+    "MultimodalNotSupported",
+    "SamplerError",
+]
+GENERATION_ERROR_VARIANTS: frozenset[str] = frozenset(get_args(GenerationErrorKind))
+
+
+class DonePayload(TypedDict):
+    usage: Usage
+
+
+class GeneratedToken(TypedDict, total=False):
+    """Paddler's ``GeneratedTokenResult``, a serde enum: exactly one key."""
+
+    ContentToken: str
+    ReasoningToken: str
+    ToolCallToken: str
+    UndeterminableToken: str
+    Done: DonePayload
+    ChatTemplateError: str
+    GrammarIncompatibleWithThinking: str
+    GrammarInitializationFailed: str
+    GrammarRejectedModelOutput: str
+    GrammarSyntaxError: str
+    ImageDecodingFailed: str
+    MultimodalNotSupported: str
+    SamplerError: str
+
+
+@final
+class GeneratedTokenResponse(TypedDict):
+    GeneratedToken: GeneratedToken
+
+
+class EmbeddingVector(TypedDict):
+    embedding: list[float]
+    normalization_method: Normalization
+    pooling_type: str
+    source_document_id: str
+
+
+class EmbeddingResult(TypedDict, total=False):
+    """Paddler's ``EmbeddingResult`` but its unit ``"Done"``: exactly one key."""
+
+    Embedding: EmbeddingVector
+    # One document could not be embedded; the others go on.
+    Error: str
+
+
+@final
+class EmbeddingResponse(TypedDict):
+    Embedding: EmbeddingResult | Literal["Done"]
+
+
+# The Paddler ``response`` payload of an item.
+Response = GeneratedTokenResponse | EmbeddingResponse
+
+
+class ItemMeta(TypedDict, total=False):
+    """What an item tells the web tier only, never sent to clients."""
+
+    # The slot serving the request (its first token, its Done): the request
+    # log names it even when the request is cancelled.
+    slot: int
+    # Progress through a long prompt, before its first token.
+    evaluated_prompt_tokens: int
+    # The tokens an embedding request read, on its Done.
+    prompt_tokens: int
+
+
 class OutputItem(TypedDict):
     """One piece of a request's output, as the agent sends it back.
 
     ``response`` is the Paddler ``response`` payload (for instance
-    ``{"GeneratedToken": {"ContentToken": "hi"}}``); ``error`` is an
-    ``{"code", "description"}`` pair instead.  ``final`` marks the last item of
-    a request, after which its slot is free again.  Read it with
-    ``read_output``, not by hand.
+    ``{"GeneratedToken": {"ContentToken": "hi"}}``); ``error`` an
+    ``ItemError`` instead.  ``final`` marks the last item of a request, after
+    which its slot is free again.  Build it with the constructors below and
+    read it with ``read_output``, not by hand.
     """
 
     request_id: str
-    response: dict[str, Any] | str | None
-    # An ``ItemError``; a plain dict while the agent builds it untyped.
-    error: dict[str, Any] | None
+    response: Response | None
+    error: ItemError | None
     final: bool
-    # For the web tier only, never sent to clients: e.g. {"slot": 1}.
-    meta: dict[str, Any] | None
-
-
-def error_item(request_id: str, code: int, description: str) -> OutputItem:
-    """The final item of a request that ended with an error."""
-    return {
-        "request_id": request_id,
-        "response": None,
-        "error": {"code": code, "description": description},
-        "final": True,
-        "meta": None,
-    }
-
-
-def content_token_item(request_id: str, text: str) -> OutputItem:
-    """A piece of a generation's answer, the bulk of all output."""
-    return {
-        "request_id": request_id,
-        "response": {"GeneratedToken": {"ContentToken": text}},
-        "error": None,
-        "final": False,
-        "meta": None,
-    }
-
-
-def embedding_done_item(request_id: str) -> OutputItem:
-    """The final item of an embedding request whose documents all came."""
-    return {
-        "request_id": request_id,
-        "response": {"Embedding": "Done"},
-        "error": None,
-        "final": True,
-        "meta": None,
-    }
-
-
-# GeneratedToken variants that carry a piece of the answer; any other variant
-# but Done ends the generation with an error (ChatTemplateError, ...).
-TOKEN_VARIANTS = frozenset(
-    {"ContentToken", "ReasoningToken", "ToolCallToken", "UndeterminableToken"}
-)
+    meta: ItemMeta | None
 
 
 @dataclass(frozen=True)
 class Token:
-    variant: str
+    variant: TokenKind
     text: str
 
 
@@ -183,7 +275,7 @@ class Done:
 class GenerationFailed:
     """A GeneratedToken variant that ends the generation instead of Done."""
 
-    variant: str
+    variant: GenerationErrorKind
     detail: str
 
 
@@ -199,6 +291,8 @@ class Failure:
 class DocumentEmbedding:
     source_document_id: str
     embedding: list[float]
+    normalization_method: Normalization
+    pooling_type: str
 
 
 @dataclass(frozen=True)
@@ -214,13 +308,22 @@ class EmbeddingDone:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """A long prompt is being evaluated: the request is alive, nothing to
+    send to the client yet."""
+
+    evaluated_prompt_tokens: int
+
+
+@dataclass(frozen=True)
 class Unreadable:
-    """Output of no shape we know (or a progress item with nothing in it)."""
+    """Output of no shape we know (or an item with nothing in it)."""
 
     response: object
 
 
-Output = (
+# What an agent sends; ``Unreadable`` is only ever read.
+Sendable = (
     Token
     | Done
     | GenerationFailed
@@ -228,8 +331,149 @@ Output = (
     | DocumentEmbedding
     | DocumentFailed
     | EmbeddingDone
-    | Unreadable
+    | Progress
 )
+Output = Sendable | Unreadable
+
+
+def output_item(
+    request_id: str, output: Sendable, meta: ItemMeta | None = None
+) -> OutputItem:
+    """The item that carries ``output``: the one conversion to the wire shape.
+
+    Whether the item is its request's last follows from what it is: a
+    generation's end (``Done`` or a failed variant), an error, an embedding
+    batch's ``Done``.
+    """
+    response: Response | None = None
+    error: ItemError | None = None
+    final = True
+    match output:
+        case Token(variant, text):
+            token: GeneratedToken = {}
+            token[variant] = text
+            response = {"GeneratedToken": token}
+            final = False
+        case Done(usage):
+            response = {"GeneratedToken": {"Done": {"usage": usage}}}
+        case GenerationFailed(variant, detail):
+            failed: GeneratedToken = {}
+            failed[variant] = detail
+            response = {"GeneratedToken": failed}
+        case Failure(code, description):
+            error = {"code": code, "description": description}
+        case DocumentEmbedding(document_id, embedding, normalization, pooling):
+            vector: EmbeddingVector = {
+                "embedding": embedding,
+                "normalization_method": normalization,
+                "pooling_type": pooling,
+                "source_document_id": document_id,
+            }
+            response = {"Embedding": {"Embedding": vector}}
+            final = False
+        case DocumentFailed(description):
+            response = {"Embedding": {"Error": description}}
+            final = False
+        case EmbeddingDone():
+            response = {"Embedding": "Done"}
+        case Progress(evaluated):
+            # Nothing for the client: the count rides in the meta.
+            meta = {**(meta or {}), "evaluated_prompt_tokens": evaluated}
+            final = False
+        case _:
+            assert_never(output)
+    return {
+        "request_id": request_id,
+        "response": response,
+        "error": error,
+        "final": final,
+        "meta": meta,
+    }
+
+
+def error_item(request_id: str, code: int, description: str) -> OutputItem:
+    """The final item of a request that ended with an error."""
+    return output_item(request_id, Failure(code, description))
+
+
+def content_token_item(
+    request_id: str, text: str, *, slot: int | None = None
+) -> OutputItem:
+    """A piece of a generation's answer, the bulk of all output.
+
+    Built here by hand, not through ``output_item``: it is the hot path (one
+    item per token), and ``tests/test_contract.py`` holds it to the same shape.
+    ``slot``: the slot serving the request, told once, on its first token.
+    """
+    return {
+        "request_id": request_id,
+        "response": {"GeneratedToken": {"ContentToken": text}},
+        "error": None,
+        "final": False,
+        "meta": None if slot is None else {"slot": slot},
+    }
+
+
+def done_item(request_id: str, usage: Usage, *, slot: int | None = None) -> OutputItem:
+    """The final item of a generation that ended well, with its token counts."""
+    return output_item(
+        request_id, Done(usage), None if slot is None else {"slot": slot}
+    )
+
+
+def generation_failed_item(
+    request_id: str, variant: GenerationErrorKind, detail: str
+) -> OutputItem:
+    """The final item of a generation that ended with a GeneratedToken error
+    (``ChatTemplateError``, ``GrammarSyntaxError``, ...)."""
+    return output_item(request_id, GenerationFailed(variant, detail))
+
+
+def document_embedding_item(
+    request_id: str,
+    *,
+    source_document_id: str,
+    embedding: list[float],
+    normalization_method: Normalization,
+    pooling_type: str,
+) -> OutputItem:
+    """One document's vector."""
+    return output_item(
+        request_id,
+        DocumentEmbedding(
+            source_document_id, embedding, normalization_method, pooling_type
+        ),
+    )
+
+
+def document_failed_item(request_id: str, description: str) -> OutputItem:
+    """One document of a batch that could not be embedded."""
+    return output_item(request_id, DocumentFailed(description))
+
+
+def embedding_done_item(
+    request_id: str, *, prompt_tokens: int | None = None
+) -> OutputItem:
+    """The final item of an embedding request whose documents all came;
+    ``prompt_tokens`` (the tokens read) is for usage figures and the log."""
+    meta: ItemMeta | None = None
+    if prompt_tokens is not None:
+        meta = {"prompt_tokens": prompt_tokens}
+    return output_item(request_id, EmbeddingDone(), meta)
+
+
+def progress_item(request_id: str, evaluated_prompt_tokens: int) -> OutputItem:
+    """A long prompt is being evaluated: tells the web tier the request is
+    alive (it is not forwarded to the client)."""
+    return output_item(request_id, Progress(evaluated_prompt_tokens))
+
+
+def _is_token(variant: str) -> TypeGuard[TokenKind]:
+    return variant in TOKEN_VARIANTS
+
+
+def _is_generation_error(variant: str) -> TypeGuard[GenerationErrorKind]:
+    return variant in GENERATION_ERROR_VARIANTS
 
 
 def content_token_text(item: OutputItem) -> str | None:
@@ -247,46 +491,69 @@ def content_token_text(item: OutputItem) -> str | None:
     return None
 
 
-def _read_generated(generated: dict[str, Any]) -> Output:
+def carries_nothing(item: OutputItem) -> bool:
+    """Whether ``item`` has nothing for the client (progress on a long
+    prompt): cheaper than ``read_output``, for every item of a stream."""
+    return item["response"] is None and item["error"] is None
+
+
+def _read_generated(generated: GeneratedToken, response: Response) -> Output:
     if "Done" in generated:
-        payload = generated["Done"]
-        usage: Usage = payload.get("usage", {}) if isinstance(payload, dict) else {}
+        done: object = generated["Done"]
+        # Read leniently: the item came as JSON from another process.
+        usage: Usage = done.get("usage", {}) if isinstance(done, dict) else {}
         return Done(usage)
     if len(generated) != 1:
-        return Unreadable({"GeneratedToken": generated})
+        return Unreadable(response)
     ((variant, payload),) = generated.items()
-    if variant in TOKEN_VARIANTS:
+    if _is_token(variant):
         return Token(variant, str(payload))
-    return GenerationFailed(variant, str(payload))
+    if _is_generation_error(variant):
+        return GenerationFailed(variant, str(payload))
+    return Unreadable(response)
 
 
-def _read_embedding(payload: Any, response: dict[str, Any]) -> Output:
-    if payload == "Done":
+def _read_embedding(
+    result: EmbeddingResult | Literal["Done"], response: Response
+) -> Output:
+    if result == "Done":
         return EmbeddingDone()
-    if isinstance(payload, dict) and "Error" in payload:
-        return DocumentFailed(str(payload["Error"]))
-    embedding = payload.get("Embedding") if isinstance(payload, dict) else None
-    if not isinstance(embedding, dict):
+    if not isinstance(result, dict):
+        return Unreadable(response)
+    if "Error" in result:
+        return DocumentFailed(str(result["Error"]))
+    vector = result.get("Embedding")
+    if not isinstance(vector, dict):
         return Unreadable(response)
     return DocumentEmbedding(
-        str(embedding["source_document_id"]), list(embedding["embedding"])
+        str(vector["source_document_id"]),
+        list(vector["embedding"]),
+        vector.get("normalization_method", "None"),
+        str(vector.get("pooling_type", "")),
     )
 
 
 def read_output(item: OutputItem) -> Output:
-    """What one output item is."""
+    """What one output item is: the one reading of the wire shape."""
     error = item["error"]
     if error is not None:
+        # Read leniently: the item came as JSON from another process.
         return Failure(
             int(error.get("code", 500)),
             str(error.get("description", "inference failed")),
         )
     response = item["response"]
+    if response is None:
+        meta = item["meta"]
+        if meta is not None and "evaluated_prompt_tokens" in meta:
+            return Progress(meta["evaluated_prompt_tokens"])
+        return Unreadable(None)
     if isinstance(response, dict):
-        generated = response.get("GeneratedToken")
-        if isinstance(generated, dict):
-            return _read_generated(generated)
-        if "Embedding" in response:
+        if "GeneratedToken" in response:
+            generated = response["GeneratedToken"]
+            if isinstance(generated, dict):
+                return _read_generated(generated, response)
+        elif "Embedding" in response:
             return _read_embedding(response["Embedding"], response)
     return Unreadable(response)
 

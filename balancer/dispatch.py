@@ -356,7 +356,7 @@ class Dispatcher:
     ) -> tuple[registry.AgentRecord, Decision]:
         timeout_ms = settings.PADDLER_BUFFERED_REQUEST_TIMEOUT_MS
         deadline = time.monotonic() + timeout_ms / 1000
-        prefix = request_prefix(stream.kind, stream.params)
+        prefix = request_prefix(stream.params)
         buffered = False
         try:
             while True:

@@ -39,6 +39,10 @@ class DesiredStateChangedEvent(TypedDict):
     state: dict[str, Any]
 
 
+# What arrives on an agent's own channel; ``type`` says which.
+AgentMessage = InferenceRequestEvent | InferenceCancelEvent | DesiredStateChangedEvent
+
+
 # A content token, the bulk of all output, travels as [request_id, text]
 # instead of a whole OutputItem: smaller to send, faster to parse.
 CompactToken = list[str]

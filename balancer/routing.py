@@ -15,11 +15,10 @@ slot, so the order returned here is a preference, and the claim the authority.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from balancer.chat_template import message_text
+from balancer.contract import Message, PromptParams
 
 TEXT_BLOCK = 256
 # Slots report at most this many hashes: enough to tell conversations apart.
@@ -34,7 +33,7 @@ def _chain(previous: str, payload: str) -> str:
     ).hexdigest()
 
 
-def conversation_prefix(messages: list[dict[str, Any]]) -> list[str]:
+def conversation_prefix(messages: list[Message]) -> list[str]:
     """One hash per message, each covering every message before it too."""
     hashes: list[str] = []
     previous = "conversation"
@@ -58,27 +57,28 @@ def text_prefix(text: str) -> list[str]:
 
 
 # Both tiers hash prompts alike: the web tier with a request's params, the
-# agent with the prompt part of its job (a plain dict, and ``kind`` a plain
-# string, until the agent's side reads the contract's types too).
+# agent with the prompt part of its job (``Generation.prefix_params``), both
+# ``PromptParams``.  Their TypedDicts are final, so the key a value holds says
+# its kind.
 
 
-def request_prefix(kind: str, params: Mapping[str, Any]) -> list[str]:
-    if kind == "conversation":
-        return conversation_prefix(params.get("conversation_history", []))
-    if kind == "raw_prompt":
-        return text_prefix(params.get("raw_prompt", ""))
-    return []
+def request_prefix(params: PromptParams) -> list[str]:
+    if "conversation_history" in params:
+        return conversation_prefix(params["conversation_history"])
+    if "raw_prompt" in params:
+        return text_prefix(params["raw_prompt"])
+    return []  # embeddings: nothing a slot would keep
 
 
-def served_prefix(kind: str, params: Mapping[str, Any], generated: str) -> list[str]:
+def served_prefix(params: PromptParams, generated: str) -> list[str]:
     """What a slot holds after serving a request: the prompt and its answer."""
-    if kind == "conversation":
-        history = list(params.get("conversation_history", []))
+    if "conversation_history" in params:
+        history = params["conversation_history"]
         return conversation_prefix(
             [*history, {"role": "assistant", "content": generated}]
         )
-    if kind == "raw_prompt":
-        return text_prefix(params.get("raw_prompt", "") + generated)
+    if "raw_prompt" in params:
+        return text_prefix(params["raw_prompt"] + generated)
     return []
 
 

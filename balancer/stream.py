@@ -25,6 +25,7 @@ from balancer.contract import (
     RequestKind,
     RequestParams,
     Usage,
+    carries_nothing,
     error_item,
     outcome_of,
     read_output,
@@ -166,7 +167,7 @@ class Stream:
                 last_item_at = time.monotonic()
                 batch: list[OutputItem] = []
                 for item in pending:
-                    if item["response"] is None and item["error"] is None:
+                    if carries_nothing(item):
                         continue  # progress on a long prompt: nothing to send
                     if self._refused_before_start(item):
                         failure = await self._move_or_fail(None)

@@ -20,7 +20,7 @@ from django.conf import settings
 from balancer.dispatch import get_dispatcher
 from balancer.stream import InferenceFailure
 from inference.access import WWW_AUTHENTICATE
-from inference.envelopes import error_envelope, paddler_envelope
+from inference.envelopes import Envelope, error_envelope, paddler_envelope
 from inference.socket_admission import socket_admitted
 from inference.socket_messages import (
     ClientError,
@@ -186,5 +186,5 @@ class InferenceSocketConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
         if self.in_flight.get(request_id) is task:
             del self.in_flight[request_id]
 
-    async def _send_json(self, payload: dict[str, Any]) -> None:
+    async def _send_json(self, payload: Envelope) -> None:
         await self.send(text_data=json.dumps(payload))

@@ -7,14 +7,36 @@ inference socket (one envelope a message).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TypedDict
 
-from balancer.contract import OutputItem, content_token_text
+from balancer.contract import ItemError, OutputItem, Response, content_token_text
+
+
+class ResponseBody(TypedDict):
+    generated_by: str
+    request_id: str
+    response: Response | None
+
+
+class ResponseEnvelope(TypedDict):
+    Response: ResponseBody
+
+
+class ErrorBody(TypedDict):
+    request_id: str
+    error: ItemError
+
+
+class ErrorEnvelope(TypedDict):
+    Error: ErrorBody
+
+
+Envelope = ResponseEnvelope | ErrorEnvelope
 
 
 def paddler_envelope(
     item: OutputItem, agent_name: str, request_id: str | None = None
-) -> dict[str, Any]:
+) -> Envelope:
     """The wire form of one output item (PROTOCOL.md).
 
     ``request_id`` replaces the dispatcher's own id: on the inference socket
@@ -32,7 +54,7 @@ def paddler_envelope(
     }
 
 
-def error_envelope(request_id: str, code: int, description: str) -> dict[str, Any]:
+def error_envelope(request_id: str, code: int, description: str) -> ErrorEnvelope:
     return {
         "Error": {
             "request_id": request_id,

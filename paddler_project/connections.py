@@ -62,7 +62,7 @@ bytes in ``dataBuffer`` (from ``offset``) and ``_tempDataBuffer``
 (``_tempDataLen`` bytes); a WebSocket protocol is autobahn's, whose options
 are attributes of the protocol.  Under another server, or if those names
 change, the wrapper passes messages through untouched and says so once in the
-log; ``tests/test_connections.py`` and ``tests/test_socket_input.py`` fail
+log; ``tests/test_connections.py`` and ``tests/test_inference_socket.py`` fail
 then.
 """
 

@@ -52,8 +52,8 @@ class Outputs:
             if output.request_id != request_id:
                 continue
             response = output.response
-            if isinstance(response, dict):
-                text += response.get("GeneratedToken", {}).get("ContentToken", "")
+            if isinstance(response, dict) and "GeneratedToken" in response:
+                text += response["GeneratedToken"].get("ContentToken", "")
             if output.final:
                 return text, output
 
@@ -233,7 +233,7 @@ def test_template_raising_overflow_fails_its_request_and_the_engine_goes_on(
     try:
         built.submit(conversation_job("t", [{"role": "user", "content": "Hi"}]))
         _, done = outputs.final("t")
-        assert isinstance(done.response, dict)
+        assert isinstance(done.response, dict) and "GeneratedToken" in done.response
         assert "OverflowError" in done.response["GeneratedToken"]["ChatTemplateError"]
         built.submit(Generation(request_id="after", max_tokens=2, raw_prompt="Hi"))
         text, done = outputs.final("after")

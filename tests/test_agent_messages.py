@@ -81,6 +81,7 @@ def test_an_unusable_json_schema_ends_the_request_with_a_syntax_error() -> None:
     )
     assert isinstance(refused, Output) and refused.final
     assert isinstance(refused.response, dict)
+    assert "GeneratedToken" in refused.response
     assert "GrammarSyntaxError" in refused.response["GeneratedToken"]
 
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 
 from agents.worker import AgentWorker
 from balancer import keys
-from balancer.contract import OutputItem
-from balancer.events import expand_item
+from balancer.contract import OutputItem, RawPromptParams
+from balancer.events import InferenceRequestEvent, expand_item
 from tests.support.constants import GREEDY_PARAMETERS
 
 INBOX = "paddler:test:worker-inbox"
@@ -34,13 +34,16 @@ def state(**extra: Any) -> dict[str, Any]:
     }
 
 
-def request(request_id: str, **params: Any) -> dict[str, Any]:
+def request(request_id: str, **params: Any) -> InferenceRequestEvent:
     return {
         "type": "inference.request",
         "request_id": request_id,
         "reply_to": INBOX,
         "kind": "raw_prompt",
-        "params": {"raw_prompt": "Hi", "max_tokens": 3, "grammar": None, **params},
+        "params": cast(
+            RawPromptParams,
+            {"raw_prompt": "Hi", "max_tokens": 3, "grammar": None, **params},
+        ),
     }
 
 
@@ -111,7 +114,7 @@ async def test_a_request_reaches_its_inbox_as_tokens_then_done(
     tokens = [item["response"] for item in items[:-1]]
     assert tokens == [{"GeneratedToken": {"ContentToken": " tok"}}] * 3
     done = items[-1]["response"]
-    assert isinstance(done, dict)
+    assert isinstance(done, dict) and "GeneratedToken" in done
     assert done["GeneratedToken"]["Done"]["usage"]["content_tokens"] == 3
 
 

@@ -22,7 +22,12 @@ def vector(document_id: str) -> OutputItem:
         "request_id": "chunk",
         "response": {
             "Embedding": {
-                "Embedding": {"embedding": [1.0], "source_document_id": document_id}
+                "Embedding": {
+                    "embedding": [1.0],
+                    "normalization_method": "None",
+                    "pooling_type": "Mean",
+                    "source_document_id": document_id,
+                }
             }
         },
         "error": None,

@@ -1,7 +1,8 @@
 """The inference socket consumer in-process, with Channels' communicators.
 
-What needs no agent: who may connect, and answers to messages that never reach
-the dispatcher.  ``test_inference_socket.py`` drives the rest end to end.
+What needs no agent: who may connect (an API key, or a staff session from a
+page of this site), and answers to messages that never reach the dispatcher.
+``test_inference_socket.py`` drives the rest end to end.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from channels.testing import ApplicationCommunicator, WebsocketCommunicator
 from django.test import override_settings
 
 from inference.consumers import InferenceSocketConsumer
-from inference.socket_admission import socket_token
+from inference.socket_admission import same_site, socket_token, staff_session
 from inference.socket_messages import (
     ClientError,
     InvalidSocketMessage,
@@ -132,3 +133,30 @@ def test_id_of_an_oversized_message_is_read_from_its_start() -> None:
     text = '{"Request": {"id": "big\\"one", "request": ' + "x" * 5000
     assert request_id_hint(text) == 'big"one'
     assert request_id_hint('{"Request": {"request": {"id": 5}}}') == ""
+
+
+def scope(origin: str | None, host: str = "panel.example:8000") -> dict[str, Any]:
+    headers = [(b"host", host.encode())]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    return {"type": "websocket", "headers": headers}
+
+
+def test_only_pages_of_this_site_count() -> None:
+    assert same_site(scope("http://panel.example:8000"))
+    assert same_site(scope("https://panel.example:8000"))
+    assert not same_site(scope("http://elsewhere.example"))
+    assert not same_site(scope("http://panel.example:9000"))
+    assert not same_site(scope("http://panel.example"))
+    assert not same_site(scope(None))
+
+
+def test_a_trusted_origin_counts_behind_a_proxy_that_rewrites_the_host() -> None:
+    proxied = scope("https://panel.example", host="web-1:8000")
+    assert not same_site(proxied)
+    with override_settings(CSRF_TRUSTED_ORIGINS=["https://panel.example"]):
+        assert same_site(proxied)
+
+
+async def test_without_a_session_nobody_is_staff() -> None:
+    assert not await staff_session(scope("http://panel.example:8000"))

@@ -14,7 +14,7 @@ TURN_ONE = [{"role": "user", "content": "Hello"}]
 
 
 def test_next_turn_shares_the_prefix_of_what_the_slot_served() -> None:
-    served = served_prefix("conversation", {"conversation_history": TURN_ONE}, "Hi!")
+    served = served_prefix({"conversation_history": TURN_ONE}, "Hi!")
     next_turn = conversation_prefix(
         [
             *TURN_ONE,
