@@ -21,7 +21,7 @@ from balancer.desired_state import DesiredState
 from balancer.models import DesiredStateRevision
 from balancer.panel.forms import DesiredStateForm
 from balancer.request_log import RequestRecord
-from balancer.services import desired_state_current, desired_state_update
+from balancer.services import desired_state_current, desired_state_update, pool_create
 from tests.support.redis_server import RedisServer
 
 PAGES = ["/", "/model/", "/prompt/", "/requests/"]
@@ -265,3 +265,50 @@ def test_an_api_key_is_shown_once_and_stored_hashed(staff_client: Client) -> Non
     assert not key.is_active
     assert not key.matches(plaintext)
     assert staff_client.post("/api-keys/999/revoke").status_code == 404
+
+
+@pytest.mark.django_db
+def test_the_panel_shows_and_edits_the_pool_picked_in_the_top_bar(
+    staff_client: Client, isolated_redis: redis.Redis
+) -> None:
+    pool_create(name="brief", aliases=["gpt-4o-mini"])
+    desired_state_update(state=GEMMA_STATE)
+    page = staff_client.get("/model/?pool=brief")
+    assert page.status_code == 200
+    assert b'<option value="brief" selected>' in page.content
+    assert b"pool brief" in page.content
+    # Saved to the brief pool only: the default pool keeps its state.
+    brief_state = DesiredState.from_json({"model": {"LocalToAgent": "/m/brief.gguf"}})
+    response = staff_client.post("/model/", form_post(brief_state))
+    assert response.status_code == 302
+    assert desired_state_current(pool="brief") == brief_state
+    assert desired_state_current() == GEMMA_STATE
+    published = json.loads(isolated_redis.get(keys.desired_state("brief")) or b"null")
+    assert published["model"] == {"LocalToAgent": "/m/brief.gguf"}
+    # The pick lasts the session; an unknown pool falls back to the default.
+    assert b"/m/brief.gguf" in staff_client.get("/model/").content
+    assert b"pool default" in staff_client.get("/model/?pool=nowhere").content
+
+
+@pytest.mark.django_db
+def test_the_requests_page_lists_the_chosen_pools_requests(
+    staff_client: Client, isolated_redis: redis.Redis
+) -> None:
+    pool_create(name="brief")
+    for agent, pool in (("agent-of-default", "default"), ("agent-of-brief", "brief")):
+        record = logged_request(agent=agent, pool=pool, outcome="done")
+        isolated_redis.lpush(keys.request_log(), json.dumps(record))
+    # A record written before pools existed belongs to the default pool.
+    old = {k: v for k, v in logged_request(agent="agent-of-old").items() if k != "pool"}
+    isolated_redis.lpush(keys.request_log(), json.dumps(old))
+    shown = staff_client.get("/requests/?pool=brief&rows=1").content
+    assert b"agent-of-brief" in shown
+    assert b"agent-of-default" not in shown
+    shown = staff_client.get("/requests/?pool=default&rows=1").content
+    assert b"agent-of-default" in shown and b"agent-of-old" in shown
+    assert b"agent-of-brief" not in shown
+
+
+@pytest.mark.django_db
+def test_the_dashboard_stream_refuses_an_unknown_pool(staff_client: Client) -> None:
+    assert staff_client.get("/dashboard/stream?pool=nowhere").status_code == 404

@@ -13,11 +13,12 @@ from typing import Any
 
 from django.conf import settings
 
-from balancer import request_log
+from balancer import registry, request_log
 from balancer.dispatch import get_dispatcher
 from balancer.panel import stats
 from balancer.panel.words import explain_issue, explain_status
-from balancer.views import agents_snapshot, buffer_snapshot
+from balancer.pools import DEFAULT_POOL
+from balancer.views import buffer_snapshot
 
 STATS_EVERY_S = 2.0
 
@@ -34,9 +35,11 @@ def dashboard_agent(agent: dict[str, Any]) -> dict[str, Any]:
 
 
 class DashboardFeed:
-    """Builds dashboard snapshots; request figures are kept a little while."""
+    """Builds dashboard snapshots of one model pool; request figures are kept
+    a little while."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: str = DEFAULT_POOL) -> None:
+        self.pool = pool
         self._figures: dict[str, Any] = {}
         self._figures_at = 0.0
 
@@ -48,6 +51,7 @@ class DashboardFeed:
                 since=now - stats.WINDOW_S - stats.BUCKET_S,
                 limit=settings.PADDLER_REQUEST_LOG_SIZE,
             )
+            records = [record for record in records if record["pool"] == self.pool]
             self._figures = {
                 "series": stats.chart_series(records, now=now),
                 "summary": stats.summary(records, now=now),
@@ -56,9 +60,11 @@ class DashboardFeed:
         return self._figures
 
     async def snapshot(self) -> dict[str, Any]:
-        agents = (await agents_snapshot())["agents"]
-        buffered = (await buffer_snapshot())["buffered_requests_current"]
+        records = await registry.list_agents(get_dispatcher().redis)
+        agents = [a.public_snapshot() for a in records if a.pool == self.pool]
+        buffered = (await buffer_snapshot(self.pool))["buffered_requests_current"]
         return {
+            "pool": self.pool,
             "agents": [dashboard_agent(agent) for agent in agents],
             "buffer": {
                 "current": buffered,

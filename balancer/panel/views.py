@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.forms import AuthenticationForm
@@ -32,15 +33,18 @@ from balancer.panel.forms import (
     TemplatePreviewForm,
 )
 from balancer.panel.live import DashboardFeed
+from balancer.panel.pools import chosen_pool
 from balancer.panel.preview import render_preview
 from balancer.panel.queries import agent_models
 from balancer.panel.words import outcome_matches, request_row
+from balancer.pools import DEFAULT_POOL
 from balancer.services import (
     desired_state_current,
     desired_state_history,
     desired_state_revision_current,
     desired_state_roll_back,
     desired_state_update,
+    pool_names,
     sync_redis,
 )
 from balancer.sse import snapshot_events, stream_end
@@ -86,7 +90,10 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "panel/dashboard.html",
-        {"max_buffered": settings.PADDLER_MAX_BUFFERED_REQUESTS},
+        {
+            "max_buffered": settings.PADDLER_MAX_BUFFERED_REQUESTS,
+            "pool": chosen_pool(request),
+        },
     )
 
 
@@ -95,8 +102,11 @@ async def dashboard_stream(request: HttpRequest) -> HttpResponseBase:
     """Server-Sent Events for the dashboard (401 rather than a login redirect)."""
     if not is_staff_user(await request.auser()):
         return JsonResponse({"error": "log in as staff"}, status=401)
+    pool = request.GET.get("pool", DEFAULT_POOL)
+    if pool not in await sync_to_async(pool_names)():
+        return JsonResponse({"error": f"no pool named {pool!r}"}, status=404)
     events = snapshot_events(
-        DashboardFeed().snapshot,
+        DashboardFeed(pool).snapshot,
         keepalive_s=settings.PADDLER_SSE_KEEPALIVE_MS / 1000,
         end=stream_end(getattr(request, "scope", {})),
     )
@@ -108,14 +118,16 @@ async def dashboard_stream(request: HttpRequest) -> HttpResponseBase:
 
 @staff_required
 def model(request: HttpRequest) -> HttpResponse:
-    current = desired_state_revision_current()
-    state = desired_state_current()
+    """The chosen pool's desired state: edit it, see its revisions."""
+    pool = chosen_pool(request)
+    current = desired_state_revision_current(pool=pool)
+    state = desired_state_current(pool=pool)
     if request.method == "POST":
         form = DesiredStateForm(request.POST)
         if form.is_valid() and form.state is not None:
             try:
                 revision = desired_state_update(
-                    state=form.state, user=request.user, note="panel"
+                    state=form.state, user=request.user, note="panel", pool=pool
                 )
             except DesiredStateError as error:
                 form.add_state_error(error)
@@ -125,16 +137,18 @@ def model(request: HttpRequest) -> HttpResponse:
                     return redirect("panel:model")
                 messages.success(
                     request,
-                    f"Saved as revision {revision.pk}; the agents apply it now.",
+                    f"Saved as revision {revision.pk} of pool {pool}; "
+                    "its agents apply it now.",
                 )
                 return redirect("panel:dashboard")
     else:
         form = DesiredStateForm(initial=DesiredStateForm.initial_from(state))
-    revisions = desired_state_history(limit=REVISIONS_SHOWN)
+    revisions = desired_state_history(limit=REVISIONS_SHOWN, pool=pool)
     return render(
         request,
         "panel/model.html",
         {
+            "pool": pool,
             "form": form,
             "agent_models": agent_models(),
             "revisions": [(revision, revision.to_state()) for revision in revisions],
@@ -183,24 +197,27 @@ def roll_back(request: HttpRequest, revision_id: int) -> HttpResponse:
 @require_GET
 @staff_required
 def prompt(request: HttpRequest) -> HttpResponse:
-    current = desired_state_current()
+    pool = chosen_pool(request)
+    current = desired_state_current(pool=pool)
     return render(
         request,
         "panel/prompt.html",
-        {"default_system_prompt": current.default_system_prompt},
+        {"default_system_prompt": current.default_system_prompt, "pool": pool},
     )
 
 
 @require_GET
 @staff_required
 def requests(request: HttpRequest) -> HttpResponse:
+    """The chosen pool's newest requests."""
+    pool = chosen_pool(request)
     wanted = request.GET.get("outcome", "all")
     if wanted not in REQUEST_FILTERS:
         wanted = "all"
     rows = [
         request_row(record)
         for record in request_log.read_newest(sync_redis(), limit=REQUESTS_SHOWN)
-        if outcome_matches(record, wanted)
+        if record["pool"] == pool and outcome_matches(record, wanted)
     ]
     template = (
         "panel/_request_rows.html" if "rows" in request.GET else "panel/requests.html"
@@ -208,7 +225,7 @@ def requests(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         template,
-        {"rows": rows, "wanted": wanted, "filters": REQUEST_FILTERS},
+        {"rows": rows, "wanted": wanted, "filters": REQUEST_FILTERS, "pool": pool},
     )
 
 

@@ -34,3 +34,10 @@ window.panel = {
     return node;
   },
 };
+
+// The pool switcher in the top bar: picking a pool shows the page for it.
+document.addEventListener("DOMContentLoaded", () => {
+  for (const select of document.querySelectorAll(".pool-switcher select")) {
+    select.addEventListener("change", () => select.form.submit());
+  }
+});

@@ -149,6 +149,10 @@
         JSON.stringify({
           Request: {
             id: run.id,
+            // The pool picked in the top bar (our extension of Paddler's message).
+            ...(root.dataset.pool && root.dataset.pool !== "default"
+              ? { pool: root.dataset.pool }
+              : {}),
             request: {
               ContinueFromConversationHistory: {
                 add_generation_prompt: true,
