@@ -593,3 +593,31 @@ def test_dashboard_shows_the_download_of_a_model_chosen_by_url(
         page_expect(card.locator(".agent-model")).to_contain_text(server.filename)
     tab.page.context.close()
     assert tab.errors == [], "the browser reported errors"
+
+
+def test_the_pool_switcher_shows_each_pools_pages(
+    tab: Tab, web: WebServer, panel_fleet: Fleet
+) -> None:
+    ensure_agent(panel_fleet)
+    manage(
+        web,
+        "from balancer.services import pool_create, pool_names;"
+        "'brief' in pool_names() or pool_create(name='brief')",
+    )
+    page = tab.page
+    tab.goto("/")
+    page_expect(page.locator(".agent", has_text=AGENT)).to_be_visible()
+    page.select_option("#pool-switcher", "brief")
+    page.wait_for_url(f"{web.url}/?pool=brief")
+    page_expect(page.locator("h1")).to_contain_text("pool brief")
+    # The brief pool has no agent yet: the dashboard says how to start one.
+    page_expect(page.locator("#no-agents")).to_contain_text("--pool brief")
+    page_expect(page.locator(".agent", has_text=AGENT)).to_have_count(0)
+    tab.screenshot("pool-brief-dashboard")
+    # The choice holds on the other pages.
+    tab.goto("/model/")
+    page_expect(page.locator("h1")).to_contain_text("pool brief")
+    page_expect(page.locator("#pool-switcher")).to_have_value("brief")
+    page.select_option("#pool-switcher", "default")
+    page.wait_for_url(f"{web.url}/model/?pool=default")
+    page_expect(page.locator("h1")).to_contain_text("pool default")
