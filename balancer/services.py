@@ -81,6 +81,17 @@ def desired_state_replace(
     """Replace the desired state with a Paddler ``PUT`` body.
 
     Raises ``DesiredStateError`` naming the field, and changes nothing then.
+    """
+    return desired_state_update(
+        state=DesiredState.from_json(desired_state_completed(data=data)),
+        user=user,
+        note=note,
+    )
+
+
+def desired_state_completed(*, data: Any) -> Any:
+    """A Paddler ``PUT`` body with the fields of ours that it left out.
+
     ``default_system_prompt`` is ours, not Paddler's: Paddler's clients do not
     know it and leave it out of what they put back, so a body without it
     keeps the current prompt instead of erasing it.
@@ -88,9 +99,7 @@ def desired_state_replace(
     if isinstance(data, dict) and "default_system_prompt" not in data:
         current = desired_state_current()
         data = {**data, "default_system_prompt": current.default_system_prompt}
-    return desired_state_update(
-        state=DesiredState.from_json(data), user=user, note=note
-    )
+    return data
 
 
 def desired_state_roll_back(

@@ -154,8 +154,22 @@ CHANNEL_LAYERS = {
     }
 }
 
+# The management API (balancer.api): the token or a staff session; staff
+# change things only with the model permission a view names.  JSON first, so
+# that clients sending "Accept: */*" get JSON; a browser gets the browsable API.
 REST_FRAMEWORK = {
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "balancer.api.authentication.ManagementTokenAuthentication",
+        "balancer.api.authentication.StaffSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["balancer.api.permissions.IsOperator"],
+    "DEFAULT_PARSER_CLASSES": ["balancer.api.parsers.StrictJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "balancer.api.renderers.PaddlerJSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "EXCEPTION_HANDLER": "balancer.api.exceptions.management_exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
 # Management API: a bearer token, or a logged-in staff session.

@@ -17,7 +17,7 @@ from balancer import request_log
 from balancer.dispatch import get_dispatcher
 from balancer.panel import stats
 from balancer.panel.words import explain_issue, explain_status
-from balancer.views import agents_snapshot, buffer_snapshot
+from balancer.snapshots import agents_snapshot, buffer_snapshot
 
 STATS_EVERY_S = 2.0
 

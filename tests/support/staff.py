@@ -6,16 +6,32 @@ import httpx
 
 from tests.support.web import WebServer, manage
 
+# What an operator who may change things holds (a staff user without them
+# reads everything and changes nothing).
+OPERATOR_PERMISSIONS = (
+    "balancer.change_desiredstaterevision",
+    "inference.add_inferenceapikey",
+    "inference.change_inferenceapikey",
+)
 
-def create_user(web: WebServer, username: str, password: str) -> None:
-    """A staff user in ``web``'s database (the admin lets only staff log in)."""
+
+def create_user(
+    web: WebServer, username: str, password: str, *, read_only: bool = False
+) -> None:
+    """A staff user in ``web``'s database (the admin lets only staff log in),
+    with the permissions to change things unless ``read_only``."""
+    permissions = () if read_only else OPERATOR_PERMISSIONS
+    codenames = [name.partition(".")[2] for name in permissions]
     manage(
         web,
         "shell",
         "-c",
         "from django.contrib.auth import get_user_model; "
+        "from django.contrib.auth.models import Permission; "
         f"user, _ = get_user_model().objects.get_or_create(username={username!r}); "
-        f"user.is_staff = True; user.set_password({password!r}); user.save()",
+        f"user.is_staff = True; user.set_password({password!r}); user.save(); "
+        "user.user_permissions.set("
+        f"Permission.objects.filter(codename__in={codenames!r}))",
     )
 
 
