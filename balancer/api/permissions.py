@@ -15,6 +15,9 @@ from rest_framework.request import Request
 
 from balancer.api.authentication import ManagementToken
 
+# What a change of the desired state (a PUT, a roll back) needs of a staff user.
+CHANGE_DESIRED_STATE = "balancer.change_desiredstaterevision"
+
 
 def is_token_caller(request: Request) -> bool:
     return isinstance(request.auth, ManagementToken)

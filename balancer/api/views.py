@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 
 from balancer import keys, request_log
 from balancer.api.parsers import request_body
+from balancer.api.permissions import CHANGE_DESIRED_STATE
 from balancer.api.serializers import (
     DesiredStateSerializer,
     RevisionQuerySerializer,
@@ -38,9 +39,6 @@ from balancer.services import (
     sync_redis,
 )
 from balancer.snapshots import agents_snapshot, buffer_snapshot
-
-# What a change of the desired state (a PUT, a roll back) needs of a staff user.
-CHANGE_DESIRED_STATE = "balancer.change_desiredstaterevision"
 
 
 class AgentsView(APIView):

@@ -14,6 +14,10 @@ from balancer.api.parsers import request_body
 from inference.models import InferenceApiKey
 from inference.services import inference_api_key_create, inference_api_key_revoke
 
+# What making a key, and revoking one, need of a staff user.
+ADD_KEY = "inference.add_inferenceapikey"
+REVOKE_KEY = "inference.change_inferenceapikey"
+
 
 class InferenceApiKeySerializer(serializers.ModelSerializer[InferenceApiKey]):
     # The clear start of the key, enough to tell keys apart; never the secret.
@@ -33,7 +37,7 @@ class InferenceApiKeySerializer(serializers.ModelSerializer[InferenceApiKey]):
 class InferenceApiKeysView(APIView):
     """The inference API keys, newest first; a POST makes one."""
 
-    change_permission = "inference.add_inferenceapikey"
+    change_permission = ADD_KEY
 
     def get(self, request: Request) -> Response:
         keys = InferenceApiKey.objects.all()
@@ -58,7 +62,7 @@ class InferenceApiKeysView(APIView):
 class InferenceApiKeyRevokeView(APIView):
     """Revoke a key: it stops working on the next request; the row stays."""
 
-    change_permission = "inference.change_inferenceapikey"
+    change_permission = REVOKE_KEY
 
     def post(self, request: Request, key_id: int) -> Response:
         key = get_object_or_404(InferenceApiKey, pk=key_id)
