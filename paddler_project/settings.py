@@ -53,6 +53,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "inference",
     "balancer",
@@ -170,6 +172,35 @@ REST_FRAMEWORK = {
     ],
     "EXCEPTION_HANDLER": "balancer.api.exceptions.management_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# The OpenAPI schema (/api/schema/) and its Swagger UI (/api/docs/), served to
+# anyone: it documents what Paddler's own documentation does, and holds no
+# data.  The UI's files come from drf-spectacular-sidecar, not a CDN.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Paddler-compatible LLMOps platform",
+    "DESCRIPTION": "Paddler's inference and management APIs, the "
+    "OpenAI-compatible API, and our management extensions.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # One enum for both caches' types, and one for the agents' statuses.
+    "ENUM_NAME_OVERRIDES": {
+        "KvCacheDtypeEnum": "balancer.desired_state.KV_CACHE_DTYPES",
+    },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "paddler_project.openapi.add_plain_views",
+    ],
+    "TAGS": [
+        {"name": "inference", "description": "Paddler's inference API"},
+        {"name": "openai", "description": "The OpenAI-compatible API"},
+        {"name": "management", "description": "Paddler's management API, and ours"},
+    ],
 }
 
 # Management API: a bearer token, or a logged-in staff session.

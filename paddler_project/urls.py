@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from balancer import views as management
 from balancer.api import views as api
@@ -59,6 +60,9 @@ urlpatterns = [
         api_keys.InferenceApiKeyRevokeView.as_view(),
     ),
     path("metrics", management.metrics),
+    # The OpenAPI schema of all of the above, and a page to read and try it.
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),
     # The web admin panel, at the root: /, /model/, /prompt/, /requests/, ...
     path("", include("balancer.panel.urls")),

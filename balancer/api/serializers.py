@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from balancer.desired_state import (
@@ -23,6 +24,53 @@ from balancer.services import desired_state_completed
 
 REVISIONS_DEFAULT_LIMIT = 50
 REVISIONS_MAX_LIMIT = 1000
+
+
+# Paddler's model source: a unit variant as a bare string, the others tagged.
+MODEL_SOURCE_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {"type": "string", "enum": ["None"]},
+        {
+            "type": "object",
+            "properties": {"LocalToAgent": {"type": "string"}},
+            "required": ["LocalToAgent"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "HuggingFace": {
+                    "type": "object",
+                    "properties": {
+                        "repo_id": {"type": "string"},
+                        "filename": {"type": "string"},
+                        "revision": {"type": "string"},
+                    },
+                    "required": ["repo_id", "filename", "revision"],
+                }
+            },
+            "required": ["HuggingFace"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "Url": {
+                    "type": "object",
+                    "properties": {"url": {"type": "string", "format": "uri"}},
+                    "required": ["url"],
+                }
+            },
+            "required": ["Url"],
+            "additionalProperties": False,
+        },
+    ]
+}
+
+
+@extend_schema_field(MODEL_SOURCE_SCHEMA)
+class ModelSourceField(serializers.JSONField):
+    pass
 
 
 class InferenceParametersSerializer(serializers.Serializer[Any]):
@@ -56,11 +104,8 @@ class DesiredStateSerializer(serializers.Serializer[DesiredState]):
     clients do not know it and leave it out of what they put back.
     """
 
-    model = serializers.JSONField(
-        help_text='"None", {"LocalToAgent": path}, {"HuggingFace": {"repo_id", '
-        '"filename", "revision"}} or {"Url": {"url"}}'
-    )
-    multimodal_projection = serializers.JSONField(help_text="As model.")
+    model = ModelSourceField()
+    multimodal_projection = ModelSourceField()
     chat_template_override = ChatTemplateSerializer(allow_null=True)
     use_chat_template_override = serializers.BooleanField()
     default_system_prompt = serializers.CharField(
@@ -96,3 +141,100 @@ class RevisionQuerySerializer(serializers.Serializer[Any]):
     limit = serializers.IntegerField(
         min_value=1, max_value=REVISIONS_MAX_LIMIT, default=REVISIONS_DEFAULT_LIMIT
     )
+
+
+STATE_APPLICATION_STATUSES = (
+    "Fresh",
+    "Applied",
+    "AttemptedAndRetrying",
+    "AttemptedAndNotAppliable",
+    "Stuck",
+)
+
+
+class AgentSerializer(serializers.Serializer[Any]):
+    id = serializers.CharField()
+    name = serializers.CharField(allow_null=True)
+    slots_total = serializers.IntegerField()
+    slots_processing = serializers.IntegerField()
+    desired_slots_total = serializers.IntegerField()
+    model_path = serializers.CharField(allow_null=True)
+    download_current = serializers.IntegerField()
+    download_total = serializers.IntegerField()
+    download_filename = serializers.CharField(allow_null=True)
+    download_indeterminate = serializers.BooleanField()
+    issues = serializers.ListField(
+        child=serializers.JSONField(),
+        help_text='Paddler\'s agent issues, e.g. {"ModelFileDoesNotExist": '
+        '{"model_path": "/x.gguf"}}',
+    )
+    state_application_status = serializers.ChoiceField(STATE_APPLICATION_STATUSES)
+    uses_chat_template_override = serializers.BooleanField()
+
+
+class AgentsSnapshotSerializer(serializers.Serializer[Any]):
+    agents = AgentSerializer(many=True)
+
+
+class BufferedRequestsSerializer(serializers.Serializer[Any]):
+    buffered_requests_current = serializers.IntegerField()
+
+
+class RevisionListSerializer(serializers.Serializer[Any]):
+    revisions = RevisionSerializer(many=True)
+
+
+class AgentDesiredStateSerializer(serializers.Serializer[Any]):
+    """What agents apply (Paddler's ``AgentDesiredState``): the override is
+    null unless the desired state says to use it."""
+
+    chat_template_override = ChatTemplateSerializer(allow_null=True)
+    inference_parameters = InferenceParametersSerializer()
+    model = ModelSourceField()
+    multimodal_projection = ModelSourceField()
+
+
+class ModelMetadataSerializer(serializers.Serializer[Any]):
+    metadata = serializers.DictField(
+        child=serializers.CharField(), help_text="The model's GGUF metadata."
+    )
+
+
+class RequestRecordSerializer(serializers.Serializer[Any]):
+    id = serializers.CharField()
+    parent_id = serializers.CharField(allow_null=True)
+    kind = serializers.CharField()
+    agent_id = serializers.CharField()
+    agent = serializers.CharField()
+    slot = serializers.IntegerField(allow_null=True)
+    matched_prefix_blocks = serializers.IntegerField()
+    why = serializers.CharField()
+    retried = serializers.BooleanField()
+    prompt_tokens = serializers.IntegerField()
+    cached_prompt_tokens = serializers.IntegerField()
+    generated_tokens = serializers.IntegerField()
+    queue_wait_ms = serializers.FloatField()
+    time_to_first_token_ms = serializers.FloatField(allow_null=True)
+    tokens_per_second = serializers.FloatField(allow_null=True)
+    duration_ms = serializers.FloatField()
+    outcome = serializers.CharField()
+    finished_at = serializers.FloatField(help_text="Unix time.")
+
+
+class RequestLogPageSerializer(serializers.Serializer[Any]):
+    next = serializers.URLField(allow_null=True)
+    results = RequestRecordSerializer(many=True)
+
+
+class ErrorSerializer(serializers.Serializer[Any]):
+    """The body of every error (``balancer.api.exceptions``)."""
+
+    def get_fields(self) -> dict[str, serializers.Field[Any, Any, Any, Any]]:
+        # Declared here: a field named "errors" would hide Serializer.errors.
+        return {
+            "error": serializers.CharField(),
+            "field": serializers.CharField(required=False, allow_null=True),
+            "errors": serializers.DictField(
+                required=False, help_text="DRF's messages, by field."
+            ),
+        }

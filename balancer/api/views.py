@@ -14,6 +14,7 @@ import json
 from typing import Any, get_args
 
 from asgiref.sync import async_to_sync
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
@@ -24,7 +25,15 @@ from balancer import keys, request_log
 from balancer.api.parsers import request_body
 from balancer.api.permissions import CHANGE_DESIRED_STATE
 from balancer.api.serializers import (
+    AgentDesiredStateSerializer,
+    AgentsSnapshotSerializer,
+    BufferedRequestsSerializer,
+    ChatTemplateSerializer,
     DesiredStateSerializer,
+    ErrorSerializer,
+    ModelMetadataSerializer,
+    RequestLogPageSerializer,
+    RevisionListSerializer,
     RevisionQuerySerializer,
     RevisionSerializer,
 )
@@ -40,10 +49,18 @@ from balancer.services import (
 )
 from balancer.snapshots import agents_snapshot, buffer_snapshot
 
+TAGS = ["management"]
+INVALID = OpenApiResponse(ErrorSerializer, description="Invalid, by field")
+UNKNOWN = OpenApiResponse(ErrorSerializer, description="No such thing")
+READ_ONLY = OpenApiResponse(
+    ErrorSerializer, description="A staff user without the change permission"
+)
+
 
 class AgentsView(APIView):
     """The agents and what each reports (Paddler's snapshot)."""
 
+    @extend_schema(tags=TAGS, responses=AgentsSnapshotSerializer)
     def get(self, request: Request) -> Response:
         return Response(async_to_sync(agents_snapshot)())
 
@@ -51,6 +68,7 @@ class AgentsView(APIView):
 class BufferedRequestsView(APIView):
     """How many requests wait for a free slot, across every web replica."""
 
+    @extend_schema(tags=TAGS, responses=BufferedRequestsSerializer)
     def get(self, request: Request) -> Response:
         return Response(async_to_sync(buffer_snapshot)())
 
@@ -60,9 +78,15 @@ class DesiredStateView(APIView):
 
     change_permission = CHANGE_DESIRED_STATE
 
+    @extend_schema(tags=TAGS, responses=DesiredStateSerializer)
     def get(self, request: Request) -> Response:
         return Response(DesiredStateSerializer(desired_state_current()).data)
 
+    @extend_schema(
+        tags=TAGS,
+        request=DesiredStateSerializer,
+        responses={204: None, 400: INVALID, 403: READ_ONLY},
+    )
     def put(self, request: Request) -> Response:
         serializer = DesiredStateSerializer(data=request_body(request))
         serializer.is_valid(raise_exception=True)
@@ -79,6 +103,11 @@ class DesiredStateView(APIView):
 class RevisionsView(APIView):
     """Ours: the history of the desired state, newest first (``?limit=``)."""
 
+    @extend_schema(
+        tags=TAGS,
+        parameters=[RevisionQuerySerializer],
+        responses={200: RevisionListSerializer, 400: INVALID},
+    )
     def get(self, request: Request) -> Response:
         query = RevisionQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
@@ -91,6 +120,11 @@ class RollBackView(APIView):
 
     change_permission = CHANGE_DESIRED_STATE
 
+    @extend_schema(
+        tags=TAGS,
+        request=None,
+        responses={204: None, 400: INVALID, 403: READ_ONLY, 404: UNKNOWN},
+    )
     def post(self, request: Request, revision_id: int) -> Response:
         try:
             desired_state_roll_back(revision_id=revision_id, user=request.user)
@@ -104,6 +138,7 @@ class RollBackView(APIView):
 class ApplicableStateView(APIView):
     """What the agents are told to apply, or ``null`` before any state."""
 
+    @extend_schema(tags=TAGS, responses=AgentDesiredStateSerializer)
     def get(self, request: Request) -> Response:
         raw = sync_redis().get(keys.desired_state())
         return Response(None if raw is None else json.loads(raw))
@@ -117,6 +152,15 @@ def known_agent(agent_id: str) -> None:
 class AgentChatTemplateOverrideView(APIView):
     """The chat template an agent is told to use instead of the model's."""
 
+    @extend_schema(
+        tags=TAGS,
+        responses={
+            200: OpenApiResponse(
+                ChatTemplateSerializer, description="The override, or null"
+            ),
+            404: UNKNOWN,
+        },
+    )
     def get(self, request: Request, agent_id: str) -> Response:
         known_agent(agent_id)
         state = desired_state_current()
@@ -128,6 +172,15 @@ class AgentChatTemplateOverrideView(APIView):
 class AgentModelMetadataView(APIView):
     """The GGUF metadata of an agent's model, once it has loaded one."""
 
+    @extend_schema(
+        tags=TAGS,
+        responses={
+            200: OpenApiResponse(
+                ModelMetadataSerializer, description="The metadata, or null"
+            ),
+            404: UNKNOWN,
+        },
+    )
     def get(self, request: Request, agent_id: str) -> Response:
         known_agent(agent_id)
         raw = sync_redis().get(keys.agent_metadata(agent_id))
@@ -136,7 +189,6 @@ class AgentModelMetadataView(APIView):
         return Response({"metadata": json.loads(raw)["metadata"]})
 
 
-# ------------------------------------------------------------ request log
 REQUEST_LOG_DEFAULT_LIMIT = 50
 REQUEST_LOG_MAX_LIMIT = 200
 
@@ -185,6 +237,11 @@ class RequestLogView(APIView):
     cursor), or null on the last page.
     """
 
+    @extend_schema(
+        tags=TAGS,
+        parameters=[RequestLogQuerySerializer],
+        responses={200: RequestLogPageSerializer, 400: INVALID},
+    )
     def get(self, request: Request) -> Response:
         query = RequestLogQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)

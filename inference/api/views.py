@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from balancer.api.parsers import request_body
+from balancer.api.serializers import ErrorSerializer
 from inference.models import InferenceApiKey
 from inference.services import inference_api_key_create, inference_api_key_revoke
 
@@ -34,17 +36,42 @@ class InferenceApiKeySerializer(serializers.ModelSerializer[InferenceApiKey]):
         return f"pdl_{key.prefix}_…"
 
 
+class NewInferenceApiKeySerializer(InferenceApiKeySerializer):
+    """A key just made: the one answer that carries the key itself."""
+
+    key = serializers.CharField(read_only=True, help_text="Shown once only.")
+
+    class Meta(InferenceApiKeySerializer.Meta):
+        fields = [*InferenceApiKeySerializer.Meta.fields, "key"]
+
+
+TAGS = ["management"]
+ERROR = OpenApiResponse(ErrorSerializer)
+
+
 class InferenceApiKeysView(APIView):
     """The inference API keys, newest first; a POST makes one."""
 
     change_permission = ADD_KEY
 
+    @extend_schema(
+        tags=TAGS,
+        responses=inline_serializer(
+            "InferenceApiKeyList",
+            {"inference_api_keys": InferenceApiKeySerializer(many=True)},
+        ),
+    )
     def get(self, request: Request) -> Response:
         keys = InferenceApiKey.objects.all()
         return Response(
             {"inference_api_keys": InferenceApiKeySerializer(keys, many=True).data}
         )
 
+    @extend_schema(
+        tags=TAGS,
+        request=InferenceApiKeySerializer,
+        responses={201: NewInferenceApiKeySerializer, 400: ERROR, 403: ERROR},
+    )
     def post(self, request: Request) -> Response:
         serializer = InferenceApiKeySerializer(data=request_body(request))
         serializer.is_valid(raise_exception=True)
@@ -64,6 +91,11 @@ class InferenceApiKeyRevokeView(APIView):
 
     change_permission = REVOKE_KEY
 
+    @extend_schema(
+        tags=TAGS,
+        request=None,
+        responses={200: InferenceApiKeySerializer, 403: ERROR, 404: ERROR},
+    )
     def post(self, request: Request, key_id: int) -> Response:
         key = get_object_or_404(InferenceApiKey, pk=key_id)
         revoked = inference_api_key_revoke(prefix=key.prefix)
