@@ -123,6 +123,13 @@ class DesiredStateSerializer(serializers.Serializer[DesiredState]):
         return instance.to_json()
 
 
+class DesiredStateQuerySerializer(serializers.Serializer[Any]):
+    extensions = serializers.BooleanField(
+        default=False,
+        help_text="Add our fields (default_system_prompt) to Paddler's.",
+    )
+
+
 class RevisionSerializer(serializers.ModelSerializer[DesiredStateRevision]):
     created_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         slug_field="username", read_only=True, allow_null=True

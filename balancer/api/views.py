@@ -29,6 +29,7 @@ from balancer.api.serializers import (
     AgentsSnapshotSerializer,
     BufferedRequestsSerializer,
     ChatTemplateSerializer,
+    DesiredStateQuerySerializer,
     DesiredStateSerializer,
     ErrorSerializer,
     ModelMetadataSerializer,
@@ -38,7 +39,7 @@ from balancer.api.serializers import (
     RevisionSerializer,
 )
 from balancer.contract import RequestKind
-from balancer.desired_state import DesiredStateError
+from balancer.desired_state import DesiredState, DesiredStateError
 from balancer.models import DesiredStateRevision
 from balancer.services import (
     desired_state_current,
@@ -74,13 +75,27 @@ class BufferedRequestsView(APIView):
 
 
 class DesiredStateView(APIView):
-    """The desired state: read it, or replace it and push it to the agents."""
+    """The desired state: read it, or replace it and push it to the agents.
+
+    A GET answers Paddler's fields only, which a strict Paddler client
+    refuses to see more of; ``?extensions=true`` adds ours.  A PUT takes
+    either.
+    """
 
     change_permission = CHANGE_DESIRED_STATE
 
-    @extend_schema(tags=TAGS, responses=DesiredStateSerializer)
+    @extend_schema(
+        tags=TAGS,
+        parameters=[DesiredStateQuerySerializer],
+        responses=DesiredStateSerializer,
+    )
     def get(self, request: Request) -> Response:
-        return Response(DesiredStateSerializer(desired_state_current()).data)
+        query = DesiredStateQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        state = desired_state_current()
+        if query.validated_data["extensions"]:
+            return Response(DesiredStateSerializer(state).data)
+        return Response(state.to_paddler_json())
 
     @extend_schema(
         tags=TAGS,
@@ -140,8 +155,12 @@ class ApplicableStateView(APIView):
 
     @extend_schema(tags=TAGS, responses=AgentDesiredStateSerializer)
     def get(self, request: Request) -> Response:
+        # What was last published, which is what agents were told to apply
+        # (null before anything was), in the shape agents take it in Paddler.
         raw = sync_redis().get(keys.desired_state())
-        return Response(None if raw is None else json.loads(raw))
+        if raw is None:
+            return Response(None)
+        return Response(DesiredState.from_json(json.loads(raw)).to_agent_json())
 
 
 def known_agent(agent_id: str) -> None:
