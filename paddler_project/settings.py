@@ -26,6 +26,7 @@ from paddler_project.env import (
     env_hosts,
     env_int,
     env_list,
+    env_origins,
     env_redis_url,
     env_str,
 )
@@ -63,6 +64,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "paddler_project.cors.ManagementCorsMiddleware",
     "paddler_project.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -78,6 +80,7 @@ MIDDLEWARE = [
 # nothing in it reads the Host header, so the host check is its own.
 INFERENCE_MIDDLEWARE = [
     "paddler_project.middleware.AllowedHostMiddleware",
+    "paddler_project.cors.InferenceCorsMiddleware",
     "paddler_project.middleware.SecurityMiddleware",
 ]
 
@@ -202,6 +205,17 @@ SPECTACULAR_SETTINGS = {
         {"name": "management", "description": "Paddler's management API, and ours"},
     ],
 }
+
+# Web pages on other origins (scheme://host[:port], or "*") that may call the
+# inference and OpenAI APIs, and the management API, from a browser (CORS,
+# paddler_project/cors.py).  Empty: none may.
+PADDLER_CORS_ALLOWED_ORIGINS = env_origins("PADDLER_CORS_ALLOWED_ORIGINS")
+PADDLER_MANAGEMENT_CORS_ALLOWED_ORIGINS = env_origins(
+    "PADDLER_MANAGEMENT_CORS_ALLOWED_ORIGINS"
+)
+# What a browser may send and read across origins: Paddler's clients send
+# their key as a bearer token and JSON bodies (django-cors-headers' defaults).
+CORS_ALLOW_CREDENTIALS = False
 
 # Management API: a bearer token, or a logged-in staff session.
 PADDLER_MANAGEMENT_TOKEN = env_str("PADDLER_MANAGEMENT_TOKEN", "")
