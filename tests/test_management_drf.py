@@ -50,6 +50,22 @@ def newest_revision_id(web: WebServer) -> int:
 
 
 @pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", KEYS), ("POST", KEYS), ("POST", f"{KEYS}/1/revoke"), ("GET", LOG)],
+)
+def test_our_endpoints_answer_401_to_strangers(
+    quiet_web: WebServer, method: str, path: str
+) -> None:
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        response = httpx.request(
+            method, f"{quiet_web.url}{path}", json={"name": "x"}, headers=headers
+        )
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "authentication required" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
     "path",
     [
         "/api/v1/agents",
@@ -295,3 +311,26 @@ def test_the_browsable_api_works_for_staff_sessions(
     assert "inference_parameters" in page.text
     # Paddler's clients send "Accept: */*" (or nothing): JSON.
     assert changer.get(STATE).headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("content_type", ["application/json", None])
+def test_an_empty_body_replaces_nothing(
+    quiet_web: WebServer, content_type: str | None
+) -> None:
+    # DRF alone reads an empty body as {}: a valid state of defaults.
+    before = newest_revision_id(quiet_web)
+    headers = {**AUTH, **({"Content-Type": content_type} if content_type else {})}
+    response = httpx.put(f"{quiet_web.url}{STATE}", content=b"", headers=headers)
+    assert response.status_code == 400
+    assert response.json()["field"] == "body"
+    assert newest_revision_id(quiet_web) == before
+
+
+def test_a_body_of_another_type_gets_415(quiet_web: WebServer) -> None:
+    response = httpx.put(
+        f"{quiet_web.url}{STATE}",
+        content=b"model=None",
+        headers={**AUTH, "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 415
+    assert "error" in response.json()

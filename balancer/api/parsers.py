@@ -41,13 +41,15 @@ class StrictJSONParser(BaseParser):
 
 
 def request_body(request: Any) -> Any:
-    """The parsed body of a DRF ``request``.
+    """The parsed body of a DRF ``request``: JSON, whatever its headers say.
 
-    A body sent without a ``Content-Type`` is read as JSON too, as the
-    endpoints always have (curl -d sends a form type, scripts often none);
-    DRF alone would see no body at all, and an empty PUT would then pass as
-    an empty desired state.
+    DRF sees no body at all in an empty one, or one sent without a
+    ``Content-Type`` (curl -d sends a form type, scripts often none): an
+    empty PUT would then pass as an empty desired state, replacing the
+    current one with the defaults.  A body of another declared type gets
+    DRF's 415.
     """
-    if request.content_type:
+    declared = request.content_type.split(";")[0].strip()
+    if declared and declared != StrictJSONParser.media_type:
         return request.data
     return StrictJSONParser().parse(io.BytesIO(request.body))
