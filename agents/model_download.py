@@ -34,6 +34,7 @@ download must not become a way to reach what the agent can reach:
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -56,6 +57,7 @@ GGUF_MAGIC = b"GGUF"
 UNREACHABLE = (
     "the address cannot be reached or is not allowed (the agent's log says why)"
 )
+MALFORMED = "DownloadUrlIsMalformed"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -68,7 +70,8 @@ class DownloadProgress(Protocol):
 
 
 class DownloadFailed(Exception):
-    """``message`` is safe to show in an issue; ``detail`` is for the log."""
+    """``message`` is safe to show in an issue; ``detail`` is for the log;
+    ``variant`` is Paddler's agent issue for the failure, when it has one."""
 
     def __init__(
         self,
@@ -77,18 +80,35 @@ class DownloadFailed(Exception):
         detail: str = "",
         status: int | None = None,
         error_code: str | None = None,
+        variant: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.detail = detail or message
+        self.variant = variant or _status_variant(status)
         # The HTTP status and X-Error-Code of a final answer that was not the
         # file, so the Hugging Face source can tell a missing repository.
         self.status = status
         self.error_code = error_code
 
 
+def _status_variant(status: int | None) -> str | None:
+    """Paddler's issue for a final answer that was not the file."""
+    if status is None:
+        return None
+    if status in (404, 410):
+        return "ModelDoesNotExistAtUrl"
+    if status in (401, 403):
+        return "DownloadServerDeniedAccess"
+    if status >= 500:
+        return "DownloadServerErrored"
+    return "DownloadServerRejectedRequest"
+
+
 def _unreachable(detail: str) -> DownloadFailed:
-    return DownloadFailed(UNREACHABLE, detail=detail)
+    return DownloadFailed(
+        UNREACHABLE, detail=detail, variant="DownloadServerIsUnreachable"
+    )
 
 
 @dataclass(frozen=True)
@@ -181,8 +201,19 @@ def _failure(url: str, error: Exception) -> Exception:
         return _unreachable(repr(error))
     if isinstance(error, OSError):
         # The cache disk, not the network: say so (a full disk is the usual).
-        return DownloadFailed(f"cannot write the cache: {error.strerror}")
+        return DownloadFailed(
+            f"cannot write the cache: {error.strerror}",
+            variant=_cache_variant(error),
+        )
     return error  # a bug, not the source's fault: let it show
+
+
+def _cache_variant(error: OSError) -> str:
+    if error.errno == errno.ENOSPC:
+        return "CacheStorageIsFull"
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "CacheDirectoryIsNotWritable"
+    return "ModelCacheIsCorrupted"
 
 
 def _head(path: Path) -> bytes:
@@ -300,14 +331,17 @@ def _parse(url: str) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as error:
-        raise DownloadFailed("the URL is malformed", detail=str(error)) from None
+        raise DownloadFailed(
+            "the URL is malformed", detail=str(error), variant=MALFORMED
+        ) from None
     if parsed.scheme not in _DEFAULT_PORTS:
         raise DownloadFailed(
             "only http and https URLs can be downloaded",
             detail=f"scheme {parsed.scheme!r} in {url}",
+            variant=MALFORMED,
         )
     if not parsed.raw_host:
-        raise DownloadFailed("the URL has no host", detail=url)
+        raise DownloadFailed("the URL has no host", detail=url, variant=MALFORMED)
     return parsed
 
 

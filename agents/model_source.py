@@ -44,6 +44,31 @@ __all__ = [
 _HUB_MISSING = frozenset({"RepoNotFound", "RevisionNotFound", "EntryNotFound"})
 
 
+def paddler_model_path(source: ModelSource) -> str:
+    """How Paddler names a model source in its issues' ``model_path``."""
+    if source.kind == "LocalToAgent":
+        return source.local_path
+    if source.kind == "HuggingFace":
+        return f"{source.repo_id}/{source.revision}/{source.filename}"
+    if source.kind == "Url":
+        return source.url
+    return source.kind
+
+
+def download_issue(error: DownloadFailed, model_path: str) -> dict[str, Any]:
+    """Paddler's issue for a failed download, with its payload.
+
+    A failure Paddler has no issue for (a file that is not GGUF or is above
+    PADDLER_MODEL_MAX_BYTES, a redirect loop, a malformed answer) is our
+    ``ModelDownloadFailed``, which carries the reason.
+    """
+    if error.variant is None:
+        return {
+            "ModelDownloadFailed": {"model_path": model_path, "error": error.message}
+        }
+    return {error.variant: {"model_path": model_path}}
+
+
 class ModelSourceError(Exception):
     """The source cannot give a model; ``issue`` is the agent issue to report."""
 
@@ -59,7 +84,9 @@ async def resolve_model_path(
 ) -> str:
     if source.kind == "LocalToAgent":
         if not os.path.isfile(source.local_path):
-            raise ModelSourceError({"ModelFileDoesNotExist": source.local_path})
+            raise ModelSourceError(
+                {"ModelFileDoesNotExist": {"model_path": source.local_path}}
+            )
         return source.local_path
     if source.kind == "HuggingFace":
         return await _huggingface_download(source, progress, on_progress)
@@ -89,9 +116,7 @@ async def _url_download(
             on_progress=on_progress,
         )
     except DownloadFailed as error:
-        raise ModelSourceError(
-            {"ModelDownloadFailed": {"url": url, "error": error.message}}
-        ) from None
+        raise ModelSourceError(download_issue(error, url)) from None
     return str(target)
 
 
@@ -106,11 +131,7 @@ async def _huggingface_download(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
         "huggingface",
     )
-    reference = {
-        "repo_id": source.repo_id,
-        "filename": source.filename,
-        "revision": source.revision,
-    }
+    model_path = {"model_path": paddler_model_path(source)}
     key = "\n".join((endpoint, source.repo_id, source.revision, source.filename))
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     name = os.path.basename(source.filename) or "model.gguf"
@@ -133,10 +154,12 @@ async def _huggingface_download(
     except DownloadFailed as error:
         if error.status in (401, 404) and error.error_code in _HUB_MISSING:
             raise ModelSourceError(
-                {"HuggingFaceModelDoesNotExist": reference}
+                {"HuggingFaceModelDoesNotExist": model_path}
             ) from None
+        if error.status in (401, 403):
+            raise ModelSourceError({"HuggingFacePermissions": model_path}) from None
         raise ModelSourceError(
-            {"HuggingFaceDownloadFailed": {**reference, "error": error.message}}
+            download_issue(error, model_path["model_path"])
         ) from None
     return str(target)
 

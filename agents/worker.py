@@ -25,7 +25,11 @@ from django.conf import settings
 from agents.engine import Engine
 from agents.jobs import EmbeddingJob, EngineProtocol, ModelLoadError, Output
 from agents.messages import job_from_request, output_batches, refusal
-from agents.model_source import ModelSourceError, resolve_model_path
+from agents.model_source import (
+    ModelSourceError,
+    paddler_model_path,
+    resolve_model_path,
+)
 from agents.status import AgentStatus, engine_issue
 from agents.synthetic import SyntheticEngine
 from balancer import keys
@@ -40,6 +44,11 @@ logger = logging.getLogger(__name__)
 # renews the key every second (balancer.background.web_heartbeat), so after
 # a Redis restart a live one's key is back well within this.
 WEB_GONE_AFTER_S = 3.0
+
+# After applying a desired state failed unexpectedly (status
+# AttemptedAndRetrying), the pause before the next attempt; a module
+# constant so that tests can shorten it.
+APPLY_RETRY_S = 5.0
 
 
 class AgentWorker:
@@ -462,6 +471,16 @@ class AgentWorker:
                 logger.exception("applying the desired state failed")
                 self.status.state_application_status = "AttemptedAndRetrying"
                 self._mark_changed()
+                # The status promises another attempt: it comes after a
+                # pause, unless a newer state has come meanwhile (that one's
+                # attempt is under way already).
+                asyncio.get_running_loop().call_later(
+                    APPLY_RETRY_S, self._retry_apply, state_json
+                )
+
+    def _retry_apply(self, state_json: dict[str, Any]) -> None:
+        if self._latest_state is state_json:
+            self._schedule_apply(state_json)
 
     async def apply_state(self, state_json: dict[str, Any]) -> None:
         """Serve what ``state_json`` asks for; its issues go to the status."""
@@ -534,11 +553,13 @@ class AgentWorker:
             try:
                 compile_template(template)
             except ChatTemplateError as error:
+                model_path = {"model_path": paddler_model_path(state.model)}
                 self._set_issues(
                     [
                         {
                             "ChatTemplateDoesNotCompile": {
                                 "error": str(error),
+                                "model_path": model_path,
                                 "template_content": template,
                             }
                         }
@@ -598,8 +619,10 @@ class AgentWorker:
                 n_gpu_layers=self.n_gpu_layers,
             )
         except ModelLoadError as error:
+            logger.warning("agent %s cannot load %s: %s", self.name, path, error)
             self._set_issues(
-                [{"ModelCannotBeLoaded": str(error)}], "AttemptedAndNotAppliable"
+                [{"ModelCannotBeLoaded": {"model_path": path}}],
+                "AttemptedAndNotAppliable",
             )
             return None
 
@@ -614,7 +637,8 @@ class AgentWorker:
 
     def _template_issues(self, engine: EngineProtocol) -> list[Any]:
         if self.backend != "synthetic" and engine.chat_template is None:
-            return ["UnableToFindChatTemplate"]
+            path = self.status.model_path or ""
+            return [{"UnableToFindChatTemplate": {"model_path": path}}]
         return []
 
     def _start_engine(self, engine: EngineProtocol) -> None:

@@ -1,9 +1,10 @@
 """Who is an operator: the management token's holder, or a staff user.
 
-The one place both are checked.  The management API takes either
-(``operator_required``); the panel's pages and the inference socket take a
-staff session, judged by ``is_staff_user``.  (Inference API keys are the
-client tier's: ``inference.access``.)
+The one place both are checked.  The management API takes either: its DRF
+views through ``balancer.api.authentication``, its streams and metrics (plain
+async views that only read) through ``operator_required``.  The panel's pages
+and the inference socket take a staff session, judged by ``is_staff_user``.
+(Inference API keys are the client tier's: ``inference.access``.)
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.decorators import user_passes_test
 from django.contrib.auth.models import AnonymousUser
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
-from django.middleware.csrf import CsrfViewMiddleware
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
 
 View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 Access = Literal["token", "session"]
 
-SAFE_METHODS = ("GET", "HEAD", "OPTIONS", "TRACE")
+AUTHENTICATION_REQUIRED = (
+    "authentication required: send 'Authorization: Bearer "
+    "<PADDLER_MANAGEMENT_TOKEN>' or log in as staff"
+)
 
 
 def is_staff_user(user: AbstractBaseUser | AnonymousUser) -> bool:
@@ -66,50 +69,21 @@ async def is_operator(request: HttpRequest) -> bool:
     return await operator_access(request) is not None
 
 
-def csrf_rejection(request: HttpRequest) -> HttpResponseBase | None:
-    """The CSRF middleware's verdict on ``request``: None, or its 403.
-
-    Management views are exempt from the middleware because token callers
-    (Paddler's clients) have no CSRF cookie to send.  A browser sends the
-    session cookie along with any cross-site form post, though, so changes
-    made on the strength of a session must carry the CSRF token, as in the
-    admin.
-    """
-
-    def unused(request: HttpRequest) -> HttpResponse:
-        raise AssertionError("the CSRF check never calls the view")
-
-    check = CsrfViewMiddleware(unused)
-    check.process_request(request)
-    return check.process_view(request, unused, (), {})
-
-
 def operator_required(view: View) -> View:
     """401 unless the caller has the management token or a staff session.
 
-    A staff session that changes something must also pass the CSRF check
-    (403 otherwise); wrap the view in ``csrf_exempt`` above this decorator.
+    For views that only read: changes go through the DRF views, whose
+    session authentication checks CSRF.
     """
 
     @functools.wraps(view)
     async def wrapper(
         request: HttpRequest, *args: Any, **kwargs: Any
     ) -> HttpResponseBase:
-        access = await operator_access(request)
-        if access is None:
-            response = JsonResponse(
-                {
-                    "error": "authentication required: send 'Authorization: Bearer "
-                    "<PADDLER_MANAGEMENT_TOKEN>' or log in as staff"
-                },
-                status=401,
-            )
+        if await operator_access(request) is None:
+            response = JsonResponse({"error": AUTHENTICATION_REQUIRED}, status=401)
             response["WWW-Authenticate"] = 'Bearer realm="paddler-management"'
             return response
-        if access == "session" and request.method not in SAFE_METHODS:
-            rejection = csrf_rejection(request)
-            if rejection is not None:
-                return rejection
         return await view(request, *args, **kwargs)
 
     return wrapper

@@ -244,6 +244,10 @@ class ModelSource:
         return "None"
 
 
+# Fields of ours in the desired state, beside Paddler's.
+EXTENSION_FIELDS = ("default_system_prompt",)
+
+
 @dataclass(frozen=True)
 class DesiredState:
     model: ModelSource = field(default_factory=ModelSource)
@@ -304,6 +308,30 @@ class DesiredState:
                 data.get("inference_parameters", {})
             ),
         )
+
+    def to_paddler_json(self) -> dict[str, Any]:
+        """Paddler's ``BalancerDesiredState``: what a strict Paddler client
+        reads (it refuses unknown fields), without our extensions."""
+        return {
+            key: value
+            for key, value in self.to_json().items()
+            if key not in EXTENSION_FIELDS
+        }
+
+    def to_agent_json(self) -> dict[str, Any]:
+        """Paddler's ``AgentDesiredState``, the balancer's applicable state:
+        the template override only when it is to be used."""
+        return {
+            "chat_template_override": (
+                {"content": self.chat_template_override}
+                if self.use_chat_template_override
+                and self.chat_template_override is not None
+                else None
+            ),
+            "inference_parameters": self.inference_parameters.to_json(),
+            "model": self.model.to_json(),
+            "multimodal_projection": self.multimodal_projection.to_json(),
+        }
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
 import redis
@@ -129,3 +130,78 @@ async def read_since(
             break
         offset += PAGE
     return records
+
+
+# Outcomes that are no error: everything else ("503", "504", "502", a variant
+# such as "GrammarSyntaxError") counts under the filter "errors".
+NOT_ERRORS = ("done", "cancelled")
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which records a reader wants; an empty field matches everything."""
+
+    # "done", "cancelled", "errors", or an exact outcome ("504").
+    outcome: str = ""
+    # An agent's id or name.
+    agent: str = ""
+    kind: str = ""
+
+    def matches(self, record: RequestRecord) -> bool:
+        outcome = str(record["outcome"])
+        if self.outcome == "errors":
+            if outcome in NOT_ERRORS:
+                return False
+        elif self.outcome and outcome != self.outcome:
+            return False
+        if self.agent and self.agent not in (record["agent_id"], record["agent"]):
+            return False
+        return not self.kind or record["kind"] == self.kind
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a page ended: its last record's id and finish time."""
+
+    id: str
+    finished_at: float
+
+
+def read_page(
+    client: redis.Redis, *, wanted: Filter, after: Position | None, limit: int
+) -> tuple[list[RequestRecord], Position | None]:
+    """Up to ``limit`` matching records, newest first, that come after
+    ``after`` in the log; and the position to read the next page from (None
+    when this page reached the end).
+
+    The position is a record, not an index: new records push the older ones
+    down the list between two pages.  Should the record have left the log
+    meanwhile (it keeps only the newest ``PADDLER_REQUEST_LOG_SIZE``), the
+    page goes on from the first record that finished before it.
+    """
+    raw = client.lrange(keys.request_log(), 0, -1)
+    records = [record for item in raw if (record := _decode(item)) is not None]
+    start = 0
+    if after is not None:
+        ids = [record["id"] for record in records]
+        if after.id in ids:
+            start = ids.index(after.id) + 1
+        else:
+            start = next(
+                (
+                    index
+                    for index, record in enumerate(records)
+                    if record["finished_at"] < after.finished_at
+                ),
+                len(records),
+            )
+    page: list[RequestRecord] = []
+    for index in range(start, len(records)):
+        record = records[index]
+        if not wanted.matches(record):
+            continue
+        if len(page) == limit:
+            last = page[-1]
+            return page, Position(last["id"], last["finished_at"])
+        page.append(record)
+    return page, None

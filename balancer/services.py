@@ -122,16 +122,26 @@ def desired_state_replace(
     """Replace a pool's desired state with a Paddler ``PUT`` body.
 
     Raises ``DesiredStateError`` naming the field, and changes nothing then.
+    """
+    return desired_state_update(
+        state=DesiredState.from_json(desired_state_completed(data=data, pool=pool)),
+        user=user,
+        note=note,
+        pool=pool,
+    )
+
+
+def desired_state_completed(*, data: Any, pool: str = DEFAULT_POOL) -> Any:
+    """A Paddler ``PUT`` body with the fields of ours that it left out.
+
     ``default_system_prompt`` is ours, not Paddler's: Paddler's clients do not
     know it and leave it out of what they put back, so a body without it
-    keeps the current prompt instead of erasing it.
+    keeps the pool's current prompt instead of erasing it.
     """
     if isinstance(data, dict) and "default_system_prompt" not in data:
         current = desired_state_current(pool=pool)
         data = {**data, "default_system_prompt": current.default_system_prompt}
-    return desired_state_update(
-        state=DesiredState.from_json(data), user=user, note=note, pool=pool
-    )
+    return data
 
 
 def desired_state_roll_back(

@@ -159,6 +159,7 @@ def validate_conversation(body: Any) -> ConversationParams:
             "max_tokens",
             "grammar",
             "tools",
+            "parse_tool_calls",
         },
         {"conversation_history", "max_tokens"},
     )
@@ -167,9 +168,19 @@ def validate_conversation(body: Any) -> ConversationParams:
         raise InvalidRequest("conversation_history", "must be a list of messages")
     if not history:
         raise InvalidRequest("conversation_history", "must not be empty")
-    for name in ("add_generation_prompt", "enable_thinking"):
+    for name in ("add_generation_prompt", "enable_thinking", "parse_tool_calls"):
         if name in body and not isinstance(body[name], bool):
             raise InvalidRequest(name, "must be true or false")
+    # Paddler's clients send parse_tool_calls (false unless asked).  Paddler
+    # parses tool calls only when the request also has tools; we do not parse
+    # them on this endpoint, so that one case is refused, not ignored.
+    if body.get("parse_tool_calls") and body.get("tools"):
+        raise InvalidRequest(
+            "parse_tool_calls",
+            "true with tools is not supported here: send false to receive the "
+            "tool calls as content tokens, or use /v1/chat/completions, which "
+            "returns them parsed",
+        )
     return {
         "conversation_history": [_message(i, m) for i, m in enumerate(history)],
         "add_generation_prompt": body.get("add_generation_prompt", True),

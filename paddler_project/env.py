@@ -70,6 +70,26 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+def env_origins(name: str) -> list[str]:
+    """Comma-separated web origins (``scheme://host[:port]``), or ``*``."""
+    origins = env_list(name, [])
+    for origin in origins:
+        if origin == "*":
+            continue
+        scheme, _, rest = origin.partition("://")
+        if (
+            scheme not in ("http", "https")
+            or not rest
+            or "/" in rest
+            or origin != origin.strip()
+        ):
+            raise ImproperlyConfigured(
+                f"{name} must list origins such as https://app.example.com "
+                f"(scheme and host, no path) or *, got {origin!r}"
+            )
+    return origins
+
+
 def env_redis_url(name: str, default: str) -> str:
     value = os.environ.get(name, default)
     if not value.startswith(("redis://", "rediss://", "unix://")):

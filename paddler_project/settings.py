@@ -26,6 +26,7 @@ from paddler_project.env import (
     env_hosts,
     env_int,
     env_list,
+    env_origins,
     env_redis_url,
     env_str,
 )
@@ -53,6 +54,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "inference",
     "balancer",
@@ -61,6 +64,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "paddler_project.cors.ManagementCorsMiddleware",
     "paddler_project.middleware.StaticFilesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -76,6 +80,7 @@ MIDDLEWARE = [
 # nothing in it reads the Host header, so the host check is its own.
 INFERENCE_MIDDLEWARE = [
     "paddler_project.middleware.AllowedHostMiddleware",
+    "paddler_project.cors.InferenceCorsMiddleware",
     "paddler_project.middleware.SecurityMiddleware",
 ]
 
@@ -155,9 +160,63 @@ CHANNEL_LAYERS = {
     }
 }
 
+# The management API (balancer.api): the token or a staff session; staff
+# change things only with the model permission a view names.  JSON first, so
+# that clients sending "Accept: */*" get JSON; a browser gets the browsable API.
 REST_FRAMEWORK = {
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "balancer.api.authentication.ManagementTokenAuthentication",
+        "balancer.api.authentication.StaffSessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["balancer.api.permissions.IsOperator"],
+    "DEFAULT_PARSER_CLASSES": ["balancer.api.parsers.StrictJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "balancer.api.renderers.PaddlerJSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "EXCEPTION_HANDLER": "balancer.api.exceptions.management_exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+
+# The OpenAPI schema (/api/schema/) and its Swagger UI (/api/docs/), served to
+# anyone: it documents what Paddler's own documentation does, and holds no
+# data.  The UI's files come from drf-spectacular-sidecar, not a CDN.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Paddler-compatible LLMOps platform",
+    "DESCRIPTION": "Paddler's inference and management APIs, the "
+    "OpenAI-compatible API, and our management extensions.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_AUTHENTICATION": [],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # One enum for both caches' types, and one for the agents' statuses.
+    "ENUM_NAME_OVERRIDES": {
+        "KvCacheDtypeEnum": "balancer.desired_state.KV_CACHE_DTYPES",
+    },
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "paddler_project.openapi.add_plain_views",
+    ],
+    "TAGS": [
+        {"name": "inference", "description": "Paddler's inference API"},
+        {"name": "openai", "description": "The OpenAI-compatible API"},
+        {"name": "management", "description": "Paddler's management API, and ours"},
+    ],
+}
+
+# Web pages on other origins (scheme://host[:port], or "*") that may call the
+# inference and OpenAI APIs, and the management API, from a browser (CORS,
+# paddler_project/cors.py).  Empty: none may.
+PADDLER_CORS_ALLOWED_ORIGINS = env_origins("PADDLER_CORS_ALLOWED_ORIGINS")
+PADDLER_MANAGEMENT_CORS_ALLOWED_ORIGINS = env_origins(
+    "PADDLER_MANAGEMENT_CORS_ALLOWED_ORIGINS"
+)
+# What a browser may send and read across origins: Paddler's clients send
+# their key as a bearer token and JSON bodies (django-cors-headers' defaults).
+CORS_ALLOW_CREDENTIALS = False
 
 # Management API: a bearer token, or a logged-in staff session.
 PADDLER_MANAGEMENT_TOKEN = env_str("PADDLER_MANAGEMENT_TOKEN", "")

@@ -34,11 +34,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # pip keeps the wheel it builds for llama-cpp-python in its cache
 # (~/.cache/pip), so only the first set-up on a machine compiles it (~10 min).
-if ! cmp -s requirements.txt .venv/.requirements.installed; then
+# The runtime (requirements.txt) and the development tools (requirements-dev.txt,
+# which includes the runtime's file).
+if ! cat requirements.txt requirements-dev.txt | cmp -s - .venv/.requirements.installed; then
   echo "==> installing Python packages (the first time, llama-cpp-python compiles: ~10 minutes)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
-  cp requirements.txt .venv/.requirements.installed
+  .venv/bin/python -m pip install -q -r requirements-dev.txt
+  cat requirements.txt requirements-dev.txt > .venv/.requirements.installed
 fi
 
 # Redis: use the one at REDIS_URL, or start one if it is local and down.

@@ -153,7 +153,9 @@ def test_unknown_hugging_face_repo_is_an_issue_and_the_agent_keeps_running(
             },
         )
         report = wait_for_status(web, "hf-missing", "AttemptedAndNotAppliable")
-        assert report["issues"] == [{"HuggingFaceModelDoesNotExist": missing}]
+        # Paddler's payload: the model named repo/revision/filename.
+        named = {"model_path": "nobody/nothing/main/x.gguf"}
+        assert report["issues"] == [{"HuggingFaceModelDoesNotExist": named}]
         assert report["slots_total"] == 0
         # A corrected state is applied by the same, still running, agent.
         web.put_desired_state(
@@ -235,7 +237,10 @@ class override_cache:
     ("model", "issue_kind"),
     [
         ({"LocalToAgent": "/nonexistent/model.gguf"}, "ModelFileDoesNotExist"),
-        ({"Url": {"url": "http://127.0.0.1:9/missing.gguf"}}, "ModelDownloadFailed"),
+        (
+            {"Url": {"url": "http://127.0.0.1:9/missing.gguf"}},
+            "DownloadServerIsUnreachable",
+        ),
     ],
 )
 def test_unusable_model_source_is_reported_as_an_issue(

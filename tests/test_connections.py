@@ -134,7 +134,7 @@ def test_a_large_response_of_known_length_is_not_cut(fleet: Fleet) -> None:
     web.put_desired_state(state)
     slow = connect(web, receive_buffer=SMALL_RECEIVE_BUFFER)
     slow.sendall(
-        f"GET /api/v1/balancer_desired_state HTTP/1.1\r\n"
+        f"GET /api/v1/balancer_desired_state?extensions=true HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{web.url.rsplit(':', 1)[1]}\r\n"
         f"Authorization: {AUTH['Authorization']}\r\nConnection: close\r\n\r\n".encode()
     )

@@ -271,18 +271,22 @@ async def test_a_paddler_client_put_keeps_the_default_system_prompt(
     # Paddler's clients do not know our default_system_prompt: what they put
     # back must not erase it.
     url = f"{quiet_web.url}/api/v1/balancer_desired_state"
+    # Ours, so shown only when asked for: a strict Paddler client refuses
+    # fields it does not know.
+    ours = {"extensions": "true"}
     state = httpx.get(url, headers=AUTH).json()
     quiet_web.put_desired_state({**state, "default_system_prompt": "Be brief."})
     async with management_client(quiet_web) as client:
         paddler_state = await client.get_balancer_desired_state()
         paddler_state.inference_parameters.temperature = 0.3
         await client.put_balancer_desired_state(paddler_state)
-    after = httpx.get(url, headers=AUTH).json()
+    after = httpx.get(url, params=ours, headers=AUTH).json()
     assert after["inference_parameters"]["temperature"] == 0.3
     assert after["default_system_prompt"] == "Be brief."
     # Sent explicitly, it changes like any other field.
     quiet_web.put_desired_state({**after, "default_system_prompt": ""})
-    assert httpx.get(url, headers=AUTH).json()["default_system_prompt"] == ""
+    changed = httpx.get(url, params=ours, headers=AUTH).json()
+    assert changed["default_system_prompt"] == ""
 
 
 # ------------------------------------------------------------ event streams

@@ -78,8 +78,18 @@ async def issue_of(url: str) -> Any:
     return raised.value.issue
 
 
+# Failures Paddler has an issue for, by our message: the issue carries only
+# the model's path, as Paddler's does.
+PADDLER_ISSUES = {
+    UNREACHABLE: "DownloadServerIsUnreachable",
+    "only http and https URLs can be downloaded": "DownloadUrlIsMalformed",
+}
+
+
 def url_error(url: str, message: str) -> dict[str, Any]:
-    return {"ModelDownloadFailed": {"url": url, "error": message}}
+    if message in PADDLER_ISSUES:
+        return {PADDLER_ISSUES[message]: {"model_path": url}}
+    return {"ModelDownloadFailed": {"model_path": url, "error": message}}
 
 
 def files_in(directory: Path) -> list[Path]:
@@ -309,13 +319,9 @@ async def test_hugging_face_endpoint_on_loopback_needs_the_allow_list(
     source = hub_source(server)
     with pytest.raises(ModelSourceError) as raised:
         await resolve_model_path(source, Progress(), lambda: None)
-    reference = {
-        "repo_id": server.repo_id,
-        "filename": server.filename,
-        "revision": "main",
-    }
+    model_path = f"{server.repo_id}/main/{server.filename}"
     assert raised.value.issue == {
-        "HuggingFaceDownloadFailed": {**reference, "error": UNREACHABLE}
+        "DownloadServerIsUnreachable": {"model_path": model_path}
     }
     assert server.requests == []
     assert files_in(hf_home) == []

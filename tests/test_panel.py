@@ -28,6 +28,7 @@ from tests.support.constants import AUTH, ROOT
 from tests.support.fleet import Fleet
 from tests.support.model_server import ModelServer
 from tests.support.processes import wait_until
+from tests.support.staff import grant_script
 from tests.support.web import WebServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -80,7 +81,8 @@ def panel_fleet(
             "from django.contrib.auth.models import User;"
             f"User.objects.create_user({OPERATOR[0]!r}, password={OPERATOR[1]!r},"
             " is_staff=True);"
-            f"User.objects.create_user({VIEWER[0]!r}, password={VIEWER[1]!r})",
+            f"User.objects.create_user({VIEWER[0]!r}, password={VIEWER[1]!r});"
+            + grant_script(OPERATOR[0]),
         )
         yield fleet
     finally:
@@ -552,7 +554,7 @@ def test_dashboard_shows_the_download_of_a_model_chosen_by_url(
         web,
         "from django.contrib.auth.models import User;"
         f"User.objects.create_user({OPERATOR[0]!r}, password={OPERATOR[1]!r},"
-        " is_staff=True)",
+        " is_staff=True);" + grant_script(OPERATOR[0]),
     )
     # The model server starts later, on a port not known yet: trust loopback.
     fleet.agent(

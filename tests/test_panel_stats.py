@@ -99,15 +99,13 @@ def test_issues_are_explained_in_plain_words() -> None:
     )
     assert compile_error == "The chat template does not compile: unexpected '}'."
     hub = explain_issue(
-        {
-            "HuggingFaceModelDoesNotExist": {
-                "repo_id": "a/b",
-                "filename": "c.gguf",
-                "revision": "main",
-            }
-        }
+        {"HuggingFaceModelDoesNotExist": {"model_path": "a/b/main/c.gguf"}}
     )
-    assert hub == "Hugging Face has no model a/b/c.gguf at main."
+    assert hub == "Hugging Face has no model a/b/main/c.gguf."
+    local = {"ModelFileDoesNotExist": {"model_path": "/m.gguf"}}
+    assert (
+        explain_issue(local) == "The model file /m.gguf does not exist on this agent."
+    )
     assert explain_issue({"SomethingNew": 3}) == "SomethingNew: 3"
     assert explain_status("Fresh").startswith("Applying")
     assert explain_status("Nonsense") == "Unknown state: Nonsense"

@@ -23,6 +23,7 @@ from balancer.panel.forms import DesiredStateForm
 from balancer.request_log import RequestRecord
 from balancer.services import desired_state_current, desired_state_update, pool_create
 from tests.support.redis_server import RedisServer
+from tests.support.staff import grant_operator_permissions
 
 PAGES = ["/", "/model/", "/prompt/", "/requests/"]
 
@@ -45,7 +46,9 @@ def isolated_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def operator(db: None) -> User:
-    return User.objects.create_user("op", password="op-password-1", is_staff=True)
+    user = User.objects.create_user("op", password="op-password-1", is_staff=True)
+    grant_operator_permissions(user)
+    return user
 
 
 @pytest.fixture

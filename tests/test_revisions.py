@@ -72,10 +72,18 @@ def roll_back(web: WebServer, revision_id: int, **kwargs: Any) -> httpx.Response
 
 
 def current(web: WebServer) -> dict[str, Any]:
+    """The whole state, our default system prompt included."""
     state: dict[str, Any] = httpx.get(
-        f"{web.url}/api/v1/balancer_desired_state", headers=AUTH
+        f"{web.url}/api/v1/balancer_desired_state",
+        params={"extensions": "true"},
+        headers=AUTH,
     ).json()
     return state
+
+
+def agent_wire(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` as agents are told to apply it (Paddler's agent state)."""
+    return DesiredState.from_json(state).to_agent_json()
 
 
 def applicable(web: WebServer) -> Any:
@@ -159,7 +167,7 @@ def test_roll_back_makes_an_old_state_current_as_a_new_revision(
     assert response.status_code == 204
     assert current(quiet_web) == wire(STATE_A)
     # Agents are told, through the key they read and the group message.
-    assert applicable(quiet_web) == wire(STATE_A)
+    assert applicable(quiet_web) == agent_wire(STATE_A)
     rolled, kept_b, kept_a = revisions(quiet_web, limit=3)
     assert rolled["id"] > b["id"]
     assert rolled["note"] == f"rolled back to revision {a['id']}"
@@ -229,7 +237,7 @@ def test_admin_rolls_back_in_one_action(
     assert rolled["note"] == f"rolled back to revision {a['id']}"
     assert rolled["created_by"] == "history-admin"
     assert current(quiet_web) == wire(STATE_A)
-    assert applicable(quiet_web) == wire(STATE_A)
+    assert applicable(quiet_web) == agent_wire(STATE_A)
 
 
 # ------------------------------------------------- the model, without a server

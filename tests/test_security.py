@@ -33,7 +33,7 @@ from tests.support.constants import AUTH, MANAGEMENT_ENDPOINTS, MANAGEMENT_TOKEN
 from tests.support.fleet import start_agent
 from tests.support.processes import service_env, stop_process, wait_until
 from tests.support.redis_server import RedisServer
-from tests.support.staff import create_user, log_in
+from tests.support.staff import create_user, grant_operator_permissions, log_in
 from tests.support.streams import raw_prompt_stream, read_ndjson, stream_text
 from tests.support.web import WebServer, socket_url, start_web
 
@@ -116,6 +116,8 @@ def test_every_panel_change_needs_the_csrf_token(
     operator = User.objects.create_user(
         "operator", password="operator-password-1", is_staff=True
     )
+    # Allowed to change things: what refuses the post is the missing token.
+    grant_operator_permissions(operator)
     client = Client(enforce_csrf_checks=True)
     client.force_login(operator)
     response = client.post(path, {"name": "sneaky", "template": "{{ 1 }}"})

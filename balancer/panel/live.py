@@ -18,7 +18,7 @@ from balancer.dispatch import get_dispatcher
 from balancer.panel import stats
 from balancer.panel.words import explain_issue, explain_status
 from balancer.pools import DEFAULT_POOL
-from balancer.views import buffer_snapshot
+from balancer.snapshots import buffer_snapshot
 
 STATS_EVERY_S = 2.0
 

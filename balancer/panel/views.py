@@ -9,6 +9,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
+from django.core.exceptions import PermissionDenied
 from django.http import (
     Http404,
     HttpRequest,
@@ -21,6 +22,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from balancer import request_log
+from balancer.api.permissions import CHANGE_DESIRED_STATE
 from balancer.authentication import is_staff_user, staff_required
 from balancer.chat_template import ChatTemplateError
 from balancer.desired_state import DesiredStateError
@@ -48,6 +50,7 @@ from balancer.services import (
     sync_redis,
 )
 from balancer.sse import snapshot_events, stream_end
+from inference.api.views import ADD_KEY, REVOKE_KEY
 from inference.models import InferenceApiKey
 from inference.services import inference_api_key_create, inference_api_key_revoke
 
@@ -55,6 +58,13 @@ from inference.services import inference_api_key_create, inference_api_key_revok
 REQUESTS_SHOWN = 200
 REVISIONS_SHOWN = 20
 REQUEST_FILTERS = ("all", "done", "errors", "cancelled")
+
+
+def require_permission(request: HttpRequest, permission: str) -> None:
+    """403 for a staff user without ``permission``: a read-only operator, whose
+    pages show what they may not change without a way to change it."""
+    if not request.user.has_perm(permission):
+        raise PermissionDenied(f"read-only: this needs the permission {permission}")
 
 
 class PanelLoginView(LoginView):
@@ -122,7 +132,9 @@ def model(request: HttpRequest) -> HttpResponse:
     pool = chosen_pool(request)
     current = desired_state_revision_current(pool=pool)
     state = desired_state_current(pool=pool)
+    can_change = request.user.has_perm(CHANGE_DESIRED_STATE)
     if request.method == "POST":
+        require_permission(request, CHANGE_DESIRED_STATE)
         form = DesiredStateForm(request.POST)
         if form.is_valid() and form.state is not None:
             try:
@@ -143,6 +155,9 @@ def model(request: HttpRequest) -> HttpResponse:
                 return redirect("panel:dashboard")
     else:
         form = DesiredStateForm(initial=DesiredStateForm.initial_from(state))
+    if not can_change:
+        for field in form.fields.values():
+            field.disabled = True
     revisions = desired_state_history(limit=REVISIONS_SHOWN, pool=pool)
     return render(
         request,
@@ -150,6 +165,7 @@ def model(request: HttpRequest) -> HttpResponse:
         {
             "pool": pool,
             "form": form,
+            "can_change": can_change,
             "agent_models": agent_models(),
             "revisions": [(revision, revision.to_state()) for revision in revisions],
         },
@@ -179,6 +195,7 @@ def model_preview(request: HttpRequest) -> JsonResponse:
 @require_POST
 @staff_required
 def roll_back(request: HttpRequest, revision_id: int) -> HttpResponse:
+    require_permission(request, CHANGE_DESIRED_STATE)
     try:
         revision = desired_state_roll_back(revision_id=revision_id, user=request.user)
     except DesiredStateRevision.DoesNotExist:
@@ -234,6 +251,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
     """Inference API keys: a new key is shown once, on the page that made it."""
     created: str | None = None
     if request.method == "POST":
+        require_permission(request, ADD_KEY)
         form = ApiKeyForm(request.POST)
         if form.is_valid():
             key, created = inference_api_key_create(name=form.cleaned_data["name"])
@@ -250,6 +268,8 @@ def api_keys(request: HttpRequest) -> HttpResponse:
             "keys": InferenceApiKey.objects.all(),
             "active": InferenceApiKey.objects.active().count(),
             "environment_keys": len(settings.PADDLER_INFERENCE_API_KEYS),
+            "can_add": request.user.has_perm(ADD_KEY),
+            "can_revoke": request.user.has_perm(REVOKE_KEY),
         },
     )
     # The page may hold a key in clear: no cache may keep it.
@@ -260,6 +280,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
 @require_POST
 @staff_required
 def api_key_revoke(request: HttpRequest, key_id: int) -> HttpResponse:
+    require_permission(request, REVOKE_KEY)
     key = get_object_or_404(InferenceApiKey, pk=key_id)
     inference_api_key_revoke(prefix=key.prefix)
     messages.success(request, f"Revoked the key “{key.name}”; it no longer works.")

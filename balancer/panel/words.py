@@ -36,41 +36,51 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _hugging_face(value: Any) -> str:
-    if isinstance(value, dict):
-        repo = value.get("repo_id", "?")
-        filename = value.get("filename", "?")
-        revision = value.get("revision") or "main"
-        return f"{repo}/{filename} at {revision}"
+def _path(value: Any) -> str:
+    """The ``model_path`` of Paddler's ``ModelPath`` payload (or a bare one)."""
+    if isinstance(value, dict) and "model_path" in value:
+        return _path(value["model_path"])
     return str(value)
+
+
+# Paddler's issues whose payload is only the model's path.
+PATH_ISSUES = {
+    "ModelFileDoesNotExist": "The model file {} does not exist on this agent.",
+    "ModelCannotBeLoaded": "llama.cpp cannot load the model {} (the agent's "
+    "log says why).",
+    "UnableToFindChatTemplate": "The model {} has no chat template of its own: "
+    "conversations fail until the desired state sets a chat template override.",
+    "HuggingFaceModelDoesNotExist": "Hugging Face has no model {}.",
+    "HuggingFacePermissions": "The Hugging Face token may not download {}.",
+    "ModelDoesNotExistAtUrl": "There is no model at {}.",
+    "DownloadServerDeniedAccess": "The server refused to let this agent download {}.",
+    "DownloadServerErrored": "The server failed while sending {}.",
+    "DownloadServerRejectedRequest": "The server rejected the download of {}.",
+    "DownloadServerIsUnreachable": "The address of {} cannot be reached or is "
+    "not allowed (the agent's log says why).",
+    "DownloadUrlIsMalformed": "The URL {} is malformed or not http(s).",
+    "DownloadInterrupted": "The download of {} was interrupted.",
+    "CacheStorageIsFull": "The cache disk is full: {} cannot be stored.",
+    "CacheDirectoryIsNotWritable": "The cache directory is not writable: {} "
+    "cannot be stored.",
+    "ModelCacheIsCorrupted": "The cached copy of {} cannot be used.",
+}
 
 
 def explain_issue(issue: Any) -> str:
     """One sentence an operator can act on, for one agent issue."""
     if issue == "UnableToFindChatTemplate":
-        return (
-            "The model has no chat template of its own: conversations fail "
-            "until the desired state sets a chat template override."
-        )
+        return PATH_ISSUES[issue].format("served")
     if not isinstance(issue, dict) or len(issue) != 1:
         return f"Unknown issue: {issue}"
     ((variant, value),) = issue.items()
-    if variant == "ModelFileDoesNotExist":
-        return f"The model file {value} does not exist on this agent."
+    if variant in PATH_ISSUES:
+        return PATH_ISSUES[variant].format(_path(value))
     if variant == "ChatTemplateDoesNotCompile":
         return f"The chat template does not compile: {_text(value)}."
-    if variant == "HuggingFaceModelDoesNotExist":
-        return f"Hugging Face has no model {_hugging_face(value)}."
-    if variant == "HuggingFaceDownloadFailed":
-        return (
-            f"Downloading {_hugging_face(value)} from Hugging Face failed: "
-            f"{_text(value)}."
-        )
     if variant == "ModelDownloadFailed":
-        url = value.get("url", "?") if isinstance(value, dict) else value
-        return f"Downloading the model from {url} failed: {_text(value)}."
-    if variant == "ModelCannotBeLoaded":
-        return f"llama.cpp cannot load the model: {_text(value)}."
+        where = value.get("model_path", "?") if isinstance(value, dict) else value
+        return f"Downloading the model {where} failed: {_text(value)}."
     if variant == "SlotCannotStart":
         return f"A slot cannot start: {_text(value)}."
     if variant == "DesiredStateIsInvalid":
