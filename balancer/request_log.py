@@ -146,6 +146,7 @@ class Filter:
     # An agent's id or name.
     agent: str = ""
     kind: str = ""
+    pool: str = ""
 
     def matches(self, record: RequestRecord) -> bool:
         outcome = str(record["outcome"])
@@ -155,6 +156,8 @@ class Filter:
         elif self.outcome and outcome != self.outcome:
             return False
         if self.agent and self.agent not in (record["agent_id"], record["agent"]):
+            return False
+        if self.pool and record["pool"] != self.pool:
             return False
         return not self.kind or record["kind"] == self.kind
 

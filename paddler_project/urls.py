@@ -54,6 +54,8 @@ urlpatterns = [
     ),
     # Ours: the request log, inference API keys.
     path("api/v1/request_log", api.RequestLogView.as_view()),
+    path("api/v1/pools", api.PoolsView.as_view()),
+    path("api/v1/pools/<str:name>", api.PoolView.as_view()),
     path("api/v1/inference_api_keys", api_keys.InferenceApiKeysView.as_view()),
     path(
         "api/v1/inference_api_keys/<int:key_id>/revoke",

@@ -299,3 +299,52 @@ def test_embeddings_come_from_the_pool_that_enables_them(
     with pytest.raises(openai.APIError) as raised:
         client.embeddings.create(model=MODEL_ID, input=["a"])
     assert "embeddings are not enabled" in str(raised.value)
+
+
+def test_the_management_api_lists_creates_aliases_and_deletes_pools(
+    pools: tuple[Fleet, WebServer],
+) -> None:
+    _, web = pools
+    api = f"{web.url}/api/v1"
+
+    def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, f"{api}{path}", headers=AUTH, timeout=30, **kwargs)
+
+    listed = {p["name"]: p for p in call("GET", "/pools").json()["pools"]}
+    assert listed["brief"]["aliases"] == ["gpt-4o-mini"]
+    assert listed["brief"]["agents"] == ["brief-agent"]
+    assert listed["default"]["agents"] == ["general"]
+    state = {"model": {"LocalToAgent": "/models/spare.gguf"}}
+    created = call(
+        "POST",
+        "/pools",
+        json={"name": "spare", "aliases": ["spare-model"], "desired_state": state},
+    )
+    assert created.status_code == 201, created.text
+    taken = call("POST", "/pools", json={"name": "other", "aliases": ["gpt-4o-mini"]})
+    assert taken.status_code == 400
+    assert "already names pool 'brief'" in taken.text
+    # The pool's own desired state, revisions and applicable state.
+    desired = call("GET", "/balancer_desired_state?pool=spare").json()
+    assert desired["model"] == state["model"]
+    assert call("GET", "/balancer_desired_state").json()["model"] != state["model"]
+    changed = {**desired, "inference_parameters": {"temperature": 0.3}}
+    assert call("PUT", "/balancer_desired_state?pool=spare", json=changed).is_success
+    revisions = call("GET", "/balancer_desired_state/revisions?pool=spare").json()
+    assert len(revisions["revisions"]) == 2
+    applicable = call("GET", "/balancer_applicable_state?pool=spare").json()
+    assert applicable["inference_parameters"]["temperature"] == 0.3
+    assert call("GET", "/balancer_desired_state?pool=nowhere").status_code == 404
+    assert call("GET", "/buffered_requests?pool=nowhere").status_code == 404
+    # Aliases change; a pool goes only when no agent serves it.
+    renamed = call("PATCH", "/pools/spare", json={"aliases": ["spare-2"]})
+    assert renamed.json()["aliases"] == ["spare-2"]
+    served = call("DELETE", "/pools/brief")
+    assert served.status_code == 400
+    assert "brief-agent" in served.text
+    assert call("DELETE", "/pools/default").status_code == 400
+    assert call("DELETE", "/pools/spare").status_code == 204
+    assert call("GET", "/pools/spare").status_code == 404
+    # The request log filters by pool.
+    logged = call("GET", "/request_log?pool=brief").json()["results"]
+    assert logged and {record["pool"] for record in logged} == {"brief"}

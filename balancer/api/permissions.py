@@ -17,6 +17,10 @@ from balancer.api.authentication import ManagementToken
 
 # What a change of the desired state (a PUT, a roll back) needs of a staff user.
 CHANGE_DESIRED_STATE = "balancer.change_desiredstaterevision"
+# What creating, re-aliasing and deleting a model pool need.
+ADD_POOL = "balancer.add_pool"
+CHANGE_POOL = "balancer.change_pool"
+DELETE_POOL = "balancer.delete_pool"
 
 
 def is_token_caller(request: Request) -> bool:

@@ -19,8 +19,9 @@ from balancer.desired_state import (
     DesiredState,
     DesiredStateError,
 )
-from balancer.models import DesiredStateRevision
-from balancer.services import desired_state_completed
+from balancer.models import DesiredStateRevision, Pool
+from balancer.pools import DEFAULT_POOL
+from balancer.services import desired_state_completed, pool_agent_names
 
 REVISIONS_DEFAULT_LIMIT = 50
 REVISIONS_MAX_LIMIT = 1000
@@ -114,8 +115,9 @@ class DesiredStateSerializer(serializers.Serializer[DesiredState]):
     inference_parameters = InferenceParametersSerializer()
 
     def to_internal_value(self, data: Any) -> DesiredState:
+        pool = self.context.get("pool", DEFAULT_POOL)
         try:
-            return DesiredState.from_json(desired_state_completed(data=data))
+            return DesiredState.from_json(desired_state_completed(data=data, pool=pool))
         except DesiredStateError as error:
             raise serializers.ValidationError({error.field: [error.message]}) from None
 
@@ -123,7 +125,43 @@ class DesiredStateSerializer(serializers.Serializer[DesiredState]):
         return instance.to_json()
 
 
-class DesiredStateQuerySerializer(serializers.Serializer[Any]):
+class PoolQuerySerializer(serializers.Serializer[Any]):
+    """``?pool=NAME``: the model pool an endpoint is about (ours; without it,
+    the default pool, as Paddler's clients expect)."""
+
+    pool = serializers.CharField(
+        default=DEFAULT_POOL, help_text="A model pool's name; default 'default'."
+    )
+
+
+class PoolSerializer(serializers.ModelSerializer[Pool]):
+    agents = serializers.SerializerMethodField(
+        help_text="Names of the agents serving it now."
+    )
+
+    class Meta:
+        model = Pool
+        fields = ["name", "aliases", "created_at", "agents"]
+
+    def get_agents(self, pool: Pool) -> list[str]:
+        return pool_agent_names(pool.name)
+
+
+class PoolCreateSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField(help_text="Lowercase letters, digits, - and _.")
+    aliases = serializers.ListField(
+        child=serializers.CharField(), required=False, default=list
+    )
+    desired_state = DesiredStateSerializer(
+        required=False, help_text="Its first desired state."
+    )
+
+
+class PoolAliasesSerializer(serializers.Serializer[Any]):
+    aliases = serializers.ListField(child=serializers.CharField())
+
+
+class DesiredStateQuerySerializer(PoolQuerySerializer):
     extensions = serializers.BooleanField(
         default=False,
         help_text="Add our fields (default_system_prompt) to Paddler's.",
@@ -144,7 +182,7 @@ class RevisionSerializer(serializers.ModelSerializer[DesiredStateRevision]):
         return revision.to_state().to_json()
 
 
-class RevisionQuerySerializer(serializers.Serializer[Any]):
+class RevisionQuerySerializer(PoolQuerySerializer):
     limit = serializers.IntegerField(
         min_value=1, max_value=REVISIONS_MAX_LIMIT, default=REVISIONS_DEFAULT_LIMIT
     )
