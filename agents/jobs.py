@@ -38,6 +38,8 @@ class Generation:
     add_generation_prompt: bool = True
     enable_thinking: bool = False
     tools: list[Tool] | None = None
+    # A request's ``chat_template_kwargs``: extra template variables.
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     grammar: str | None = None
     grammar_root: str = "root"
     temperature: float | None = None

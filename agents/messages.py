@@ -116,6 +116,7 @@ def _conversation_job(
     job.enable_thinking = params["enable_thinking"]
     # An empty list renders as no tools at all.
     job.tools = params["tools"] or None
+    job.chat_template_kwargs = params.get("chat_template_kwargs", {})
     return job
 
 

@@ -71,12 +71,16 @@ def prompt_tokens(
             f"the conversation is {size} characters; a slot's context of "
             f"{context_per_slot} tokens holds at most {char_limit}"
         )
+    extra = dict(job.chat_template_kwargs)
+    documents = extra.pop("documents", None)
     try:
         segments = template.render_segments(
             messages,
             add_generation_prompt=job.add_generation_prompt,
             tools=job.tools,
+            documents=documents if isinstance(documents, list) else None,
             enable_thinking=job.enable_thinking,
+            extra=extra,
             max_chars=char_limit,
         )
     except ChatTemplateError as error:

@@ -63,6 +63,9 @@ class ConversationParams(TypedDict):
     top_p: NotRequired[float]
     seed: NotRequired[int]
     stop: NotRequired[list[str]]
+    # Extra variables for the chat template (``reasoning_effort``, ...), and
+    # ``documents``; only the OpenAI API sets them, and only when given.
+    chat_template_kwargs: NotRequired[dict[str, Any]]
 
 
 class EmbeddingDocument(TypedDict):

@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from balancer.chat_template import RESERVED_VARIABLES
 from balancer.contract import (
     ConversationParams,
     EmbeddingParams,
@@ -258,6 +259,7 @@ CHAT_FIELDS = frozenset(
         "tools",
         "tool_choice",
         "parallel_tool_calls",
+        "chat_template_kwargs",
         "n",
         "logprobs",
         "top_logprobs",
@@ -338,6 +340,34 @@ def _tools(body: dict[str, Any]) -> list[Tool]:
     return [] if choice == "none" else tools
 
 
+def _chat_template_kwargs(body: dict[str, Any]) -> dict[str, Any]:
+    """llama-server's extension: extra variables for the chat template
+    (``enable_thinking``, ``reasoning_effort``, ``documents``, ...)."""
+    value = body.get("chat_template_kwargs")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid("chat_template_kwargs", "must be an object")
+    for name in value:
+        if not name.isidentifier():
+            raise invalid(
+                f"chat_template_kwargs.{name}", "is not a template variable name"
+            )
+        if name in RESERVED_VARIABLES - {"documents"}:
+            raise invalid(
+                f"chat_template_kwargs.{name}", "is set by the request itself"
+            )
+    documents = value.get("documents")
+    if documents is not None and not (
+        isinstance(documents, list) and all(isinstance(d, dict) for d in documents)
+    ):
+        raise invalid("chat_template_kwargs.documents", "must be a list of objects")
+    thinking = value.get("enable_thinking")
+    if thinking is not None and not isinstance(thinking, bool):
+        raise invalid("chat_template_kwargs.enable_thinking", "must be true or false")
+    return dict(value)
+
+
 def _max_tokens(body: dict[str, Any], *names: str) -> int | None:
     for name in names:
         value = _integer(body, name, 1, MAX_TOKENS_LIMIT)
@@ -362,14 +392,18 @@ def parse_chat_request(body: Any) -> GenerationRequest[ConversationParams]:
     max_tokens = (
         _max_tokens(body, "max_completion_tokens", "max_tokens") or MAX_TOKENS_LIMIT
     )
+    kwargs = _chat_template_kwargs(body)
     params: ConversationParams = {
         "conversation_history": history,
         "add_generation_prompt": True,
-        "enable_thinking": False,
+        # Off unless asked for: the answer comes without a reasoning detour.
+        "enable_thinking": bool(kwargs.pop("enable_thinking", False)),
         "max_tokens": max_tokens,
         "grammar": response_format_grammar(body.get("response_format")),
         "tools": _tools(body),
     }
+    if kwargs:
+        params["chat_template_kwargs"] = kwargs
     return GenerationRequest(
         model=model,
         kind="conversation",
