@@ -45,6 +45,7 @@ from balancer.chat_template import ChatTemplate
 from balancer.contract import Usage, content_token_item
 from balancer.desired_state import InferenceParameters
 from balancer.grammar_limits import GrammarTooComplex
+from balancer.model_offer import template_variants
 from balancer.routing import request_prefix, served_prefix
 
 logger = logging.getLogger(__name__)
@@ -182,15 +183,20 @@ class Engine:
         is admitted, with whichever template is current then.
         """
         source = override if override else self.metadata.get("tokenizer.chat_template")
+        self.bos_token = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
+        self.eos_token = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
         self.chat_template = (
             None
             if source is None
-            else ChatTemplate(
-                source=source,
-                bos_token=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
-                eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
-            )
+            else ChatTemplate(source, self.bos_token, self.eos_token)
         )
+        # The model's named templates (tool_use, rag) serve the requests
+        # they are for, unless an override replaces them all.
+        self.chat_template_variants = {
+            name: ChatTemplate(text, self.bos_token, self.eos_token)
+            for name, text in template_variants(self.metadata).items()
+            if name != "default" and not override
+        }
 
     def warm_up(self) -> None:
         """Run one small decode, so the first request does not pay for the
@@ -417,6 +423,7 @@ class Engine:
         return prompt_tokens(
             job,
             template=self.chat_template,
+            variants=self.chat_template_variants,
             tokenizer=self,
             context_per_slot=self.context_per_slot,
             char_limit=self.prompt_char_limit,

@@ -150,6 +150,9 @@ class EngineProtocol(Protocol):
     n_slots: int
     metadata: dict[str, str]
     chat_template: ChatTemplate | None
+    # The vocabulary's BOS and EOS tokens as text ("" when it has none).
+    bos_token: str
+    eos_token: str
     # Set once the engine can take requests.
     ready: threading.Event
     # When the engine loop last went round (monotonic seconds), for the

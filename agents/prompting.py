@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from agents.jobs import Generation, Output, error_output, response_output
 from balancer.chat_template import ChatTemplate, ChatTemplateError, message_text
+from balancer.model_offer import RAG, TOOL_USE
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +40,15 @@ def prompt_tokens(
     tokenizer: Tokenizer,
     context_per_slot: int,
     char_limit: int,
+    variants: Mapping[str, ChatTemplate] | None = None,
 ) -> list[int]:
     """The prompt's tokens, refused before tokenizing when it is too long
     to fit (the tokenizer's time grows with the text, faster than
-    linearly for text full of special-token strings)."""
+    linearly for text full of special-token strings).
+
+    ``variants`` are the model's named templates: as Hugging Face picks
+    them, ``tool_use`` renders a request that offers tools; ``rag`` one
+    that passes documents (ours, where HF needs the name asked for)."""
     if job.raw_prompt is not None:
         if len(job.raw_prompt) > char_limit:
             raise PromptTooLarge(
@@ -73,6 +79,11 @@ def prompt_tokens(
         )
     extra = dict(job.chat_template_kwargs)
     documents = extra.pop("documents", None)
+    variants = variants or {}
+    if job.tools and TOOL_USE in variants:
+        template = variants[TOOL_USE]
+    elif documents and RAG in variants:
+        template = variants[RAG]
     try:
         segments = template.render_segments(
             messages,

@@ -52,7 +52,7 @@ import jinja2
 import jinja2.ext
 from jinja2 import nodes
 from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
 # How long one render may take, and how much text it may produce by default.
 RENDER_TIME_LIMIT_S = 2.0
@@ -235,7 +235,9 @@ class _BudgetedEnvironment(ImmutableSandboxedEnvironment):
         if budget is None:
             return super().call(context, obj, *args, **kwargs)
         budget.tick()
-        _check_arguments(budget, args, kwargs)
+        # The sandbox's own range has its limit (and error) already.
+        if obj is not safe_range:
+            _check_arguments(budget, args, kwargs)
         owner = getattr(obj, "__self__", None)
         if isinstance(owner, str):
             name = getattr(obj, "__name__", "")
