@@ -38,11 +38,12 @@ from agents.jobs import (
     error_output,
     response_output,
 )
+from agents.output_split import OutputSplitter, splitter_for
 from agents.prompting import PromptPreparer, prompt_tokens
 from agents.sampling import sampler_chain
 from agents.slots import Slot, choose_slot, common_prefix_length, split_on_stop
 from balancer.chat_template import ChatTemplate
-from balancer.contract import Usage, content_token_item
+from balancer.contract import Usage
 from balancer.desired_state import InferenceParameters
 from balancer.grammar_limits import GrammarTooComplex
 from balancer.model_offer import template_variants
@@ -146,6 +147,8 @@ class Engine:
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._slots = [Slot(seq_id=index) for index in range(slots)]
         self._piece = ctypes.create_string_buffer(256)
+        # Each slot's generation split into content, reasoning and tool calls.
+        self._splitters: dict[int, OutputSplitter] = {}
         # No token covers more prompt text than the longest piece of the
         # vocabulary, so a prompt longer than this cannot fit in a slot.
         self.prompt_char_limit = self.context_per_slot * self._longest_piece()
@@ -498,6 +501,7 @@ class Engine:
         slot.prefix = request_prefix(job.kind, job.prefix_params())
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.started_at = time.monotonic()
+        self._splitters[slot.seq_id] = splitter_for(job)
 
     def _step_or_fail(self) -> None:
         """One step; an exception fails the requests of the step, not the loop."""
@@ -586,18 +590,19 @@ class Engine:
             return
         slot.generated += 1
         slot.next_token = token
-        text = slot.held_text + decoder.decode(self._piece_bytes(token))
+        splitter = self._splitters[slot.seq_id]
+        piece = self._piece_bytes(token, special=splitter.wants_special_tokens)
+        text = slot.held_text + decoder.decode(piece)
         sendable, slot.held_text, stopped = split_on_stop(text, job.stop)
         if sendable:
             slot.text += sendable
-            output = Output(
-                job.destination, content_token_item(job.request_id, sendable)
-            )
-            if not slot.told_slot:
-                # The web tier logs the slot even if the request is cancelled.
-                output.item["meta"] = {"slot": slot.seq_id}
-                slot.told_slot = True
-            outputs.append(output)
+            for item in splitter.feed(sendable):
+                output = Output(job.destination, item)
+                if not slot.told_slot:
+                    # The web tier logs the slot even if the request is cancelled.
+                    output.item["meta"] = {"slot": slot.seq_id}
+                    slot.told_slot = True
+                outputs.append(output)
         if (
             stopped
             or slot.generated >= job.max_tokens
@@ -612,19 +617,20 @@ class Engine:
         job, decoder = slot.job, slot.decoder
         assert job is not None and decoder is not None
         rest = slot.held_text + decoder.decode(b"", final=True)
-        if rest:
-            slot.text += rest
-            outputs.append(
-                Output(job.destination, content_token_item(job.request_id, rest))
-            )
+        splitter = self._splitters.pop(slot.seq_id)
+        items = splitter.feed(rest) if rest else []
+        slot.text += rest
+        items += splitter.finish()
+        outputs.extend(Output(job.destination, item) for item in items)
+        reasoning, tool_call = splitter.reasoning_tokens, splitter.tool_call_tokens
         usage: Usage = {
             "prompt_tokens": slot.prompt_tokens,
             "cached_prompt_tokens": slot.cached_tokens,
             "input_image_tokens": 0,
             "input_audio_tokens": 0,
-            "content_tokens": slot.generated,
-            "reasoning_tokens": 0,
-            "tool_call_tokens": 0,
+            "content_tokens": slot.generated - reasoning - tool_call,
+            "reasoning_tokens": reasoning,
+            "tool_call_tokens": tool_call,
             "undeterminable_tokens": 0,
         }
         outputs.append(
@@ -646,6 +652,7 @@ class Engine:
             slot.prefix = []
         slot.pending = []
         slot.job = None
+        self._splitters.pop(slot.seq_id, None)
         slot.released_at = time.monotonic()
         self._free_sampler(slot)
 
@@ -654,14 +661,16 @@ class Engine:
             llama_cpp.llama_sampler_free(slot.sampler)
             slot.sampler = None
 
-    def _piece_bytes(self, token: int) -> bytes:
+    def _piece_bytes(self, token: int, *, special: bool = False) -> bytes:
+        # ``special``: control tokens as their text, for output whose markers
+        # (harmony's <|channel|>, some <think>s) are special tokens.
         size = llama_cpp.llama_token_to_piece(
-            self._vocab, token, self._piece, len(self._piece), 0, False
+            self._vocab, token, self._piece, len(self._piece), 0, special
         )
         if size < 0:
             buffer = ctypes.create_string_buffer(-size)
             size = llama_cpp.llama_token_to_piece(
-                self._vocab, token, buffer, -size, 0, False
+                self._vocab, token, buffer, -size, 0, special
             )
             return buffer.raw[:size]
         return self._piece.raw[:size]

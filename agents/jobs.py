@@ -19,8 +19,10 @@ from balancer.contract import (
     Normalization,
     OutputItem,
     Tool,
+    ToolChoice,
     error_item,
 )
+from balancer.model_offer import ReasoningFormat, ToolCallFormat
 
 
 class ModelLoadError(Exception):
@@ -40,6 +42,14 @@ class Generation:
     tools: list[Tool] | None = None
     # A request's ``chat_template_kwargs``: extra template variables.
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Tool calls and reasoning (issue 15): what the client asked for, and
+    # what the preparer found in the template in use.
+    tool_choice: ToolChoice = "auto"
+    parse_tool_calls: bool = True
+    tool_format: ToolCallFormat | None = None
+    reasoning_format: ReasoningFormat = "none"
+    # The rendered prompt ends inside a reasoning block (``<think>\n``).
+    opens_reasoning: bool = False
     grammar: str | None = None
     grammar_root: str = "root"
     temperature: float | None = None

@@ -15,8 +15,14 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from agents.jobs import Generation, Output, error_output, response_output
+from agents.tool_grammar import ToolGrammarError, tool_call_grammar
 from balancer.chat_template import ChatTemplate, ChatTemplateError, message_text
-from balancer.model_offer import RAG, TOOL_USE
+from balancer.model_offer import (
+    RAG,
+    TOOL_USE,
+    detect_reasoning_format,
+    detect_tool_call_format,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +107,27 @@ def prompt_tokens(
                 f"slot's context of {context_per_slot} tokens holds"
             ) from None
         raise
+    _read_formats(job, template.source, "".join(text for text, _ in segments))
     return tokenizer.tokenize_segments(segments)
+
+
+def _read_formats(job: Generation, source: str, prompt: str) -> None:
+    """How the job's output is split (``agents.output_split``), from the
+    template in use, and the grammar of a required tool call."""
+    job.reasoning_format = detect_reasoning_format(source)
+    job.opens_reasoning = (
+        job.reasoning_format == "think_tags" and prompt.rstrip().endswith("<think>")
+    )
+    if not job.tools:
+        return
+    format = detect_tool_call_format(source)
+    if job.parse_tool_calls or job.tool_choice != "auto":
+        job.tool_format = format
+    if job.tool_choice != "auto" and job.grammar is None:
+        function = None if job.tool_choice == "required" else job.tool_choice
+        name = function["function"] if isinstance(function, dict) else None
+        job.grammar = tool_call_grammar(job.tools, format, name)
+        job.grammar_root = "root"
 
 
 class PromptPreparer:
@@ -156,6 +182,12 @@ class PromptPreparer:
                 )
             except PromptTooLarge as error:
                 failure = error_output(job, 413, str(error))
+            except ToolGrammarError as error:
+                failure = response_output(
+                    job,
+                    {"GeneratedToken": {"ToolCallValidatorBuildFailed": str(error)}},
+                    True,
+                )
             except Exception as error:  # one request must not end the thread
                 logger.exception("preparing request %s failed", job.request_id)
                 failure = error_output(job, 500, f"the prompt failed: {error}")

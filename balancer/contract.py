@@ -38,6 +38,13 @@ class JsonSchemaGrammar(TypedDict):
 Grammar = GbnfGrammar | JsonSchemaGrammar
 
 
+class NamedToolChoice(TypedDict):
+    function: str
+
+
+ToolChoice = Literal["auto", "required"] | NamedToolChoice
+
+
 # Final: a union of them narrows on which keys it holds.
 @final
 class RawPromptParams(TypedDict):
@@ -66,6 +73,10 @@ class ConversationParams(TypedDict):
     # Extra variables for the chat template (``reasoning_effort``, ...), and
     # ``documents``; only the OpenAI API sets them, and only when given.
     chat_template_kwargs: NotRequired[dict[str, Any]]
+    # Tool calls (issue 15): "required" or a named function constrains the
+    # output to a call; ``parse_tool_calls`` false leaves calls as content.
+    tool_choice: NotRequired[ToolChoice]
+    parse_tool_calls: NotRequired[bool]
 
 
 class EmbeddingDocument(TypedDict):
@@ -223,8 +234,36 @@ class Unreadable:
     response: object
 
 
+# Reasoning and tool calls (issue 15): what a generation's tool-call
+# results read as; their items and readers are at the end of this module.
+
+
+class ParsedToolCallItem(TypedDict):
+    """One call of a ``ToolCallParsed`` item, as Paddler writes it:
+    ``arguments`` is ``{"ValidJson": value}`` or ``{"InvalidJson": text}``."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCallsParsed:
+    calls: list[ParsedToolCallItem]
+
+
+@dataclass(frozen=True)
+class ToolCallsUnparsed:
+    """The model wrote tool-call text that could not be used as calls."""
+
+    variant: str
+    detail: str
+
+
 Output = (
     Token
+    | ToolCallsParsed
+    | ToolCallsUnparsed
     | Done
     | GenerationFailed
     | Failure
@@ -260,6 +299,8 @@ def _read_generated(generated: dict[str, Any]) -> Output:
     ((variant, payload),) = generated.items()
     if variant in TOKEN_VARIANTS:
         return Token(variant, str(payload))
+    if variant in TOOL_CALL_RESULT_VARIANTS:
+        return read_tool_call_result(variant, payload)
     return GenerationFailed(variant, str(payload))
 
 
@@ -304,3 +345,64 @@ def outcome_of(item: OutputItem) -> str:
     if isinstance(output, Token | GenerationFailed):
         return output.variant
     return "error"
+
+
+# Reasoning and tool calls (issue 15): items of Paddler 4.x's protocol that
+# split a generation into reasoning, tool-call text and parsed calls.
+
+
+def reasoning_token_item(request_id: str, text: str) -> OutputItem:
+    """A piece of the model's reasoning (a ``<think>`` block's text)."""
+    return _generated(request_id, {"ReasoningToken": text})
+
+
+def tool_call_token_item(request_id: str, text: str) -> OutputItem:
+    """A piece of the text in which the model writes a tool call."""
+    return _generated(request_id, {"ToolCallToken": text})
+
+
+def tool_call_parsed_item(
+    request_id: str, calls: list[ParsedToolCallItem]
+) -> OutputItem:
+    """The calls read from the generation's tool-call text (before Done)."""
+    return _generated(request_id, {"ToolCallParsed": calls})
+
+
+def tool_call_parse_failed_item(request_id: str, description: str) -> OutputItem:
+    """The tool-call text held no call in the model's format."""
+    return _generated(request_id, {"ToolCallParseFailed": description})
+
+
+def tool_call_validation_failed_item(request_id: str, errors: list[str]) -> OutputItem:
+    """Calls were read, but do not fit the tools offered."""
+    return _generated(request_id, {"ToolCallValidationFailed": errors})
+
+
+def _generated(request_id: str, payload: dict[str, Any]) -> OutputItem:
+    return {
+        "request_id": request_id,
+        "response": {"GeneratedToken": payload},
+        "error": None,
+        "final": False,
+        "meta": None,
+    }
+
+
+# GeneratedToken variants that report on a generation's tool calls: none
+# ends it (Done follows).
+TOOL_CALL_RESULT_VARIANTS = frozenset(
+    {
+        "ToolCallParsed",
+        "ToolCallParseFailed",
+        "ToolCallValidationFailed",
+        "UnrecognizedToolCallFormat",
+    }
+)
+
+
+def read_tool_call_result(variant: str, payload: Any) -> Output:
+    if variant == "ToolCallParsed" and isinstance(payload, list):
+        return ToolCallsParsed(payload)
+    if isinstance(payload, list):
+        return ToolCallsUnparsed(variant, "; ".join(str(p) for p in payload))
+    return ToolCallsUnparsed(variant, str(payload))

@@ -23,6 +23,7 @@ from balancer.contract import (
     Message,
     RawPromptParams,
     Tool,
+    ToolChoice,
 )
 from balancer.grammar_limits import GrammarTooComplex, check_json_schema_text
 from inference.openai.errors import OpenAIError, invalid
@@ -325,19 +326,35 @@ def _chat_message(index: int, value: Any) -> Message:
     return message
 
 
-def _tools(body: dict[str, Any]) -> list[Tool]:
-    choice = body.get("tool_choice")
-    if choice not in (None, "none", "auto"):
-        raise invalid(
-            "tool_choice",
-            'only "auto" and "none" are supported; tool calls are not enforced',
-        )
+def _tools(body: dict[str, Any]) -> tuple[list[Tool], ToolChoice]:
+    """The tools offered, and how a call is asked for: "auto" (the model
+    may call one), "required" or a named function (the agent constrains the
+    output to a call with a grammar)."""
     try:
         tools = validate_tools(body.get("tools"))
     except InvalidRequest as error:
         raise invalid(error.field, error.message) from None
-    # "none": the model must not call a tool, so it is not told about any.
-    return [] if choice == "none" else tools
+    choice = body.get("tool_choice")
+    if choice in (None, "auto"):
+        return tools, "auto"
+    if choice == "none":
+        # The model must not call a tool, so it is not told about any.
+        return [], "auto"
+    if not tools:
+        raise invalid("tool_choice", "needs tools to choose from")
+    if choice == "required":
+        return tools, "required"
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(choice, dict) or choice.get("type") != "function":
+        raise invalid(
+            "tool_choice",
+            'must be "none", "auto", "required" or '
+            '{"type": "function", "function": {"name": ...}}',
+        )
+    if name not in {tool["function"]["name"] for tool in tools}:
+        raise invalid("tool_choice.function.name", f"names no tool offered: {name!r}")
+    return tools, {"function": str(name)}
 
 
 def _chat_template_kwargs(body: dict[str, Any]) -> dict[str, Any]:
@@ -393,6 +410,7 @@ def parse_chat_request(body: Any) -> GenerationRequest[ConversationParams]:
         _max_tokens(body, "max_completion_tokens", "max_tokens") or MAX_TOKENS_LIMIT
     )
     kwargs = _chat_template_kwargs(body)
+    tools, tool_choice = _tools(body)
     params: ConversationParams = {
         "conversation_history": history,
         "add_generation_prompt": True,
@@ -400,10 +418,12 @@ def parse_chat_request(body: Any) -> GenerationRequest[ConversationParams]:
         "enable_thinking": bool(kwargs.pop("enable_thinking", False)),
         "max_tokens": max_tokens,
         "grammar": response_format_grammar(body.get("response_format")),
-        "tools": _tools(body),
+        "tools": tools,
     }
     if kwargs:
         params["chat_template_kwargs"] = kwargs
+    if tool_choice != "auto":
+        params["tool_choice"] = tool_choice
     return GenerationRequest(
         model=model,
         kind="conversation",

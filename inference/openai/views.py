@@ -26,10 +26,16 @@ from inference.access import api_key_required
 from inference.openai.errors import OpenAIError
 from inference.openai.listing import model_object, models_list, served_model_ids
 from inference.openai.output import (
+    Collected,
     EmbeddingResults,
     Finished,
+    ReasoningPiece,
     TextPiece,
+    ToolCalls,
+    ToolCallsFailed,
+    ToolCallText,
     read_generation_item,
+    tool_call_deltas,
 )
 from inference.openai.requests import (
     AnyGeneration,
@@ -67,18 +73,18 @@ async def _open(kind: GenerationKind, params: GenerationParams) -> Stream:
         raise OpenAIError(failure.code, failure.description) from None
 
 
-async def _collect(stream: Stream) -> tuple[str, Finished]:
-    """The whole text of a generation, or ``OpenAIError``."""
-    pieces: list[str] = []
+async def _collect(stream: Stream) -> Collected:
+    """The whole of a generation, or ``OpenAIError``."""
+    collected = Collected()
     try:
         async for item in stream.items():
             event = read_generation_item(item)
             if isinstance(event, OpenAIError):
                 raise event
-            if isinstance(event, TextPiece):
-                pieces.append(event.text)
-            elif isinstance(event, Finished):
-                return "".join(pieces), event
+            if isinstance(event, Finished):
+                collected.finished = event
+                return collected
+            collected.add(event)
     finally:
         # Also when the client went away: the agent stops, the slot is freed.
         await stream.close()
@@ -104,12 +110,33 @@ async def _events(
             return sse(reply.chat_chunk(delta, reason, with_usage=with_usage))
         return sse(reply.completion_chunk(text or "", reason, with_usage=with_usage))
 
+    calls: list[dict[str, Any]] = []
+    held: list[str] = []
+
     def events(item: OutputItem) -> list[bytes]:
         event = read_generation_item(item)
         if isinstance(event, TextPiece):
             return [chunk(event.text)]
+        if chat and isinstance(event, ReasoningPiece):
+            thought = {"reasoning_content": event.text}
+            return [sse(reply.chat_chunk(thought, with_usage=with_usage))]
+        if isinstance(event, ToolCallText):
+            # Sent as calls once parsed, or as content if they cannot be.
+            held.append(event.text)
+            return []
+        if isinstance(event, ToolCalls):
+            first = len(calls)
+            calls.extend(event.calls)
+            held.clear()
+            deltas = {"tool_calls": tool_call_deltas(event.calls, first)}
+            return [sse(reply.chat_chunk(deltas, with_usage=with_usage))]
+        if isinstance(event, ToolCallsFailed):
+            text = "".join(held)
+            held.clear()
+            return [chunk(text)] if text else []
         if isinstance(event, Finished):
-            ending = [chunk(None, event.finish_reason(request.max_tokens))]
+            reason = event.finish_reason(request.max_tokens)
+            ending = [chunk(None, "tool_calls" if calls else reason)]
             if with_usage:
                 ending.append(sse(reply.usage_chunk(usage_kind, event.openai_usage())))
             return ending
@@ -152,14 +179,24 @@ async def _generate(request: HttpRequest, chat: bool) -> HttpResponseBase:
         response["X-Accel-Buffering"] = "no"
         return response
     try:
-        text, finished = await _collect(stream)
+        collected = await _collect(stream)
     except OpenAIError as error:
         return error_response(error)
-    result = (
-        reply.chat_completion(text, finished, generation.max_tokens)
-        if chat
-        else reply.completion(text, finished, generation.max_tokens)
-    )
+    finished = collected.finished
+    assert finished is not None
+    if chat:
+        result = reply.chat_completion(
+            collected.text(), finished, generation.max_tokens
+        )
+        choice = result["choices"][0]
+        if collected.reasoning:
+            choice["message"]["reasoning_content"] = "".join(collected.reasoning)
+        if collected.calls:
+            choice["message"]["tool_calls"] = collected.calls
+            choice["message"]["content"] = collected.text() or None
+            choice["finish_reason"] = "tool_calls"
+    else:
+        result = reply.completion(collected.text(), finished, generation.max_tokens)
     return JsonResponse(result)
 
 
