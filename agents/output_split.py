@@ -80,11 +80,19 @@ class OutputSplitter:
 
     def feed(self, text: str) -> list[OutputItem]:
         """The items for one token's text."""
-        if self.state == "reasoning":
-            self.reasoning_tokens += 1
-        elif self.state == "tool":
+        items = self._split(self.held + text, final=False)
+        # A token counts where its text went (a held one: where it is).
+        variants = {
+            next(iter(generated))
+            for item in items
+            if isinstance(item["response"], dict)
+            and isinstance(generated := item["response"].get("GeneratedToken"), dict)
+        }
+        if "ToolCallToken" in variants or (not items and self.state == "tool"):
             self.tool_call_tokens += 1
-        return self._split(self.held + text, final=False)
+        elif "ReasoningToken" in variants or (not items and self.state == "reasoning"):
+            self.reasoning_tokens += 1
+        return items
 
     def finish(self) -> list[OutputItem]:
         """The items that end the generation's text: what was held, and the
