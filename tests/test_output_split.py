@@ -183,7 +183,7 @@ def _variant(result: Generation | Any) -> str:
     assert isinstance(result, Output)
     response = result.item["response"]
     assert isinstance(response, dict)
-    return next(iter(response["GeneratedToken"]))
+    return str(next(iter(response["GeneratedToken"])))
 
 
 def test_a_grammar_with_thinking_gets_paddlers_error() -> None:

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from llama_cpp import LlamaGrammar
+from llama_cpp.llama_grammar import LlamaGrammar
 
 from agents.tool_grammar import ToolGrammarError, _framing, tool_call_grammar
 from balancer.model_offer import ToolCallFormat
