@@ -5,10 +5,12 @@ grammar that makes a model write one (``balancer.tool_calls``,
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from llama_cpp.llama_grammar import LlamaGrammar
+import llama_cpp
 
 from agents.tool_grammar import ToolGrammarError, _framing, tool_call_grammar
 from balancer.model_offer import ToolCallFormat
@@ -181,12 +183,28 @@ FORMATS: list[ToolCallFormat] = [
 ]
 
 
+@pytest.fixture(scope="module")
+def vocab(model_path: Path) -> Iterator[Any]:
+    """The demo model's vocabulary only: enough for llama.cpp to parse a
+    grammar."""
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), params)
+    assert model
+    yield llama_cpp.llama_model_get_vocab(model)
+    llama_cpp.llama_model_free(model)
+
+
 @pytest.mark.parametrize("format", FORMATS)
 def test_the_grammar_compiles_and_frames_what_the_parser_reads(
-    format: ToolCallFormat,
+    format: ToolCallFormat, vocab: Any
 ) -> None:
     grammar = tool_call_grammar(TOOLS, format)
-    LlamaGrammar.from_string(grammar, verbose=False)
+    # llama.cpp's own grammar parser accepts it.
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+    assert sampler
+    llama_cpp.llama_sampler_free(sampler)
     assert grammar.count("root ::=") == 1
     # What the grammar lets the model write, the parser reads back.
     before, after = _framing(format, "get_weather")
