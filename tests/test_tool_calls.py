@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import llama_cpp
+import pytest
 
 from agents.tool_grammar import ToolGrammarError, _framing, tool_call_grammar
 from balancer.model_offer import ToolCallFormat
