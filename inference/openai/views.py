@@ -7,6 +7,7 @@ Paddler endpoints, so greedy output is the same on both.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,6 +45,13 @@ from inference.openai.requests import (
     parse_embedding_request,
 )
 from inference.openai.responses import SSE_DONE, Reply, embedding_list, sse
+from inference.openai.responses_api import (
+    ResponseBuilder,
+    function_call_items,
+    message_item,
+    parse_responses_request,
+    reasoning_item,
+)
 from inference.request_body import BodyTooLarge, read_json
 from inference.validation import InvalidRequest
 
@@ -262,3 +270,76 @@ async def retrieve_model(request: HttpRequest, model: str) -> HttpResponseBase:
             )
         )
     return JsonResponse(model_object(model))
+
+
+async def _response_events(
+    stream: Stream, builder: ResponseBuilder
+) -> AsyncIterator[bytes]:
+    """The Responses API's server-sent events: created, the items' events,
+    completed (or an ``error`` event)."""
+    try:
+        created = builder.response("in_progress")
+        for kind in ("response.created", "response.in_progress"):
+            yield _named_sse(builder.event(kind, response=created))
+        async for batch in stream.batches():
+            written: list[bytes] = []
+            for item in batch:
+                event = read_generation_item(item)
+                if isinstance(event, OpenAIError):
+                    written.append(
+                        _named_sse(
+                            builder.event(
+                                "error",
+                                code=event.code,
+                                message=event.message,
+                                param=event.param,
+                            )
+                        )
+                    )
+                    continue
+                written += [_named_sse(e) for e in builder.events(event)]
+            if written:
+                yield b"".join(written)
+    finally:
+        await stream.close()
+
+
+def _named_sse(payload: dict[str, Any]) -> bytes:
+    return f"event: {payload['type']}\n".encode() + sse(payload)
+
+
+@csrf_exempt
+@require_POST
+@api_key_required(_unauthorized)
+async def responses(request: HttpRequest) -> HttpResponseBase:
+    """``POST /v1/responses``: a chat generation shaped as a response."""
+    try:
+        parsed = parse_responses_request(_json(request))
+        generation = parsed.generation
+        stream = await _open(generation.kind, generation.params)
+    except OpenAIError as error:
+        return error_response(error)
+    builder = ResponseBuilder(generation.model, parsed.echo, generation.max_tokens)
+    if generation.stream:
+        response = StreamingHttpResponse(
+            _response_events(stream, builder), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+    try:
+        collected = await _collect(stream)
+    except OpenAIError as error:
+        return error_response(error)
+    if collected.reasoning:
+        builder.output.append(
+            reasoning_item(_item_id("rs"), "".join(collected.reasoning))
+        )
+    if collected.text() or not collected.calls:
+        builder.output.append(message_item(_item_id("msg"), collected.text()))
+    builder.output += function_call_items(collected.calls)
+    return JsonResponse(builder.response("completed", collected.finished))
+
+
+def _item_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
