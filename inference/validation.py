@@ -159,6 +159,7 @@ def validate_conversation(body: Any) -> ConversationParams:
             "max_tokens",
             "grammar",
             "tools",
+            "parse_tool_calls",
         },
         {"conversation_history", "max_tokens"},
     )
@@ -167,10 +168,10 @@ def validate_conversation(body: Any) -> ConversationParams:
         raise InvalidRequest("conversation_history", "must be a list of messages")
     if not history:
         raise InvalidRequest("conversation_history", "must not be empty")
-    for name in ("add_generation_prompt", "enable_thinking"):
+    for name in ("add_generation_prompt", "enable_thinking", "parse_tool_calls"):
         if name in body and not isinstance(body[name], bool):
             raise InvalidRequest(name, "must be true or false")
-    return {
+    params: ConversationParams = {
         "conversation_history": [_message(i, m) for i, m in enumerate(history)],
         "add_generation_prompt": body.get("add_generation_prompt", True),
         "enable_thinking": body.get("enable_thinking", False),
@@ -178,6 +179,10 @@ def validate_conversation(body: Any) -> ConversationParams:
         "grammar": validate_grammar(body.get("grammar")),
         "tools": validate_tools(body.get("tools", [])),
     }
+    if "parse_tool_calls" in body:
+        # Paddler 4.x: false leaves a tool call in the answer as content.
+        params["parse_tool_calls"] = body["parse_tool_calls"]
+    return params
 
 
 MAX_EMBEDDING_DOCUMENTS = 10_000

@@ -204,3 +204,20 @@ def test_a_required_tool_call_with_thinking_gets_the_same_error() -> None:
 def test_thinking_without_a_grammar_is_a_job() -> None:
     result = job_from_request(_event(tools=TOOLS), system_prompt="")
     assert isinstance(result, Generation) and result.enable_thinking
+
+
+def test_parse_tool_calls_false_reaches_the_job() -> None:
+    from inference.validation import validate_conversation
+
+    params = validate_conversation(
+        {
+            "conversation_history": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 4,
+            "tools": TOOLS,
+            "parse_tool_calls": False,
+        }
+    )
+    result = job_from_request(
+        _event(**{**params, "enable_thinking": False}), system_prompt=""
+    )
+    assert isinstance(result, Generation) and not result.parse_tool_calls
