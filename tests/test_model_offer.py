@@ -24,6 +24,7 @@ from balancer.model_offer import (
 )
 from tests.support.gguf_files import with_metadata
 from tests.support.redis_server import RedisServer
+from tests.support.web import WebServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
 
@@ -185,3 +186,24 @@ def test_the_model_page_shows_what_the_model_offers(
     assert "<code>default</code>, <code>tool_use</code>" in page
     assert '<dd class="offer-tool-format"><code>hermes</code></dd>' in page
     assert '<dd class="offer-reasoning-format"><code>think_tags</code></dd>' in page
+
+
+def test_a_running_agent_stores_what_its_model_offers(
+    api_platform: WebServer, api_redis: RedisServer
+) -> None:
+    client = redis.Redis.from_url(api_redis.url)
+    try:
+        (agent_id,) = [member.decode() for member in client.smembers(keys.agents_set())]
+        raw = client.get(keys.agent_metadata(agent_id))
+        assert raw is not None
+        offer = json.loads(raw)["offer"]
+    finally:
+        client.close()
+    # The test platform renders with the Gemma override: no markers of any
+    # family, so the generic JSON form, and no reasoning.
+    assert offer["uses_override"] is True
+    assert offer["bos_token"] == "<bos>" and offer["eos_token"] == "<eos>"
+    assert offer["context_length"] == 32768
+    assert offer["chat_templates"] == []
+    assert offer["tool_call_format"] == "generic"
+    assert offer["reasoning_format"] == "none"
