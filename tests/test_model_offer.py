@@ -191,9 +191,9 @@ def test_the_model_page_shows_what_the_model_offers(
 def test_a_running_agent_stores_what_its_model_offers(
     api_platform: WebServer, api_redis: RedisServer
 ) -> None:
-    client = redis.Redis.from_url(api_redis.url)
+    client = redis.Redis.from_url(api_redis.url, decode_responses=True)
     try:
-        (agent_id,) = [member.decode() for member in client.smembers(keys.agents_set())]
+        (agent_id,) = [str(member) for member in client.smembers(keys.agents_set())]
         raw = client.get(keys.agent_metadata(agent_id))
         assert raw is not None
         offer = json.loads(raw)["offer"]
