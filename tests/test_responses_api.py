@@ -114,6 +114,20 @@ def test_an_unknown_field_is_refused(client: openai.OpenAI) -> None:
     assert raised.value.param == "prompt_cache_retention"
 
 
+def test_a_text_format_it_cannot_enforce_is_refused() -> None:
+    from inference.openai.errors import OpenAIError
+    from inference.openai.responses_api import parse_responses_request
+
+    body = {
+        "model": MODEL,
+        "input": "Hi",
+        "text": {"format": {"type": "json_schema", "name": "x", "schema": {}}},
+    }
+    with pytest.raises(OpenAIError) as raised:
+        parse_responses_request(body)
+    assert raised.value.param == "text.format"
+
+
 def test_reasoning_streams_as_a_reasoning_item_before_the_message() -> None:
     builder = ResponseBuilder("m", {}, max_tokens=100)
     events: list[dict[str, Any]] = []

@@ -192,6 +192,12 @@ def parse_responses_request(body: Any) -> ResponsesRequest:
         chat["tools"] = tools
     if body.get("tool_choice") is not None:
         chat["tool_choice"] = _chat_tool_choice(body["tool_choice"])
+    text = body.get("text")
+    if text is not None:
+        kind = text.get("format", {}).get("type") if isinstance(text, dict) else None
+        if kind != "text":
+            # Structured output is served by chat completions' response_format.
+            raise invalid("text.format", 'only {"type": "text"} is supported')
     reasoning = body.get("reasoning")
     if reasoning is not None:
         if not isinstance(reasoning, dict):
