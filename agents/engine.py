@@ -37,6 +37,7 @@ from agents.jobs import (
     Output,
     error_output,
 )
+from agents.output_split import OutputSplitter, splitter_for
 from agents.prompting import PromptPreparer, prompt_tokens
 from agents.sampling import sampler_chain
 from agents.slots import Slot, choose_slot, common_prefix_length, split_on_stop
@@ -44,13 +45,13 @@ from balancer.chat_template import ChatTemplate
 from balancer.contract import (
     SlotReport,
     Usage,
-    content_token_item,
     done_item,
     generation_failed_item,
     progress_item,
 )
 from balancer.desired_state import InferenceParameters
 from balancer.grammar_limits import GrammarTooComplex
+from balancer.model_offer import template_variants
 from balancer.routing import request_prefix, served_prefix
 
 logger = logging.getLogger(__name__)
@@ -151,6 +152,8 @@ class Engine:
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._slots = [Slot(seq_id=index) for index in range(slots)]
         self._piece = ctypes.create_string_buffer(256)
+        # Each slot's generation split into content, reasoning and tool calls.
+        self._splitters: dict[int, OutputSplitter] = {}
         # No token covers more prompt text than the longest piece of the
         # vocabulary, so a prompt longer than this cannot fit in a slot.
         self.prompt_char_limit = self.context_per_slot * self._longest_piece()
@@ -188,15 +191,20 @@ class Engine:
         is admitted, with whichever template is current then.
         """
         source = override if override else self.metadata.get("tokenizer.chat_template")
+        self.bos_token = self._token_text(llama_cpp.llama_vocab_bos(self._vocab))
+        self.eos_token = self._token_text(llama_cpp.llama_vocab_eos(self._vocab))
         self.chat_template = (
             None
             if source is None
-            else ChatTemplate(
-                source=source,
-                bos_token=self._token_text(llama_cpp.llama_vocab_bos(self._vocab)),
-                eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
-            )
+            else ChatTemplate(source, self.bos_token, self.eos_token)
         )
+        # The model's named templates (tool_use, rag) serve the requests
+        # they are for, unless an override replaces them all.
+        self.chat_template_variants = {
+            name: ChatTemplate(text, self.bos_token, self.eos_token)
+            for name, text in template_variants(self.metadata).items()
+            if name != "default" and not override
+        }
 
     def warm_up(self) -> None:
         """Run one small decode, so the first request does not pay for the
@@ -423,6 +431,7 @@ class Engine:
         return prompt_tokens(
             job,
             template=self.chat_template,
+            variants=self.chat_template_variants,
             tokenizer=self,
             context_per_slot=self.context_per_slot,
             char_limit=self.prompt_char_limit,
@@ -500,6 +509,7 @@ class Engine:
         slot.prefix = request_prefix(job.prefix_params())
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.started_at = time.monotonic()
+        self._splitters[slot.seq_id] = splitter_for(job)
 
     def _step_or_fail(self) -> None:
         """One step; an exception fails the requests of the step, not the loop."""
@@ -587,20 +597,19 @@ class Engine:
             return
         slot.generated += 1
         slot.next_token = token
-        text = slot.held_text + decoder.decode(self._piece_bytes(token))
+        splitter = self._splitters[slot.seq_id]
+        piece = self._piece_bytes(token, special=splitter.wants_special_tokens)
+        text = slot.held_text + decoder.decode(piece)
         sendable, slot.held_text, stopped = split_on_stop(text, job.stop)
         if sendable:
             slot.text += sendable
-            # The web tier logs the slot even if the request is cancelled:
-            # the first token tells it.
-            told = None if slot.told_slot else slot.seq_id
-            slot.told_slot = True
-            outputs.append(
-                Output(
-                    job.destination,
-                    content_token_item(job.request_id, sendable, slot=told),
-                )
-            )
+            for item in splitter.feed(sendable):
+                output = Output(job.destination, item)
+                if not slot.told_slot:
+                    # The web tier logs the slot even if the request is cancelled.
+                    output.item["meta"] = {"slot": slot.seq_id}
+                    slot.told_slot = True
+                outputs.append(output)
         if (
             stopped
             or slot.generated >= job.max_tokens
@@ -615,19 +624,20 @@ class Engine:
         job, decoder = slot.job, slot.decoder
         assert job is not None and decoder is not None
         rest = slot.held_text + decoder.decode(b"", final=True)
-        if rest:
-            slot.text += rest
-            outputs.append(
-                Output(job.destination, content_token_item(job.request_id, rest))
-            )
+        splitter = self._splitters.pop(slot.seq_id)
+        items = splitter.feed(rest) if rest else []
+        slot.text += rest
+        items += splitter.finish()
+        outputs.extend(Output(job.destination, item) for item in items)
+        reasoning, tool_call = splitter.reasoning_tokens, splitter.tool_call_tokens
         usage: Usage = {
             "prompt_tokens": slot.prompt_tokens,
             "cached_prompt_tokens": slot.cached_tokens,
             "input_image_tokens": 0,
             "input_audio_tokens": 0,
-            "content_tokens": slot.generated,
-            "reasoning_tokens": 0,
-            "tool_call_tokens": 0,
+            "content_tokens": slot.generated - reasoning - tool_call,
+            "reasoning_tokens": reasoning,
+            "tool_call_tokens": tool_call,
             "undeterminable_tokens": 0,
         }
         outputs.append(
@@ -644,6 +654,7 @@ class Engine:
             slot.prefix = []
         slot.pending = []
         slot.job = None
+        self._splitters.pop(slot.seq_id, None)
         slot.released_at = time.monotonic()
         self._free_sampler(slot)
 
@@ -652,14 +663,16 @@ class Engine:
             llama_cpp.llama_sampler_free(slot.sampler)
             slot.sampler = None
 
-    def _piece_bytes(self, token: int) -> bytes:
+    def _piece_bytes(self, token: int, *, special: bool = False) -> bytes:
+        # ``special``: control tokens as their text, for output whose markers
+        # (harmony's <|channel|>, some <think>s) are special tokens.
         size = llama_cpp.llama_token_to_piece(
-            self._vocab, token, self._piece, len(self._piece), 0, False
+            self._vocab, token, self._piece, len(self._piece), 0, special
         )
         if size < 0:
             buffer = ctypes.create_string_buffer(-size)
             size = llama_cpp.llama_token_to_piece(
-                self._vocab, token, buffer, -size, 0, False
+                self._vocab, token, buffer, -size, 0, special
             )
             return buffer.raw[:size]
         return self._piece.raw[:size]

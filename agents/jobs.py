@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from balancer.chat_template import ChatTemplate
 from balancer.contract import (
@@ -25,8 +25,10 @@ from balancer.contract import (
     Response,
     SlotReport,
     Tool,
+    ToolChoice,
     error_item,
 )
+from balancer.model_offer import ReasoningFormat, ToolCallFormat
 
 
 class ModelLoadError(Exception):
@@ -44,6 +46,16 @@ class Generation:
     add_generation_prompt: bool = True
     enable_thinking: bool = False
     tools: list[Tool] | None = None
+    # A request's ``chat_template_kwargs``: extra template variables.
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Tool calls and reasoning (issue 15): what the client asked for, and
+    # what the preparer found in the template in use.
+    tool_choice: ToolChoice = "auto"
+    parse_tool_calls: bool = True
+    tool_format: ToolCallFormat | None = None
+    reasoning_format: ReasoningFormat = "none"
+    # The rendered prompt ends inside a reasoning block (``<think>\n``).
+    opens_reasoning: bool = False
     grammar: str | None = None
     grammar_root: str = "root"
     temperature: float | None = None
@@ -125,6 +137,9 @@ class EngineProtocol(Protocol):
     n_slots: int
     metadata: dict[str, str]
     chat_template: ChatTemplate | None
+    # The vocabulary's BOS and EOS tokens as text ("" when it has none).
+    bos_token: str
+    eos_token: str
     # Set once the engine can take requests.
     ready: threading.Event
     # When the engine loop last went round (monotonic seconds), for the

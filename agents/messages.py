@@ -98,6 +98,20 @@ def job_from_request(
             )
     if "raw_prompt" in params:
         return _raw_prompt_job(job, params)
+    constrained = grammar is not None or (
+        params["tools"] and params.get("tool_choice", "auto") != "auto"
+    )
+    if constrained and params["enable_thinking"]:
+        # Paddler's rule: a grammar would constrain the thinking too.
+        return Output(
+            reply_to,
+            generation_failed_item(
+                request_id,
+                "GrammarIncompatibleWithThinking",
+                "a grammar (or a required tool call) cannot be used "
+                "with enable_thinking; turn thinking off",
+            ),
+        )
     return _conversation_job(job, params, system_prompt=system_prompt)
 
 
@@ -118,6 +132,9 @@ def _conversation_job(
     job.enable_thinking = params["enable_thinking"]
     # An empty list renders as no tools at all.
     job.tools = params["tools"] or None
+    job.chat_template_kwargs = params.get("chat_template_kwargs", {})
+    job.tool_choice = params.get("tool_choice", "auto")
+    job.parse_tool_calls = params.get("parse_tool_calls", True)
     return job
 
 

@@ -11,12 +11,19 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from agents.jobs import Generation, Output, error_output
+from agents.tool_grammar import ToolGrammarError, tool_call_grammar
 from balancer.chat_template import ChatTemplate, ChatTemplateError, message_text
 from balancer.contract import generation_failed_item
+from balancer.model_offer import (
+    RAG,
+    TOOL_USE,
+    detect_reasoning_format,
+    detect_tool_call_format,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +47,15 @@ def prompt_tokens(
     tokenizer: Tokenizer,
     context_per_slot: int,
     char_limit: int,
+    variants: Mapping[str, ChatTemplate] | None = None,
 ) -> list[int]:
     """The prompt's tokens, refused before tokenizing when it is too long
     to fit (the tokenizer's time grows with the text, faster than
-    linearly for text full of special-token strings)."""
+    linearly for text full of special-token strings).
+
+    ``variants`` are the model's named templates: as Hugging Face picks
+    them, ``tool_use`` renders a request that offers tools; ``rag`` one
+    that passes documents (ours, where HF needs the name asked for)."""
     if job.raw_prompt is not None:
         if len(job.raw_prompt) > char_limit:
             raise PromptTooLarge(
@@ -72,12 +84,21 @@ def prompt_tokens(
             f"the conversation is {size} characters; a slot's context of "
             f"{context_per_slot} tokens holds at most {char_limit}"
         )
+    extra = dict(job.chat_template_kwargs)
+    documents = extra.pop("documents", None)
+    variants = variants or {}
+    if job.tools and TOOL_USE in variants:
+        template = variants[TOOL_USE]
+    elif documents and RAG in variants:
+        template = variants[RAG]
     try:
         segments = template.render_segments(
             messages,
             add_generation_prompt=job.add_generation_prompt,
             tools=job.tools,
+            documents=documents if isinstance(documents, list) else None,
             enable_thinking=job.enable_thinking,
+            extra=extra,
             max_chars=char_limit,
         )
     except ChatTemplateError as error:
@@ -87,7 +108,27 @@ def prompt_tokens(
                 f"slot's context of {context_per_slot} tokens holds"
             ) from None
         raise
+    _read_formats(job, template.source, "".join(text for text, _ in segments))
     return tokenizer.tokenize_segments(segments)
+
+
+def _read_formats(job: Generation, source: str, prompt: str) -> None:
+    """How the job's output is split (``agents.output_split``), from the
+    template in use, and the grammar of a required tool call."""
+    job.reasoning_format = detect_reasoning_format(source)
+    job.opens_reasoning = (
+        job.reasoning_format == "think_tags" and prompt.rstrip().endswith("<think>")
+    )
+    if not job.tools:
+        return
+    format = detect_tool_call_format(source)
+    if job.parse_tool_calls or job.tool_choice != "auto":
+        job.tool_format = format
+    if job.tool_choice != "auto" and job.grammar is None:
+        function = None if job.tool_choice == "required" else job.tool_choice
+        name = function["function"] if isinstance(function, dict) else None
+        job.grammar = tool_call_grammar(job.tools, format, name)
+        job.grammar_root = "root"
 
 
 class PromptPreparer:
@@ -145,6 +186,13 @@ class PromptPreparer:
                 )
             except PromptTooLarge as error:
                 failure = error_output(job, 413, str(error))
+            except ToolGrammarError as error:
+                failure = Output(
+                    job.destination,
+                    generation_failed_item(
+                        job.request_id, "ToolCallValidatorBuildFailed", str(error)
+                    ),
+                )
             except Exception as error:  # one request must not end the thread
                 logger.exception("preparing request %s failed", job.request_id)
                 failure = error_output(job, 500, f"the prompt failed: {error}")

@@ -33,6 +33,8 @@ class SyntheticEngine:
         self.n_slots = slots
         self.metadata: dict[str, str] = {"general.name": "synthetic"}
         self.chat_template: ChatTemplate | None = None
+        self.bos_token = ""
+        self.eos_token = ""
         self._on_output = on_output
         self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._active: dict[str, tuple[Generation, int]] = {}

@@ -36,6 +36,7 @@ from balancer import keys
 from balancer.chat_template import ChatTemplateError, compile_template
 from balancer.desired_state import DesiredState, DesiredStateError
 from balancer.events import AgentMessage, InferenceRequestEvent
+from balancer.model_offer import model_offer
 from balancer.pools import DEFAULT_POOL, check_pool_name
 
 logger = logging.getLogger(__name__)
@@ -662,11 +663,19 @@ class AgentWorker:
 
     async def _store_metadata(self, engine: EngineProtocol) -> None:
         assert self._redis is not None
+        template = engine.chat_template.source if engine.chat_template else None
+        offer = model_offer(
+            engine.metadata,
+            template_in_use=template,
+            uses_override=self.status.uses_chat_template_override,
+            bos_token=engine.bos_token,
+            eos_token=engine.eos_token,
+        )
         payload = {
             "metadata": engine.metadata,
-            "chat_template": engine.chat_template.source
-            if engine.chat_template
-            else None,
+            "chat_template": template,
+            # What the panel's model page shows (``balancer.model_offer``).
+            "offer": offer.as_json(),
         }
         await self._redis.set(
             keys.agent_metadata(self.agent_id),

@@ -22,6 +22,7 @@ from typing import (
     TypedDict,
     TypeGuard,
     assert_never,
+    cast,
     final,
     get_args,
 )
@@ -50,6 +51,13 @@ class JsonSchemaGrammar(TypedDict):
 Grammar = GbnfGrammar | JsonSchemaGrammar
 
 
+class NamedToolChoice(TypedDict):
+    function: str
+
+
+ToolChoice = Literal["auto", "required"] | NamedToolChoice
+
+
 # Final: a union of them narrows on which keys it holds.
 @final
 class RawPromptParams(TypedDict):
@@ -75,6 +83,13 @@ class ConversationParams(TypedDict):
     top_p: NotRequired[float]
     seed: NotRequired[int]
     stop: NotRequired[list[str]]
+    # Extra variables for the chat template (``reasoning_effort``, ...), and
+    # ``documents``; only the OpenAI API sets them, and only when given.
+    chat_template_kwargs: NotRequired[dict[str, Any]]
+    # Tool calls (issue 15): "required" or a named function constrains the
+    # output to a call; ``parse_tool_calls`` false leaves calls as content.
+    tool_choice: NotRequired[ToolChoice]
+    parse_tool_calls: NotRequired[bool]
 
 
 class EmbeddingDocument(TypedDict):
@@ -176,6 +191,7 @@ GenerationErrorKind = Literal[
     "ImageDecodingFailed",
     "MultimodalNotSupported",
     "SamplerError",
+    "ToolCallValidatorBuildFailed",
 ]
 GENERATION_ERROR_VARIANTS: frozenset[str] = frozenset(get_args(GenerationErrorKind))
 
@@ -200,6 +216,11 @@ class GeneratedToken(TypedDict, total=False):
     ImageDecodingFailed: str
     MultimodalNotSupported: str
     SamplerError: str
+    ToolCallValidatorBuildFailed: str
+    ToolCallParsed: list[ParsedToolCallItem]
+    ToolCallParseFailed: str
+    ToolCallValidationFailed: list[str]
+    UnrecognizedToolCallFormat: str
 
 
 @final
@@ -322,9 +343,51 @@ class Unreadable:
     response: object
 
 
+# Reasoning and tool calls (issue 15): the calls read from a generation's
+# tool-call text, or why none could be.
+
+
+class ParsedToolCallItem(TypedDict):
+    """One call of a ``ToolCallParsed`` item, as Paddler writes it:
+    ``arguments`` is ``{"ValidJson": value}`` or ``{"InvalidJson": text}``."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+# GeneratedToken variants that report on a generation's tool calls: none
+# ends it (Done follows).
+ToolCallFailureKind = Literal[
+    "ToolCallParseFailed", "ToolCallValidationFailed", "UnrecognizedToolCallFormat"
+]
+TOOL_CALL_RESULT_VARIANTS: frozenset[str] = frozenset(
+    {"ToolCallParsed", *get_args(ToolCallFailureKind)}
+)
+
+
+@dataclass(frozen=True)
+class ToolCallsParsed:
+    calls: list[ParsedToolCallItem]
+
+
+@dataclass(frozen=True)
+class ToolCallsUnparsed:
+    """The model wrote tool-call text that could not be used as calls.
+
+    ``errors`` lists each problem; on the wire ``ToolCallValidationFailed``
+    carries the list, the other variants one text (``detail``)."""
+
+    variant: ToolCallFailureKind
+    detail: str
+    errors: tuple[str, ...] = ()
+
+
 # What an agent sends; ``Unreadable`` is only ever read.
 Sendable = (
     Token
+    | ToolCallsParsed
+    | ToolCallsUnparsed
     | Done
     | GenerationFailed
     | Failure
@@ -376,6 +439,17 @@ def output_item(
             final = False
         case EmbeddingDone():
             response = {"Embedding": "Done"}
+        case ToolCallsParsed(calls):
+            response = {"GeneratedToken": {"ToolCallParsed": calls}}
+            final = False
+        case ToolCallsUnparsed("ToolCallValidationFailed", _, errors):
+            response = {"GeneratedToken": {"ToolCallValidationFailed": list(errors)}}
+            final = False
+        case ToolCallsUnparsed(variant, detail, _):
+            unparsed: GeneratedToken = {}
+            unparsed[variant] = detail
+            response = {"GeneratedToken": unparsed}
+            final = False
         case Progress(evaluated):
             # Nothing for the client: the count rides in the meta.
             meta = {**(meta or {}), "evaluated_prompt_tokens": evaluated}
@@ -508,6 +582,8 @@ def _read_generated(generated: GeneratedToken, response: Response) -> Output:
     ((variant, payload),) = generated.items()
     if _is_token(variant):
         return Token(variant, str(payload))
+    if variant in TOOL_CALL_RESULT_VARIANTS:
+        return read_tool_call_result(variant, generated[variant])  # type: ignore[literal-required]
     if _is_generation_error(variant):
         return GenerationFailed(variant, str(payload))
     return Unreadable(response)
@@ -568,3 +644,51 @@ def outcome_of(item: OutputItem) -> str:
     if isinstance(output, Token | GenerationFailed):
         return output.variant
     return "error"
+
+
+# Reasoning and tool calls (issue 15): items of Paddler 4.x's protocol that
+# split a generation into reasoning, tool-call text and parsed calls.
+
+
+def reasoning_token_item(request_id: str, text: str) -> OutputItem:
+    """A piece of the model's reasoning (a ``<think>`` block's text)."""
+    return output_item(request_id, Token("ReasoningToken", text))
+
+
+def tool_call_token_item(request_id: str, text: str) -> OutputItem:
+    """A piece of the text in which the model writes a tool call."""
+    return output_item(request_id, Token("ToolCallToken", text))
+
+
+def tool_call_parsed_item(
+    request_id: str, calls: list[ParsedToolCallItem]
+) -> OutputItem:
+    """The calls read from the generation's tool-call text (before Done)."""
+    return output_item(request_id, ToolCallsParsed(calls))
+
+
+def tool_call_parse_failed_item(request_id: str, description: str) -> OutputItem:
+    """The tool-call text held no call in the model's format."""
+    return output_item(
+        request_id, ToolCallsUnparsed("ToolCallParseFailed", description)
+    )
+
+
+def tool_call_validation_failed_item(request_id: str, errors: list[str]) -> OutputItem:
+    """Calls were read, but do not fit the tools offered."""
+    return output_item(
+        request_id,
+        ToolCallsUnparsed("ToolCallValidationFailed", "; ".join(errors), tuple(errors)),
+    )
+
+
+def read_tool_call_result(variant: str, payload: object) -> Output:
+    if variant == "ToolCallParsed" and isinstance(payload, list):
+        return ToolCallsParsed(payload)
+    if variant not in TOOL_CALL_RESULT_VARIANTS or variant == "ToolCallParsed":
+        return Unreadable({"GeneratedToken": {variant: payload}})
+    kind = cast(ToolCallFailureKind, variant)
+    if isinstance(payload, list):
+        errors = tuple(str(p) for p in payload)
+        return ToolCallsUnparsed(kind, "; ".join(errors), errors)
+    return ToolCallsUnparsed(kind, str(payload))

@@ -171,17 +171,7 @@ def validate_conversation(body: Any) -> ConversationParams:
     for name in ("add_generation_prompt", "enable_thinking", "parse_tool_calls"):
         if name in body and not isinstance(body[name], bool):
             raise InvalidRequest(name, "must be true or false")
-    # Paddler's clients send parse_tool_calls (false unless asked).  Paddler
-    # parses tool calls only when the request also has tools; we do not parse
-    # them on this endpoint, so that one case is refused, not ignored.
-    if body.get("parse_tool_calls") and body.get("tools"):
-        raise InvalidRequest(
-            "parse_tool_calls",
-            "true with tools is not supported here: send false to receive the "
-            "tool calls as content tokens, or use /v1/chat/completions, which "
-            "returns them parsed",
-        )
-    return {
+    params: ConversationParams = {
         "conversation_history": [_message(i, m) for i, m in enumerate(history)],
         "add_generation_prompt": body.get("add_generation_prompt", True),
         "enable_thinking": body.get("enable_thinking", False),
@@ -189,6 +179,10 @@ def validate_conversation(body: Any) -> ConversationParams:
         "grammar": validate_grammar(body.get("grammar")),
         "tools": validate_tools(body.get("tools", [])),
     }
+    if "parse_tool_calls" in body:
+        # Paddler 4.x: false leaves a tool call in the answer as content.
+        params["parse_tool_calls"] = body["parse_tool_calls"]
+    return params
 
 
 MAX_EMBEDDING_DOCUMENTS = 10_000

@@ -25,6 +25,7 @@ urlpatterns = [
         inference.generate_embedding_batch,
     ),
     path("v1/chat/completions", openai.chat_completions),
+    path("v1/responses", openai.responses),
     path("v1/completions", openai.completions),
     path("v1/embeddings", openai.embeddings),
     path("v1/models", openai.models),

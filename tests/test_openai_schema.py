@@ -239,6 +239,7 @@ def test_finish_reason_is_length_when_every_allowed_token_was_used() -> None:
         "completion_tokens": 8,
         "total_tokens": 13,
         "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
     }
 
 

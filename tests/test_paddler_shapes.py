@@ -150,6 +150,8 @@ TOOL = {
         {"parse_tool_calls": False, "tools": [TOOL]},
         # Paddler parses only when there are tools: without, it changes nothing.
         {"parse_tool_calls": True},
+        # The agent parses the calls (see tests/test_tool_calls*.py).
+        {"parse_tool_calls": True, "tools": [TOOL]},
     ],
 )
 def test_parse_tool_calls_as_paddlers_clients_send_it_is_accepted(
@@ -163,15 +165,3 @@ def test_parse_tool_calls_as_paddlers_clients_send_it_is_accepted(
         timeout=30,
     )
     assert response.status_code == 504, response.text
-
-
-def test_parsing_tool_calls_is_refused_rather_than_ignored(
-    quiet_web: WebServer,
-) -> None:
-    response = httpx.post(
-        f"{quiet_web.url}/api/v1/continue_from_conversation_history",
-        json=conversation(parse_tool_calls=True, tools=[TOOL]),
-        timeout=30,
-    )
-    assert response.status_code == 400
-    assert response.json()["error"]["description"].startswith("parse_tool_calls: ")

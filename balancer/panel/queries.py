@@ -28,6 +28,9 @@ class AgentModel:
     agent_name: str
     model_path: str | None
     chat_template: str | None
+    # What the model offers (``balancer.model_offer.ModelOffer`` as JSON):
+    # its templates, special tokens, context, the formats detected.
+    offer: dict[str, Any] | None = None
 
 
 def agent_models() -> list[AgentModel]:
@@ -58,6 +61,7 @@ def agent_models() -> list[AgentModel]:
                 agent_name=str(status.get("name", "")),
                 model_path=status.get("model_path"),
                 chat_template=template if isinstance(template, str) else None,
+                offer=offer if isinstance(offer := meta.get("offer"), dict) else None,
             )
         )
     return models

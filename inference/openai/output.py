@@ -7,6 +7,7 @@ into vectors.  ``responses`` shapes OpenAI's objects from what is read here.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,10 @@ from balancer.contract import (
     Failure,
     GenerationFailed,
     OutputItem,
+    ParsedToolCallItem,
     Token,
+    ToolCallsParsed,
+    ToolCallsUnparsed,
     Usage,
     read_output,
 )
@@ -28,6 +32,53 @@ from inference.openai.errors import OpenAIError, invalid
 @dataclass(frozen=True)
 class TextPiece:
     text: str
+
+
+@dataclass(frozen=True)
+class ReasoningPiece:
+    """Reasoning, OpenAI's ``reasoning_content`` (not part of the answer)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCallText:
+    """Text in which the model writes a tool call: held until the calls are
+    parsed, and given back as content if they cannot be."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """The calls parsed from the generation, in OpenAI's shape."""
+
+    calls: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ToolCallsFailed:
+    detail: str
+
+
+def openai_tool_calls(calls: list[ParsedToolCallItem]) -> list[dict[str, Any]]:
+    """Paddler's parsed calls as OpenAI's ``tool_calls`` (arguments as text)."""
+    result: list[dict[str, Any]] = []
+    for call in calls:
+        arguments = call["arguments"]
+        text = (
+            json.dumps(arguments["ValidJson"], ensure_ascii=False)
+            if "ValidJson" in arguments
+            else str(arguments.get("InvalidJson", ""))
+        )
+        result.append(
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"], "arguments": text},
+            }
+        )
+    return result
 
 
 @dataclass(frozen=True)
@@ -60,6 +111,9 @@ class Finished:
             "prompt_tokens_details": {
                 "cached_tokens": int(self.usage.get("cached_prompt_tokens", 0))
             },
+            "completion_tokens_details": {
+                "reasoning_tokens": int(self.usage.get("reasoning_tokens", 0))
+            },
         }
 
 
@@ -70,17 +124,44 @@ _CLIENT_FAULTS = {
     "GrammarSyntaxError": ("response_format", "invalid_response_format"),
     "GrammarInitializationFailed": ("response_format", "invalid_response_format"),
     "MultimodalNotSupported": ("messages", "multimodal_not_supported"),
+    "GrammarIncompatibleWithThinking": (
+        "response_format",
+        "grammar_incompatible_with_thinking",
+    ),
+    "ToolCallValidatorBuildFailed": ("tools", "invalid_tools"),
 }
 
 
-def read_generation_item(item: OutputItem) -> TextPiece | Finished | OpenAIError | None:
+GenerationEvent = (
+    TextPiece
+    | ReasoningPiece
+    | ToolCallText
+    | ToolCalls
+    | ToolCallsFailed
+    | Finished
+    | OpenAIError
+    | None
+)
+
+
+def read_generation_item(item: OutputItem) -> GenerationEvent:
     """What one output item means to an OpenAI client; None: nothing."""
     output = read_output(item)
     if isinstance(output, Failure):
         return OpenAIError(output.code, output.description)
     if isinstance(output, Token):
-        # Reasoning is not part of the answer.
-        return None if output.variant == "ReasoningToken" else TextPiece(output.text)
+        if output.variant == "ReasoningToken":
+            return ReasoningPiece(output.text)
+        if output.variant == "ToolCallToken":
+            return ToolCallText(output.text)
+        return TextPiece(output.text)
+    if isinstance(output, ToolCallsParsed):
+        return ToolCalls(openai_tool_calls(output.calls))
+    if isinstance(output, ToolCallsUnparsed):
+        if output.variant == "ToolCallValidationFailed":
+            # The calls were read; they are the client's to judge.
+            return None
+        return ToolCallsFailed(output.detail)
     if isinstance(output, Done):
         return Finished(output.usage)
     if isinstance(output, GenerationFailed):
@@ -123,3 +204,39 @@ class EmbeddingResults:
         if missing:
             raise OpenAIError(502, f"the agent returned no vector for input {missing}")
         return [self.vectors[index] for index in range(self.count)]
+
+
+@dataclass
+class Collected:
+    """A whole generation, as a non-streamed response returns it."""
+
+    content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    # Tool-call text not (yet) parsed into calls.
+    tool_text: list[str] = field(default_factory=list)
+    finished: Finished | None = None
+
+    def add(self, event: GenerationEvent) -> None:
+        if isinstance(event, TextPiece):
+            self.content.append(event.text)
+        elif isinstance(event, ReasoningPiece):
+            self.reasoning.append(event.text)
+        elif isinstance(event, ToolCallText):
+            self.tool_text.append(event.text)
+        elif isinstance(event, ToolCalls):
+            self.calls.extend(event.calls)
+            self.tool_text.clear()
+        elif isinstance(event, ToolCallsFailed):
+            # Nothing the model wrote is dropped: unreadable calls are text.
+            self.content.extend(self.tool_text)
+            self.tool_text.clear()
+
+    def text(self) -> str:
+        return "".join(self.content)
+
+
+def tool_call_deltas(calls: list[dict[str, Any]], first: int) -> list[dict[str, Any]]:
+    """Calls as streamed ``tool_calls`` deltas, each whole, indexed from
+    ``first``."""
+    return [{"index": first + offset, **call} for offset, call in enumerate(calls)]

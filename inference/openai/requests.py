@@ -14,6 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from balancer.chat_template import RESERVED_VARIABLES
 from balancer.contract import (
     ConversationParams,
     EmbeddingParams,
@@ -22,6 +23,7 @@ from balancer.contract import (
     Message,
     RawPromptParams,
     Tool,
+    ToolChoice,
 )
 from balancer.grammar_limits import GrammarTooComplex, check_json_schema_text
 from inference.openai.errors import OpenAIError, invalid
@@ -258,6 +260,7 @@ CHAT_FIELDS = frozenset(
         "tools",
         "tool_choice",
         "parallel_tool_calls",
+        "chat_template_kwargs",
         "n",
         "logprobs",
         "top_logprobs",
@@ -323,19 +326,63 @@ def _chat_message(index: int, value: Any) -> Message:
     return message
 
 
-def _tools(body: dict[str, Any]) -> list[Tool]:
-    choice = body.get("tool_choice")
-    if choice not in (None, "none", "auto"):
-        raise invalid(
-            "tool_choice",
-            'only "auto" and "none" are supported; tool calls are not enforced',
-        )
+def _tools(body: dict[str, Any]) -> tuple[list[Tool], ToolChoice]:
+    """The tools offered, and how a call is asked for: "auto" (the model
+    may call one), "required" or a named function (the agent constrains the
+    output to a call with a grammar)."""
     try:
         tools = validate_tools(body.get("tools"))
     except InvalidRequest as error:
         raise invalid(error.field, error.message) from None
-    # "none": the model must not call a tool, so it is not told about any.
-    return [] if choice == "none" else tools
+    choice = body.get("tool_choice")
+    if choice in (None, "auto"):
+        return tools, "auto"
+    if choice == "none":
+        # The model must not call a tool, so it is not told about any.
+        return [], "auto"
+    if not tools:
+        raise invalid("tool_choice", "needs tools to choose from")
+    if choice == "required":
+        return tools, "required"
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(choice, dict) or choice.get("type") != "function":
+        raise invalid(
+            "tool_choice",
+            'must be "none", "auto", "required" or '
+            '{"type": "function", "function": {"name": ...}}',
+        )
+    if name not in {tool["function"]["name"] for tool in tools}:
+        raise invalid("tool_choice.function.name", f"names no tool offered: {name!r}")
+    return tools, {"function": str(name)}
+
+
+def _chat_template_kwargs(body: dict[str, Any]) -> dict[str, Any]:
+    """llama-server's extension: extra variables for the chat template
+    (``enable_thinking``, ``reasoning_effort``, ``documents``, ...)."""
+    value = body.get("chat_template_kwargs")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid("chat_template_kwargs", "must be an object")
+    for name in value:
+        if not name.isidentifier():
+            raise invalid(
+                f"chat_template_kwargs.{name}", "is not a template variable name"
+            )
+        if name in RESERVED_VARIABLES - {"documents"}:
+            raise invalid(
+                f"chat_template_kwargs.{name}", "is set by the request itself"
+            )
+    documents = value.get("documents")
+    if documents is not None and not (
+        isinstance(documents, list) and all(isinstance(d, dict) for d in documents)
+    ):
+        raise invalid("chat_template_kwargs.documents", "must be a list of objects")
+    thinking = value.get("enable_thinking")
+    if thinking is not None and not isinstance(thinking, bool):
+        raise invalid("chat_template_kwargs.enable_thinking", "must be true or false")
+    return dict(value)
 
 
 def _max_tokens(body: dict[str, Any], *names: str) -> int | None:
@@ -362,14 +409,21 @@ def parse_chat_request(body: Any) -> GenerationRequest[ConversationParams]:
     max_tokens = (
         _max_tokens(body, "max_completion_tokens", "max_tokens") or MAX_TOKENS_LIMIT
     )
+    kwargs = _chat_template_kwargs(body)
+    tools, tool_choice = _tools(body)
     params: ConversationParams = {
         "conversation_history": history,
         "add_generation_prompt": True,
-        "enable_thinking": False,
+        # Off unless asked for: the answer comes without a reasoning detour.
+        "enable_thinking": bool(kwargs.pop("enable_thinking", False)),
         "max_tokens": max_tokens,
         "grammar": response_format_grammar(body.get("response_format")),
-        "tools": _tools(body),
+        "tools": tools,
     }
+    if kwargs:
+        params["chat_template_kwargs"] = kwargs
+    if tool_choice != "auto":
+        params["tool_choice"] = tool_choice
     return GenerationRequest(
         model=model,
         kind="conversation",

@@ -7,6 +7,7 @@ Paddler endpoints, so greedy output is the same on both.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,10 +32,16 @@ from inference.openai.listing import (
     models_list,
 )
 from inference.openai.output import (
+    Collected,
     EmbeddingResults,
     Finished,
+    ReasoningPiece,
     TextPiece,
+    ToolCalls,
+    ToolCallsFailed,
+    ToolCallText,
     read_generation_item,
+    tool_call_deltas,
 )
 from inference.openai.requests import (
     AnyGeneration,
@@ -43,6 +50,13 @@ from inference.openai.requests import (
     parse_embedding_request,
 )
 from inference.openai.responses import SSE_DONE, Reply, embedding_list, sse
+from inference.openai.responses_api import (
+    ResponseBuilder,
+    function_call_items,
+    message_item,
+    parse_responses_request,
+    reasoning_item,
+)
 from inference.request_body import BodyTooLarge, read_json
 from inference.validation import InvalidRequest
 
@@ -90,18 +104,18 @@ async def _open(kind: GenerationKind, params: GenerationParams, model: str) -> S
         raise OpenAIError(failure.code, failure.description) from None
 
 
-async def _collect(stream: Stream) -> tuple[str, Finished]:
-    """The whole text of a generation, or ``OpenAIError``."""
-    pieces: list[str] = []
+async def _collect(stream: Stream) -> Collected:
+    """The whole of a generation, or ``OpenAIError``."""
+    collected = Collected()
     try:
         async for item in stream.items():
             event = read_generation_item(item)
             if isinstance(event, OpenAIError):
                 raise event
-            if isinstance(event, TextPiece):
-                pieces.append(event.text)
-            elif isinstance(event, Finished):
-                return "".join(pieces), event
+            if isinstance(event, Finished):
+                collected.finished = event
+                return collected
+            collected.add(event)
     finally:
         # Also when the client went away: the agent stops, the slot is freed.
         await stream.close()
@@ -127,12 +141,33 @@ async def _events(
             return sse(reply.chat_chunk(delta, reason, with_usage=with_usage))
         return sse(reply.completion_chunk(text or "", reason, with_usage=with_usage))
 
+    calls: list[dict[str, Any]] = []
+    held: list[str] = []
+
     def events(item: OutputItem) -> list[bytes]:
         event = read_generation_item(item)
         if isinstance(event, TextPiece):
             return [chunk(event.text)]
+        if chat and isinstance(event, ReasoningPiece):
+            thought = {"reasoning_content": event.text}
+            return [sse(reply.chat_chunk(thought, with_usage=with_usage))]
+        if isinstance(event, ToolCallText):
+            # Sent as calls once parsed, or as content if they cannot be.
+            held.append(event.text)
+            return []
+        if isinstance(event, ToolCalls):
+            first = len(calls)
+            calls.extend(event.calls)
+            held.clear()
+            deltas = {"tool_calls": tool_call_deltas(event.calls, first)}
+            return [sse(reply.chat_chunk(deltas, with_usage=with_usage))]
+        if isinstance(event, ToolCallsFailed):
+            text = "".join(held)
+            held.clear()
+            return [chunk(text)] if text else []
         if isinstance(event, Finished):
-            ending = [chunk(None, event.finish_reason(request.max_tokens))]
+            reason = event.finish_reason(request.max_tokens)
+            ending = [chunk(None, "tool_calls" if calls else reason)]
             if with_usage:
                 ending.append(sse(reply.usage_chunk(usage_kind, event.openai_usage())))
             return ending
@@ -175,14 +210,24 @@ async def _generate(request: HttpRequest, chat: bool) -> HttpResponseBase:
         response["X-Accel-Buffering"] = "no"
         return response
     try:
-        text, finished = await _collect(stream)
+        collected = await _collect(stream)
     except OpenAIError as error:
         return error_response(error)
-    result = (
-        reply.chat_completion(text, finished, generation.max_tokens)
-        if chat
-        else reply.completion(text, finished, generation.max_tokens)
-    )
+    finished = collected.finished
+    assert finished is not None
+    if chat:
+        result = reply.chat_completion(
+            collected.text(), finished, generation.max_tokens
+        )
+        choice = result["choices"][0]
+        if collected.reasoning:
+            choice["message"]["reasoning_content"] = "".join(collected.reasoning)
+        if collected.calls:
+            choice["message"]["tool_calls"] = collected.calls
+            choice["message"]["content"] = collected.text() or None
+            choice["finish_reason"] = "tool_calls"
+    else:
+        result = reply.completion(collected.text(), finished, generation.max_tokens)
     return JsonResponse(result)
 
 
@@ -243,3 +288,76 @@ async def retrieve_model(request: HttpRequest, model: str) -> HttpResponseBase:
     if model not in await listed_model_ids():
         return error_response(_model_not_found(model))
     return JsonResponse(model_object(model))
+
+
+async def _response_events(
+    stream: Stream, builder: ResponseBuilder
+) -> AsyncIterator[bytes]:
+    """The Responses API's server-sent events: created, the items' events,
+    completed (or an ``error`` event)."""
+    try:
+        created = builder.response("in_progress")
+        for kind in ("response.created", "response.in_progress"):
+            yield _named_sse(builder.event(kind, response=created))
+        async for batch in stream.batches():
+            written: list[bytes] = []
+            for item in batch:
+                event = read_generation_item(item)
+                if isinstance(event, OpenAIError):
+                    written.append(
+                        _named_sse(
+                            builder.event(
+                                "error",
+                                code=event.code,
+                                message=event.message,
+                                param=event.param,
+                            )
+                        )
+                    )
+                    continue
+                written += [_named_sse(e) for e in builder.events(event)]
+            if written:
+                yield b"".join(written)
+    finally:
+        await stream.close()
+
+
+def _named_sse(payload: dict[str, Any]) -> bytes:
+    return f"event: {payload['type']}\n".encode() + sse(payload)
+
+
+@csrf_exempt
+@require_POST
+@api_key_required(_unauthorized)
+async def responses(request: HttpRequest) -> HttpResponseBase:
+    """``POST /v1/responses``: a chat generation shaped as a response."""
+    try:
+        parsed = parse_responses_request(_json(request))
+        generation = parsed.generation
+        stream = await _open(generation.kind, generation.params, generation.model)
+    except OpenAIError as error:
+        return error_response(error)
+    builder = ResponseBuilder(generation.model, parsed.echo, generation.max_tokens)
+    if generation.stream:
+        response = StreamingHttpResponse(
+            _response_events(stream, builder), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+    try:
+        collected = await _collect(stream)
+    except OpenAIError as error:
+        return error_response(error)
+    if collected.reasoning:
+        builder.output.append(
+            reasoning_item(_item_id("rs"), "".join(collected.reasoning))
+        )
+    if collected.text() or not collected.calls:
+        builder.output.append(message_item(_item_id("msg"), collected.text()))
+    builder.output += function_call_items(collected.calls)
+    return JsonResponse(builder.response("completed", collected.finished))
+
+
+def _item_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"

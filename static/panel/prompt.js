@@ -13,6 +13,9 @@
   const maxTokens = document.getElementById("max-tokens");
   const maxTokensError = document.getElementById("max-tokens-error");
   const systemPrompt = document.getElementById("system-prompt");
+  const thinking = document.getElementById("enable-thinking");
+  const toolsInput = document.getElementById("tools-json");
+  const toolsError = document.getElementById("tools-json-error");
   const sendButton = document.getElementById("send-button");
   const stopButton = document.getElementById("stop-button");
   const clearButton = document.getElementById("clear-button");
@@ -88,6 +91,18 @@
     } else {
       showError(inputError, "");
     }
+    if (toolsInput.value.trim()) {
+      try {
+        const tools = JSON.parse(toolsInput.value);
+        if (!Array.isArray(tools)) throw new Error("not a list");
+        showError(toolsError, "");
+      } catch {
+        showError(toolsError, "Enter a JSON list of function tools, or nothing.");
+        ok = false;
+      }
+    } else {
+      showError(toolsError, "");
+    }
     const tokens = Number(maxTokens.value);
     if (!Number.isInteger(tokens) || tokens < 1 || tokens > 32768) {
       showError(maxTokensError, "Enter a whole number from 1 to 32768.");
@@ -157,8 +172,9 @@
               ContinueFromConversationHistory: {
                 add_generation_prompt: true,
                 conversation_history: conversation,
-                enable_thinking: false,
+                enable_thinking: thinking.checked,
                 max_tokens: Number(maxTokens.value),
+                tools: toolsInput.value.trim() ? JSON.parse(toolsInput.value) : [],
               },
             },
           },
@@ -180,6 +196,32 @@
     facts.agent.textContent = response.generated_by || "–";
     const generated = (response.response || {}).GeneratedToken;
     if (!generated) return;
+    // Reasoning and tool calls are shown apart from the answer.
+    if (typeof generated.ReasoningToken === "string") {
+      countToken(response);
+      section("reasoning", "Reasoning").textContent += generated.ReasoningToken;
+      return;
+    }
+    if (typeof generated.ToolCallToken === "string") {
+      countToken(response);
+      section("tool-call-text", "Tool call (as written)").textContent +=
+        generated.ToolCallToken;
+      return;
+    }
+    if (Array.isArray(generated.ToolCallParsed)) {
+      const calls = section("tool-calls", "Tool calls");
+      for (const call of generated.ToolCallParsed) {
+        const args = call.arguments || {};
+        const text = "ValidJson" in args ? JSON.stringify(args.ValidJson) : String(args.InvalidJson);
+        calls.append(element("code", "tool-call", `${call.name}(${text})`));
+      }
+      return;
+    }
+    if ("ToolCallParseFailed" in generated || "ToolCallValidationFailed" in generated) {
+      const [variant, detail] = Object.entries(generated)[0];
+      run.bubble.append(element("span", "note error", `${variant}: ${[].concat(detail).join("; ")}`));
+      return;
+    }
     if (typeof generated.ContentToken === "string") {
       const now = performance.now();
       if (!run.firstAt) {
@@ -201,6 +243,33 @@
       const [variant, detail] = Object.entries(generated)[0] || ["Error", ""];
       finish(`${variant}: ${detail}`, true);
     }
+  }
+
+  function countToken(response) {
+    const now = performance.now();
+    if (!run.firstAt) {
+      run.firstAt = now;
+      setStatus(`Generating on ${response.generated_by}…`);
+    }
+    run.lastAt = now;
+    run.tokens += 1;
+    updateFacts();
+  }
+
+  // The bubble's box for one kind of output, made on first use, before the
+  // answer's text.
+  function section(kind, title) {
+    let box = run.bubble.querySelector(`.${kind} .body`);
+    if (!box) {
+      const wrapper = element("details", kind);
+      wrapper.open = kind !== "reasoning";
+      wrapper.append(element("summary", "", title));
+      box = element(kind === "tool-calls" ? "div" : "pre", "body", "");
+      wrapper.append(box);
+      run.bubble.insertBefore(wrapper, run.bubble.querySelector(".text"));
+    }
+    list.scrollTop = list.scrollHeight;
+    return box;
   }
 
   function finish(note, failed) {
