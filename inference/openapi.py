@@ -307,6 +307,49 @@ COMPONENTS: dict[str, Schema] = {
             "usage": OBJECT,
         },
     },
+    "ResponseRequest": {
+        "type": "object",
+        "properties": {
+            "model": STRING,
+            "input": {"oneOf": [STRING, {"type": "array", "items": OBJECT}]},
+            "instructions": STRING,
+            "tools": {"type": "array", "items": OBJECT},
+            "tool_choice": {"oneOf": [STRING, OBJECT]},
+            "reasoning": OBJECT,
+            "stream": BOOLEAN,
+            "max_output_tokens": INTEGER,
+            "temperature": {"type": "number"},
+            "top_p": {"type": "number"},
+        },
+        "required": ["model", "input"],
+    },
+    "Response": {
+        "type": "object",
+        "properties": {
+            "id": STRING,
+            "object": {"type": "string", "enum": ["response"]},
+            "created_at": INTEGER,
+            "model": STRING,
+            "status": STRING,
+            "output": {
+                "type": "array",
+                "items": OBJECT,
+                "description": "message, function_call and reasoning items",
+            },
+            "usage": OBJECT,
+        },
+    },
+    "ResponseStreamEvent": {
+        "type": "object",
+        "properties": {
+            "type": {
+                "type": "string",
+                "description": "response.created, response.output_text.delta, "
+                "response.function_call_arguments.done, response.completed, ...",
+            },
+            "sequence_number": INTEGER,
+        },
+    },
     "Model": {
         "type": "object",
         "properties": {
@@ -463,6 +506,13 @@ PATHS: dict[str, Schema] = {
         "CompletionRequest",
         "Completion",
         "Completion",
+    ),
+    "/v1/responses": openai_operation(
+        "OpenAI responses (text, function calls, reasoning items)",
+        "responses",
+        "ResponseRequest",
+        "Response",
+        "ResponseStreamEvent",
     ),
     "/v1/embeddings": openai_operation(
         "OpenAI embeddings",
