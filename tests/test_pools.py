@@ -17,6 +17,7 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from balancer import keys
+from balancer.chat_template import GEMMA_CHAT_TEMPLATE
 from tests.support.constants import AUTH, GREEDY_PARAMETERS, MODEL_PATH
 from tests.support.fleet import Fleet, request_log
 from tests.support.processes import wait_until
@@ -24,6 +25,11 @@ from tests.support.statsd import StatsdListener
 from tests.support.web import WebServer, manage, socket_url
 
 BRIEF_SYSTEM_PROMPT = "Answer in one word. " * 20
+# The brief pool's own chat template: not the default pool's Gemma turns.
+BRIEF_TEMPLATE = (
+    "{% for m in messages %}### {{ m.role }}:\n{{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}### assistant:\n{% endif %}"
+)
 BRIEF_CONTEXT = 256
 MODEL_ID = MODEL_PATH.stem
 # About 400 tokens: too long for the brief pool's context, not the default's.
@@ -43,7 +49,10 @@ def pools(
     greedy_state: dict[str, Any],
     statsd: StatsdListener,
 ) -> Iterator[tuple[Fleet, WebServer]]:
-    fleet = Fleet(tmp_path_factory.mktemp("pools"), greedy_state)
+    root = tmp_path_factory.mktemp("pools")
+    fleet = Fleet(root, greedy_state)
+    template = root / "brief.jinja"
+    template.write_text(BRIEF_TEMPLATE)
     try:
         web = fleet.web(
             PADDLER_MAX_BUFFERED_REQUESTS="1",
@@ -66,7 +75,8 @@ def pools(
             "gpt-4o-mini",
             "--local-model",
             str(MODEL_PATH),
-            "--gemma-template",
+            "--chat-template-file",
+            str(template),
             "--system-prompt",
             BRIEF_SYSTEM_PROMPT,
             *(f"--param={name}={json.dumps(v)}" for name, v in parameters.items()),
@@ -104,6 +114,21 @@ def test_each_agent_reports_its_pool(pools: tuple[Fleet, WebServer]) -> None:
         "general": "default",
         "brief-agent": "brief",
     }
+
+
+def test_each_pools_agent_applies_its_pools_template(
+    pools: tuple[Fleet, WebServer],
+) -> None:
+    _, web = pools
+    templates = {
+        agent["name"]: httpx.get(
+            f"{web.url}/api/v1/agent/{agent['id']}/chat_template_override",
+            headers=AUTH,
+        ).json()["content"]
+        for agent in web.agents()
+    }
+    assert templates["brief-agent"] == BRIEF_TEMPLATE
+    assert templates["general"] == GEMMA_CHAT_TEMPLATE
 
 
 def test_openai_requests_reach_the_pool_their_model_names(

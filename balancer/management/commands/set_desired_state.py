@@ -47,6 +47,11 @@ class Command(BaseCommand):
             action="store_true",
             help="use Gemma's turn format as the chat template override",
         )
+        parser.add_argument(
+            "--chat-template-file",
+            metavar="PATH",
+            help="a Jinja chat template file to use as the chat template override",
+        )
         parser.add_argument("--system-prompt", help="default system prompt")
         parser.add_argument(
             "--param",
@@ -71,6 +76,14 @@ class Command(BaseCommand):
             state["model"] = {"LocalToAgent": options["local_model"]}
         if options["gemma_template"]:
             state["chat_template_override"] = {"content": GEMMA_CHAT_TEMPLATE}
+            state["use_chat_template_override"] = True
+        if options["chat_template_file"]:
+            try:
+                with open(options["chat_template_file"], encoding="utf-8") as file:
+                    template = file.read()
+            except OSError as error:
+                raise CommandError(f"--chat-template-file: {error}") from None
+            state["chat_template_override"] = {"content": template}
             state["use_chat_template_override"] = True
         if options["system_prompt"] is not None:
             state["default_system_prompt"] = options["system_prompt"]
