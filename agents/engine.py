@@ -30,7 +30,7 @@ from typing import Any
 import llama_cpp
 
 from agents.embedder import Embedder
-from agents.host_cache import Entry, HostCache, cache_namespace
+from agents.host_cache import MIN_LOST_TOKENS, Entry, HostCache, cache_namespace
 from agents.jobs import (
     EmbeddingJob,
     Generation,
@@ -529,7 +529,7 @@ class Engine:
                 return 0
             tier.restored(entry, min(shared, len(prompt) - 1), elapsed_ms=elapsed_ms)
             return shared
-        if len(slot.cache) - min(own, len(prompt) - 1) >= tier.min_tokens:
+        if len(slot.cache) - min(own, len(prompt) - 1) >= MIN_LOST_TOKENS:
             # Another conversation takes the slot: what it holds goes to the
             # host tier.  (The same conversation's next turn loses at most the
             # few tokens its re-rendered answer differs in: nothing saved.)

@@ -48,6 +48,10 @@ from typing import Any
 
 # States of fewer tokens are not worth a copy: re-evaluating them is cheap.
 MIN_TOKENS = 16
+# A slot is saved before a prompt that keeps all but fewer than this many of
+# its tokens: fewer is the same conversation's next turn, whose re-rendered
+# answer differs from the generated one by a token or two.
+MIN_LOST_TOKENS = 8
 # At most this many routing hashes are reported with the agent's status.
 MAX_REPORTED_HASHES = 256
 

@@ -289,6 +289,7 @@ class Dispatcher:
                 agent.slots_total,
                 agent.slots_busy,
                 [s["prefix"] for s in agent.report.get("slots", []) if not s["busy"]],
+                frozenset(agent.report.get("host_cache", {}).get("prefixes", [])),
             )
             for agent in agents
         ]

@@ -7,8 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from pytest_django.fixtures import Settings
 
 from agents.host_cache import HostCache, cache_namespace, common_prefix
+from agents.worker import AgentWorker
 
 MODEL = "model|context=1024"
 OTHER_MODEL = "model|context=2048"
@@ -157,3 +161,28 @@ def test_the_namespace_names_the_model_file_and_the_context(tmp_path: Path) -> N
     assert base != cache_namespace(
         str(model), context_size=1024, k_cache_dtype="F16", v_cache_dtype="F16"
     )
+
+
+def test_an_agents_budget_comes_from_its_flag_or_the_setting(
+    settings: Settings,
+) -> None:
+    settings.PADDLER_AGENT_CACHE_RAM_MB = 3
+    assert AgentWorker(name="a", slots=1).host_cache.budget_bytes == 3 * 2**20
+    flagged = AgentWorker(name="a", slots=1, cache_ram_mb=5)
+    assert flagged.host_cache.budget_bytes == 5 * 2**20
+    assert not AgentWorker(name="a", slots=1, cache_ram_mb=0).host_cache.enabled
+    with pytest.raises(CommandError, match="--cache-ram-mb cannot be negative"):
+        call_command("run_agent", "--name", "a", "--cache-ram-mb", "-1")
+
+
+def test_an_agent_reports_its_host_tier_and_empties_it_for_another_model() -> None:
+    worker = AgentWorker(name="a", slots=1, cache_ram_mb=1)
+    worker.keep_host_cache_for(("model-a", 1024))
+    worker.host_cache.put(MODEL, tokens(0, 30), b"x" * 10, 10, ["h"])
+    report = worker.snapshot()["host_cache"]
+    assert (report["entries"], report["bytes"], report["prefixes"]) == (1, 10, ["h"])
+    # The same model and parameters again (an engine restarted): kept.
+    worker.keep_host_cache_for(("model-a", 1024))
+    assert worker.host_cache.stats().entries == 1
+    worker.keep_host_cache_for(("model-a", 2048))
+    assert worker.host_cache.stats().entries == 0

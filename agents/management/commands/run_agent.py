@@ -50,6 +50,13 @@ class Command(BaseCommand):
             help="'synthetic' emits tokens without a model (benchmarks only)",
         )
         parser.add_argument(
+            "--cache-ram-mb",
+            type=int,
+            default=None,
+            help="host memory (MiB) for the KV caches of conversations whose "
+            "slot was taken, 0 for none (default: PADDLER_AGENT_CACHE_RAM_MB)",
+        )
+        parser.add_argument(
             "--shutdown-grace",
             type=float,
             default=10.0,
@@ -59,6 +66,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if options["slots"] < 1:
             raise CommandError("--slots must be at least 1")
+        if options["cache_ram_mb"] is not None and options["cache_ram_mb"] < 0:
+            raise CommandError("--cache-ram-mb cannot be negative")
         worker = AgentWorker(
             name=options["name"],
             slots=options["slots"],
@@ -66,6 +75,7 @@ class Command(BaseCommand):
             n_gpu_layers=options["n_gpu_layers"],
             shutdown_grace_s=options["shutdown_grace"],
             backend=options["backend"],
+            cache_ram_mb=options["cache_ram_mb"],
         )
         asyncio.run(self._serve(worker))
 
