@@ -38,6 +38,7 @@ from balancer.contract import (
 )
 from balancer.desired_state import InferenceParameters
 from balancer.events import InferenceCancelEvent, InferenceRequestEvent
+from balancer.host_tier import host_prefixes
 from balancer.prompt_limits import PromptTooLarge, check_prompt_bounds
 from balancer.routing import Candidate, Decision, decide, request_prefix
 from balancer.stream import InferenceFailure, Stream, redis_failure
@@ -289,7 +290,7 @@ class Dispatcher:
                 agent.slots_total,
                 agent.slots_busy,
                 [s["prefix"] for s in agent.report.get("slots", []) if not s["busy"]],
-                frozenset(agent.report.get("host_cache", {}).get("prefixes", [])),
+                host_prefixes(agent.report),
             )
             for agent in agents
         ]

@@ -13,23 +13,27 @@ from typing import Any
 
 from django.conf import settings
 
-from balancer import request_log
+from balancer import registry, request_log
 from balancer.dispatch import get_dispatcher
+from balancer.host_tier import host_tier
 from balancer.panel import stats
 from balancer.panel.words import explain_issue, explain_status
-from balancer.views import agents_snapshot, buffer_snapshot
+from balancer.views import buffer_snapshot
 
 STATS_EVERY_S = 2.0
 
 
-def dashboard_agent(agent: dict[str, Any]) -> dict[str, Any]:
-    """An agent of the management API's snapshot, with words for people."""
-    path = agent.get("model_path") or ""
+def dashboard_agent(agent: registry.AgentRecord) -> dict[str, Any]:
+    """An agent as the management API shows it, with words for people and
+    its host-memory KV tier (entries, bytes of its budget, hit rate)."""
+    snapshot = agent.public_snapshot()
+    path = snapshot.get("model_path") or ""
     return {
-        **agent,
+        **snapshot,
+        "host_cache": host_tier(agent.report),
         "model_name": os.path.basename(path) if path else None,
-        "status_words": explain_status(agent.get("state_application_status")),
-        "issues_explained": [explain_issue(i) for i in agent.get("issues") or []],
+        "status_words": explain_status(snapshot.get("state_application_status")),
+        "issues_explained": [explain_issue(i) for i in snapshot.get("issues") or []],
     }
 
 
@@ -56,7 +60,7 @@ class DashboardFeed:
         return self._figures
 
     async def snapshot(self) -> dict[str, Any]:
-        agents = (await agents_snapshot())["agents"]
+        agents = await registry.list_agents(get_dispatcher().redis)
         buffered = (await buffer_snapshot())["buffered_requests_current"]
         return {
             "agents": [dashboard_agent(agent) for agent in agents],
