@@ -41,7 +41,13 @@ from agents.jobs import (
 )
 from agents.prompting import PromptPreparer, prompt_tokens
 from agents.sampling import sampler_chain
-from agents.slots import Slot, choose_slot, common_prefix_length, split_on_stop
+from agents.slots import (
+    Slot,
+    choose_slot,
+    common_prefix_length,
+    least_recently_used,
+    split_on_stop,
+)
 from balancer.chat_template import ChatTemplate
 from balancer.contract import Usage, content_token_item
 from balancer.desired_state import InferenceParameters
@@ -465,7 +471,7 @@ class Engine:
                 f"the prompt is {len(prompt)} tokens, but a slot's context "
                 f"holds {self.context_per_slot}",
             )
-        slot = choose_slot(free, prompt)
+        slot, restore = self._choose(free, prompt)
         try:
             sampler = sampler_chain(
                 job,
@@ -480,13 +486,36 @@ class Engine:
             return response_output(
                 job, {"GeneratedToken": {"GrammarSyntaxError": str(error)}}, True
             )
-        self._start(slot, job, prompt, sampler)
+        self._start(slot, job, prompt, sampler, restore)
         return None
 
+    def _choose(
+        self, free: list[Slot], prompt: list[int]
+    ) -> tuple[Slot, tuple[Entry, int] | None]:
+        """The free slot for ``prompt``, and the host-tier state to restore
+        into it, if any: one that shares more of the prompt than every free
+        slot's own cache.  A restore goes to the least recently used slot,
+        not to one whose cache matches a little (a shared system prompt):
+        that one may be the next turn's of another conversation."""
+        own = max(common_prefix_length(slot.cache, prompt) for slot in free)
+        tier = self.host_cache
+        # A free slot that holds all the prompt but the token evaluated for
+        # its logits needs no lookup (nor counts as one).
+        if tier.enabled and own < len(prompt) - 1:
+            found = tier.find(self.cache_namespace, prompt)
+            if found is not None and found[1] > own:
+                return least_recently_used(free), found
+        return choose_slot(free, prompt), None
+
     def _start(
-        self, slot: Slot, job: Generation, prompt: list[int], sampler: Any
+        self,
+        slot: Slot,
+        job: Generation,
+        prompt: list[int],
+        sampler: Any,
+        restore: tuple[Entry, int] | None = None,
     ) -> None:
-        keep = self._reuse(slot, prompt)
+        keep = self._reuse(slot, prompt, restore)
         # At least one token must be evaluated to get logits for the first sample.
         keep = min(keep, len(prompt) - 1)
         if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
@@ -506,11 +535,13 @@ class Engine:
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.started_at = time.monotonic()
 
-    def _reuse(self, slot: Slot, prompt: list[int]) -> int:
+    def _reuse(
+        self, slot: Slot, prompt: list[int], restore: tuple[Entry, int] | None
+    ) -> int:
         """How many leading tokens of ``prompt`` the slot holds once ready:
-        its own cache's share, or the share of a state restored from the host
-        tier when that is longer.  Whatever of the slot's cache is about to be
-        lost is saved to the host tier first.
+        its own cache's share, or that of ``restore`` (a host-tier state and
+        the tokens it shares), restored into it.  Whatever of the slot's
+        cache is about to be lost is saved to the host tier first.
 
         Both copies run here, on the engine thread, between two decode steps:
         llama.cpp's context is not safe to read while another thread decodes
@@ -520,9 +551,8 @@ class Engine:
         """
         own = common_prefix_length(slot.cache, prompt)
         tier = self.host_cache
-        found = tier.find(self.cache_namespace, prompt) if tier.enabled else None
-        if found is not None and found[1] > own:
-            entry, shared = found
+        if restore is not None:
+            entry, shared = restore
             self._save_slot(slot)
             elapsed_ms = self._restore(slot, entry)
             if elapsed_ms is None:
