@@ -503,7 +503,11 @@ class Engine:
         # its logits needs no lookup (nor counts as one).
         if tier.enabled and own < len(prompt) - 1:
             found = tier.find(self.cache_namespace, prompt)
-            if found is not None and found[1] > own:
+            # Worth a restore only when it spares a good many tokens more than
+            # a slot's own cache: many conversations share a system prompt and
+            # the template's first tokens, and one restored for a token or two
+            # would evict a slot for nothing.
+            if found is not None and found[1] >= own + tier.min_tokens:
                 return least_recently_used(free), found
         return choose_slot(free, prompt), None
 
@@ -557,7 +561,8 @@ class Engine:
             elapsed_ms = self._restore(slot, entry)
             if elapsed_ms is None:
                 return 0
-            tier.restored(entry, min(shared, len(prompt) - 1), elapsed_ms=elapsed_ms)
+            keep = min(shared, len(prompt) - 1)
+            tier.restored(entry, keep, elapsed_ms=elapsed_ms)
             return shared
         if len(slot.cache) - min(own, len(prompt) - 1) >= MIN_LOST_TOKENS:
             # Another conversation takes the slot: what it holds goes to the

@@ -26,8 +26,8 @@ one token a prompt equal to it needs evaluated again: cut back further, its
 window layers would miss the positions just before the cut.  ``usable`` says
 which lengths of an entry may be kept.
 
-Each state lives in one place.  A restored entry leaves the store (its slot
-holds it now, and is saved again when another conversation takes the slot);
+Each state lives in one place.  An entry restored whole leaves the store (its
+slot holds it now, and is saved again when another conversation takes it);
 a saved state drops the entries it covers when it can stand in for them
 (restoring it and cutting it back gives theirs, see ``usable``), and a state
 already covered by an entry is not saved again.  A system prompt shared by
@@ -235,11 +235,16 @@ class HostCache:
         return best
 
     def restored(self, entry: Entry, tokens: int, *, elapsed_ms: float) -> None:
-        """``entry`` was restored and ``tokens`` of it reused: a hit.  The
-        entry leaves the store: the slot it went to holds it now."""
+        """``entry`` was restored and ``tokens`` of it kept: a hit.  Kept
+        whole (all but the token evaluated again at most), the entry leaves
+        the store, as the slot it went to holds it now; cut back (another
+        branch of the conversation), it stays, most recently used."""
         with self._lock:
-            if entry in self._entries:
-                self._remove(entry)
+            if tokens >= len(entry.tokens) - 1:
+                if entry in self._entries:
+                    self._remove(entry)
+            else:
+                entry.used = self._tick()
             self._hits += 1
             self._restored_tokens += tokens
             self._restore_ms_max = max(self._restore_ms_max, elapsed_ms)

@@ -39,6 +39,7 @@ from tests.support.redis_server import start_redis
 from tests.support.web import start_web
 
 CACHE_GOAL = 0.9
+DEFAULT_SCENARIOS = ["16x6", "32x6"]
 TTFT_GOAL = 0.5
 TIERS = {"off": "0", "on": "1024"}
 # On a loaded shared machine an agent's heartbeat can lag seconds behind: a
@@ -188,7 +189,7 @@ def main() -> None:
     parser.add_argument(
         "--scenarios",
         nargs="+",
-        default=["16x6", "32x6"],
+        default=DEFAULT_SCENARIOS,
         help="conversations x turns",
     )
     parser.add_argument("--agents", type=int, default=2)
@@ -288,8 +289,13 @@ def main() -> None:
                 f"{on['ttft_mean_vs_off']:.2f}x",
             )
         )
+    name = (
+        "host_cache"
+        if args.scenarios == DEFAULT_SCENARIOS
+        else f"host_cache-{'-'.join(args.scenarios)}"
+    )
     report(
-        "host_cache",
+        name,
         title="Host-memory KV tier: off against on "
         f"({', '.join(args.scenarios)} conversations x turns, "
         f"{args.agents} agents of {args.slots} slots)",

@@ -80,7 +80,7 @@ def test_a_budget_of_zero_turns_the_tier_off() -> None:
         HostCache(-1)
 
 
-def test_a_restored_state_leaves_the_store_and_counts_as_a_hit() -> None:
+def test_a_state_restored_whole_leaves_the_store_and_counts_as_a_hit() -> None:
     cache = HostCache(1000)
     cache.put(MODEL, tokens(0, 30), b"x" * 10, 10, [])
     found = cache.find(MODEL, tokens(0, 40))
@@ -93,6 +93,18 @@ def test_a_restored_state_leaves_the_store_and_counts_as_a_hit() -> None:
         1.5,
         1.0,
     )
+
+
+def test_a_state_restored_in_part_stays_in_the_store() -> None:
+    """Its slot keeps only a branch of it: the whole stays for its own turn."""
+    cache = HostCache(1000)
+    cache.put(MODEL, tokens(0, 40), b"x" * 10, 10, [])
+    found = cache.find(MODEL, [*tokens(0, 25), -1])
+    assert found is not None
+    cache.restored(found[0], 25, elapsed_ms=1.0)
+    assert cache.stats().entries == 1
+    again = cache.find(MODEL, tokens(0, 50))
+    assert again is not None and again[1] == 40
 
 
 def test_a_longer_state_of_the_same_conversation_replaces_the_shorter() -> None:
