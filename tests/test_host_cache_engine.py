@@ -91,7 +91,9 @@ class Running:
         return self.ask(conversation=messages)
 
 
-def start(model_path: Path, tier: HostCache, context_size: int = 1024) -> Running:
+def start(
+    model_path: Path, tier: HostCache, context_size: int = 1024, slots: int = 1
+) -> Running:
     parameters = InferenceParameters(
         context_size=context_size,
         n_batch=256,
@@ -110,7 +112,7 @@ def start(model_path: Path, tier: HostCache, context_size: int = 1024) -> Runnin
 
     engine = Engine(
         model_path=str(model_path),
-        slots=1,
+        slots=slots,
         parameters=parameters,
         chat_template_override=GEMMA_CHAT_TEMPLATE,
         on_output=collect,
@@ -262,5 +264,50 @@ def test_the_tier_stays_within_its_byte_budget(model_path: Path) -> None:
         assert stats.saves == 3
         assert stats.evictions >= 1
         assert 1 <= stats.entries < stats.saves
+    finally:
+        stop(running)
+
+
+SHARED_SYSTEM_PROMPT = (
+    "You are the support assistant of a bicycle shop. You know the opening "
+    "hours (9 to 18, closed on Sundays), the repair prices (a flat tyre costs "
+    "12 euros, a brake service 25 euros) and the brands we sell. "
+) * 2
+
+
+def test_conversations_sharing_a_system_prompt_each_come_back_whole(
+    model_path: Path,
+) -> None:
+    """Three conversations with one system prompt take turns on two slots:
+    every later turn finds its whole history, in a slot or restored.  (A
+    state restored for the few tokens another conversation shares after the
+    system prompt, then cut back, would lose the conversation it held.)"""
+    running = start(model_path, HostCache(BUDGET), slots=2)
+    try:
+        histories: dict[str, list[Message]] = {
+            topic: [{"role": "system", "content": SHARED_SYSTEM_PROMPT}]
+            # The first and the third share a word more than the second:
+            # "a flat tyre", "a new bike".
+            for topic in ("a flat tyre", "brakes", "a new bike")
+        }
+        previous: dict[str, int] = {}
+        for turn_index in range(3):
+            for topic, history in histories.items():
+                history.append(
+                    {
+                        "role": "user",
+                        "content": f"Question {turn_index + 1} about {topic}?",
+                    }
+                )
+                answer = running.chat(list(history))
+                history.append({"role": "assistant", "content": answer.text})
+                if topic in previous:
+                    assert answer.usage["cached_prompt_tokens"] >= previous[topic], (
+                        topic,
+                        turn_index,
+                        answer.usage,
+                    )
+                previous[topic] = answer.usage["prompt_tokens"]
+        assert running.engine.host_cache.stats().hits >= 4
     finally:
         stop(running)
