@@ -277,16 +277,25 @@ class HostCache:
             )
 
     def fingerprints(self, limit: int = MAX_REPORTED_HASHES) -> list[str]:
-        """The routing hashes of what the store holds, most recently used
-        entries first, at most ``limit``: each hash covers a whole prefix of
-        a conversation (or raw prompt), so a request whose chain holds one of
-        them can restore at least that much here."""
-        hashes: list[str] = []
-        seen: set[str] = set()
+        """The routing hashes of what the store holds, at most ``limit``: each
+        hash covers a whole prefix of a conversation (or raw prompt), so a
+        request whose chain holds one of them can restore at least that much
+        here.
+
+        Every entry's deepest hash comes first (most recently used entries
+        first): it is the one a conversation's next turn matches.  The
+        shallower ones, which only a branch of a conversation matches, fill
+        what the limit leaves.
+        """
         with self._lock:
             ordered = sorted(self._entries, key=lambda e: -e.used)
-            for entry in ordered:
-                for value in entry.prefix:
+            deepest = [entry.prefix[-1:] for entry in ordered]
+            shallower = [entry.prefix[:-1] for entry in ordered]
+        hashes: list[str] = []
+        seen: set[str] = set()
+        for group in (deepest, shallower):
+            for values in group:
+                for value in values:
                     if value not in seen:
                         seen.add(value)
                         hashes.append(value)

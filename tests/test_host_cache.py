@@ -135,17 +135,19 @@ def test_a_windowed_state_is_only_restored_whole() -> None:
     assert found is not None and found[1] == 40
 
 
-def test_the_reported_fingerprints_are_bounded_most_recent_first() -> None:
+def test_the_reported_fingerprints_are_bounded_deepest_first() -> None:
+    """Every entry's deepest hash (its next turn's match) makes the cut
+    before any entry's shallower ones."""
     cache = HostCache(10_000)
     cache.put(MODEL, tokens(0, 30), b"x", 1, ["old-1", "old-2"])
     cache.put(MODEL, tokens(1000, 30), b"x", 1, ["new-1", "new-2", "new-3"])
-    assert cache.fingerprints() == ["new-1", "new-2", "new-3", "old-1", "old-2"]
-    assert cache.fingerprints(limit=4) == ["new-1", "new-2", "new-3", "old-1"]
+    assert cache.fingerprints() == ["new-3", "old-2", "new-1", "new-2", "old-1"]
+    assert cache.fingerprints(limit=3) == ["new-3", "old-2", "new-1"]
     report = cache.report()
     assert report["entries"] == 2
     assert report["bytes"] == 2
     assert report["budget_bytes"] == 10_000
-    assert report["prefixes"][0] == "new-1"
+    assert report["prefixes"][0] == "new-3"
 
 
 def test_clearing_empties_the_store() -> None:
