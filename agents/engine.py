@@ -30,6 +30,7 @@ from typing import Any
 import llama_cpp
 
 from agents.embedder import Embedder
+from agents.host_cache import MIN_LOST_TOKENS, Entry, HostCache, cache_namespace
 from agents.jobs import (
     EmbeddingJob,
     Generation,
@@ -40,7 +41,13 @@ from agents.jobs import (
 from agents.output_split import OutputSplitter, splitter_for
 from agents.prompting import PromptPreparer, prompt_tokens
 from agents.sampling import sampler_chain
-from agents.slots import Slot, choose_slot, common_prefix_length, split_on_stop
+from agents.slots import (
+    Slot,
+    choose_slot,
+    common_prefix_length,
+    least_recently_used,
+    split_on_stop,
+)
 from balancer.chat_template import ChatTemplate
 from balancer.contract import (
     SlotReport,
@@ -101,6 +108,7 @@ class Engine:
         on_output: Callable[[list[Output]], None],
         n_threads: int | None = None,
         n_gpu_layers: int | None = None,
+        host_cache: HostCache | None = None,
     ) -> None:
         _init_backend()
         self.model_path = model_path
@@ -151,6 +159,18 @@ class Engine:
         self._n_batch = parameters.n_batch
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._slots = [Slot(seq_id=index) for index in range(slots)]
+        # Sequence states that outlive their slot (see agents.host_cache);
+        # written and read on the engine thread only.
+        self.host_cache = host_cache if host_cache is not None else HostCache(0)
+        # Saved states hold only this many last positions of the model's
+        # sliding-window layers (0: none); see agents.host_cache.
+        self._window = max(0, llama_cpp.llama_model_n_swa(self._model))
+        self.cache_namespace = cache_namespace(
+            model_path,
+            context_size=parameters.context_size,
+            k_cache_dtype=parameters.k_cache_dtype,
+            v_cache_dtype=parameters.v_cache_dtype,
+        )
         self._piece = ctypes.create_string_buffer(256)
         # Each slot's generation split into content, reasoning and tool calls.
         self._splitters: dict[int, OutputSplitter] = {}
@@ -466,7 +486,7 @@ class Engine:
                 f"the prompt is {len(prompt)} tokens, but a slot's context "
                 f"holds {self.context_per_slot}",
             )
-        slot = choose_slot(free, prompt)
+        slot, restore = self._choose(free, prompt)
         try:
             sampler = sampler_chain(
                 job,
@@ -484,13 +504,40 @@ class Engine:
                     job.request_id, "GrammarSyntaxError", str(error)
                 ),
             )
-        self._start(slot, job, prompt, sampler)
+        self._start(slot, job, prompt, sampler, restore)
         return None
 
+    def _choose(
+        self, free: list[Slot], prompt: list[int]
+    ) -> tuple[Slot, tuple[Entry, int] | None]:
+        """The free slot for ``prompt``, and the host-tier state to restore
+        into it, if any: one that shares more of the prompt than every free
+        slot's own cache.  A restore goes to the least recently used slot,
+        not to one whose cache matches a little (a shared system prompt):
+        that one may be the next turn's of another conversation."""
+        own = max(common_prefix_length(slot.cache, prompt) for slot in free)
+        tier = self.host_cache
+        # A free slot that holds all the prompt but the token evaluated for
+        # its logits needs no lookup (nor counts as one).
+        if tier.enabled and own < len(prompt) - 1:
+            found = tier.find(self.cache_namespace, prompt)
+            # Worth a restore only when it spares a good many tokens more than
+            # a slot's own cache: many conversations share a system prompt and
+            # the template's first tokens, and one restored for a token or two
+            # would evict a slot for nothing.
+            if found is not None and found[1] >= own + tier.min_tokens:
+                return least_recently_used(free), found
+        return choose_slot(free, prompt), None
+
     def _start(
-        self, slot: Slot, job: Generation, prompt: list[int], sampler: Any
+        self,
+        slot: Slot,
+        job: Generation,
+        prompt: list[int],
+        sampler: Any,
+        restore: tuple[Entry, int] | None = None,
     ) -> None:
-        keep = common_prefix_length(slot.cache, prompt)
+        keep = self._reuse(slot, prompt, restore)
         # At least one token must be evaluated to get logits for the first sample.
         keep = min(keep, len(prompt) - 1)
         if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
@@ -510,6 +557,91 @@ class Engine:
         slot.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         slot.started_at = time.monotonic()
         self._splitters[slot.seq_id] = splitter_for(job)
+
+    def _reuse(
+        self, slot: Slot, prompt: list[int], restore: tuple[Entry, int] | None
+    ) -> int:
+        """How many leading tokens of ``prompt`` the slot holds once ready:
+        its own cache's share, or that of ``restore`` (a host-tier state and
+        the tokens it shares), restored into it.  Whatever of the slot's
+        cache is about to be lost is saved to the host tier first.
+
+        Both copies run here, on the engine thread, between two decode steps:
+        llama.cpp's context is not safe to read while another thread decodes
+        on it, so other slots wait for the copy (``bench.host_cache`` measures
+        it: a memory copy of the sequence's cells, milliseconds per thousand
+        tokens on the demo model).
+        """
+        own = common_prefix_length(slot.cache, prompt)
+        tier = self.host_cache
+        if restore is not None:
+            entry, shared = restore
+            self._save_slot(slot)
+            elapsed_ms = self._restore(slot, entry)
+            if elapsed_ms is None:
+                return 0
+            keep = min(shared, len(prompt) - 1)
+            tier.restored(entry, keep, elapsed_ms=elapsed_ms)
+            return shared
+        if len(slot.cache) - min(own, len(prompt) - 1) >= MIN_LOST_TOKENS:
+            # Another conversation takes the slot: what it holds goes to the
+            # host tier.  (The same conversation's next turn loses at most the
+            # few tokens its re-rendered answer differs in: nothing saved.)
+            self._save_slot(slot)
+        return own
+
+    def _save_slot(self, slot: Slot) -> None:
+        """Copy the slot's sequence state into the host tier, if worth it."""
+        tier = self.host_cache
+        if not tier.enabled or len(slot.cache) < tier.min_tokens:
+            return
+        started = time.perf_counter()
+        size = llama_cpp.llama_state_seq_get_size(self._context, slot.seq_id)
+        if not tier.worth_saving(self.cache_namespace, slot.cache, size):
+            return
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(
+            self._context, buffer, size, slot.seq_id
+        )
+        if written != size:
+            logger.warning(
+                "saving slot %d's state wrote %d of %d bytes; not kept",
+                slot.seq_id,
+                written,
+                size,
+            )
+            return
+        tier.put(
+            self.cache_namespace,
+            slot.cache,
+            buffer,
+            size,
+            slot.prefix,
+            window=self._window,
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    def _restore(self, slot: Slot, entry: Entry) -> float | None:
+        """Load ``entry``'s state into the slot's sequence, in how many ms;
+        None on failure, the sequence then empty and the entry dropped."""
+        started = time.perf_counter()
+        llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+        read = llama_cpp.llama_state_seq_set_data(
+            self._context, entry.state, entry.size, slot.seq_id
+        )
+        if read != entry.size:
+            logger.warning(
+                "restoring %d tokens into slot %d failed; evaluating afresh",
+                len(entry.tokens),
+                slot.seq_id,
+            )
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
+            self.host_cache.discard(entry)
+            slot.cache = []
+            slot.prefix = []
+            return None
+        slot.cache = list(entry.tokens)
+        return (time.perf_counter() - started) * 1000
 
     def _step_or_fail(self) -> None:
         """One step; an exception fails the requests of the step, not the loop."""

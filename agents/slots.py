@@ -72,13 +72,22 @@ def choose_slot(free: list[Slot], prompt: list[int]) -> Slot:
     conversation's cache while an idle slot holds nothing worth keeping.  Among
     slots that match equally, the least recently used.
     """
-    by_age = sorted(free, key=lambda slot: (slot.released_at, slot.seq_id))
+    by_age = sorted(free, key=_age)
     shared = {slot.seq_id: common_prefix_length(slot.cache, prompt) for slot in by_age}
     best = max(by_age, key=lambda slot: shared[slot.seq_id])
     reused = shared[best.seq_id]
     if reused > 0 and reused >= REUSE_SHARE * min(len(prompt), len(best.cache)):
         return best
     return by_age[0]
+
+
+def _age(slot: Slot) -> tuple[float, int]:
+    return (slot.released_at, slot.seq_id)
+
+
+def least_recently_used(free: list[Slot]) -> Slot:
+    """The free slot used longest ago (one never used first)."""
+    return min(free, key=_age)
 
 
 def split_on_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:

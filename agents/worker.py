@@ -23,6 +23,7 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from agents.engine import Engine
+from agents.host_cache import HostCache
 from agents.jobs import EmbeddingJob, EngineProtocol, ModelLoadError, Output
 from agents.messages import job_from_request, output_batches, refusal
 from agents.model_source import (
@@ -63,6 +64,7 @@ class AgentWorker:
         shutdown_grace_s: float = 10.0,
         backend: str = "llama",
         pool: str = DEFAULT_POOL,
+        cache_ram_mb: int | None = None,
     ) -> None:
         self.agent_id = uuid.uuid4().hex
         self.name = name
@@ -76,6 +78,16 @@ class AgentWorker:
         # "synthetic" emits tokens without a model: for benchmarks only.
         self.backend = backend
         self.status = AgentStatus()
+        # The host-memory tier of the KV cache (agents.host_cache): it outlives
+        # an engine restarted with the same model and parameters, and is
+        # emptied when they change (``_keep_host_cache_for``).
+        megabytes = (
+            settings.PADDLER_AGENT_CACHE_RAM_MB
+            if cache_ram_mb is None
+            else cache_ram_mb
+        )
+        self.host_cache = HostCache(megabytes * 2**20)
+        self._host_cache_for: tuple[Any, ...] | None = None
         self.engine: EngineProtocol | None = None
         self._engine_thread: threading.Thread | None = None
         self._accepting = False
@@ -211,6 +223,8 @@ class AgentWorker:
             "issues": issues,
             "state_application_status": self.status.state_application_status,
             "uses_chat_template_override": self.status.uses_chat_template_override,
+            # Beyond Paddler's fields: the host tier, for routing and the panel.
+            "host_cache": self.host_cache.report(),
         }
 
     async def publish_status(self) -> None:
@@ -508,6 +522,7 @@ class AgentWorker:
             await self._change_template(self.engine, template, fingerprint)
             return
         await self._drain_engine()
+        self.keep_host_cache_for(loaded_with)
         self.status.model_path = None
         self.status.uses_chat_template_override = template is not None
         if self.backend == "synthetic":
@@ -534,6 +549,18 @@ class AgentWorker:
             fingerprint, loaded_with, issues=self._template_issues(engine)
         )
         logger.info("agent %s serves %s with %d slots", self.name, path, self.slots)
+
+    def keep_host_cache_for(self, loaded_with: tuple[Any, ...]) -> None:
+        """Empty the host tier when the engine about to load has another model
+        or parameters than the states it holds were saved under.
+
+        Its entries are keyed by model and context shape anyway (a foreign
+        one is never restored); emptying frees their memory for the new
+        model's states.
+        """
+        if loaded_with != self._host_cache_for:
+            self.host_cache.clear()
+            self._host_cache_for = loaded_with
 
     def _check_state(
         self, state_json: dict[str, Any]
@@ -618,6 +645,7 @@ class AgentWorker:
                 on_output=self._on_engine_output,
                 n_threads=self.n_threads,
                 n_gpu_layers=self.n_gpu_layers,
+                host_cache=self.host_cache,
             )
         except ModelLoadError as error:
             logger.warning("agent %s cannot load %s: %s", self.name, path, error)

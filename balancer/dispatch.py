@@ -47,6 +47,7 @@ from balancer.contract import (
 )
 from balancer.desired_state import InferenceParameters
 from balancer.events import InferenceCancelEvent, InferenceRequestEvent
+from balancer.host_tier import host_prefixes
 from balancer.pools import DEFAULT_POOL, pool_for_model
 from balancer.prompt_limits import PromptTooLarge, check_prompt_bounds
 from balancer.routing import Candidate, Decision, decide, request_prefix
@@ -339,6 +340,7 @@ class Dispatcher:
                 agent.slots_total,
                 agent.slots_busy,
                 [s["prefix"] for s in agent.report.get("slots", []) if not s["busy"]],
+                host_prefixes(agent.report),
             )
             for agent in agents
         ]

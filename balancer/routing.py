@@ -8,6 +8,13 @@ The longer the common chain, the more of the prompt the slot can reuse instead
 of evaluating it again.  Both sides compute the chains with the functions
 below, so they agree.
 
+An agent also reports the hashes of what its host-memory tier holds (KV
+caches saved when their slot was taken by another conversation; see
+``agents.host_cache``).  A request whose chain holds one of them can have that
+much restored there instead of evaluated: a host-tier match ranks just below a
+slot match of the same length (a restore costs a copy, a slot match nothing),
+and above any shorter match.
+
 The Lua claim in ``registry`` takes the first candidate that still has a free
 slot, so the order returned here is a preference, and the claim the authority.
 """
@@ -82,6 +89,18 @@ def served_prefix(params: PromptParams, generated: str) -> list[str]:
     return []
 
 
+def host_matched_length(prefix: list[str], held: frozenset[str]) -> int:
+    """How much of ``prefix`` a host tier holding the hashes ``held`` covers.
+
+    Each hash covers the whole prefix before it, so the match is the deepest
+    hash of the chain the tier holds.
+    """
+    for index in range(len(prefix) - 1, -1, -1):
+        if prefix[index] in held:
+            return index + 1
+    return 0
+
+
 def matched_length(left: list[str], right: list[str]) -> int:
     length = 0
     for a, b in zip(left, right, strict=False):
@@ -98,6 +117,8 @@ class Candidate:
     slots_busy: int
     # Prefix chains of the agent's idle slots.
     idle_prefixes: list[list[str]] = field(default_factory=list)
+    # Hashes of what the agent's host-memory tier holds.
+    host_prefixes: frozenset[str] = frozenset()
 
     @property
     def load(self) -> float:
@@ -162,14 +183,19 @@ def decide(
         return Decision([c.agent_id for c in rotated], 0, "round robin")
     if policy == "least_busy" or not prefix:
         return Decision([c.agent_id for c in by_load], 0, "least busy")
-    best, best_match = by_load[0], 0
+    # (length, 1 for a slot match or 0 for a host-tier one): longer first,
+    # then a slot's over a restore of the same length.
+    best, best_score = by_load[0], (0, 0)
     for candidate in by_load:
-        match = max(
+        in_slot = max(
             (matched_length(prefix, cached) for cached in candidate.idle_prefixes),
             default=0,
         )
-        if match > best_match:
-            best, best_match = candidate, match
+        in_host = host_matched_length(prefix, candidate.host_prefixes)
+        score = max((in_slot, 1), (in_host, 0))
+        if score[0] > 0 and score > best_score:
+            best, best_score = candidate, score
+    best_match = best_score[0]
     if best_match == 0:
         return Decision([c.agent_id for c in by_load], 0, "least busy (no cache match)")
     if best.load - by_load[0].load > max_load_gap:
@@ -180,4 +206,7 @@ def decide(
             f"{best.load:.2f} vs {by_load[0].load:.2f})",
         )
     order = [best.agent_id] + [c.agent_id for c in by_load if c is not best]
-    return Decision(order, best_match, f"cache match of {best_match} prefix blocks")
+    where = "slot" if best_score[1] else "host-tier"
+    return Decision(
+        order, best_match, f"{where} cache match of {best_match} prefix blocks"
+    )

@@ -245,6 +245,10 @@ PADDLER_EMBEDDING_CHUNK_SIZE = env_int("PADDLER_EMBEDDING_CHUNK_SIZE", 32, minim
 PADDLER_REQUEST_LOG_SIZE = env_int("PADDLER_REQUEST_LOG_SIZE", 1000, minimum=0)
 # An agent whose heartbeat is older than this is dropped from the registry.
 PADDLER_AGENT_TTL_MS = env_int("PADDLER_AGENT_TTL_MS", 3_000, minimum=500)
+# Host memory (MiB) an agent keeps for the KV caches of conversations whose
+# slot was taken by another (agents.host_cache); 0 turns the tier off.
+# ``run_agent --cache-ram-mb`` overrides it.
+PADDLER_AGENT_CACHE_RAM_MB = env_int("PADDLER_AGENT_CACHE_RAM_MB", 2048, minimum=0)
 # Largest accepted request body, in bytes.
 PADDLER_MAX_REQUEST_BYTES = env_int(
     "PADDLER_MAX_REQUEST_BYTES", 4 * 1024 * 1024, minimum=1024

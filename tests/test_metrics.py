@@ -145,6 +145,30 @@ FAMILIES = {
     "paddler_agents": ("gauge", "Agents with a live heartbeat."),
     "paddler_agent_slots_processing": ("gauge", "Slots generating, per agent."),
     "paddler_agent_slots_total": ("gauge", "Slots that accept work, per agent."),
+    "paddler_agent_host_cache_entries": (
+        "gauge",
+        "KV cache states held in the agent's host-memory tier.",
+    ),
+    "paddler_agent_host_cache_bytes": (
+        "gauge",
+        "Bytes the agent's host-memory tier holds.",
+    ),
+    "paddler_agent_host_cache_budget_bytes": (
+        "gauge",
+        "The byte budget of the agent's host-memory tier (0: off).",
+    ),
+    "paddler_agent_host_cache_hit_rate": (
+        "gauge",
+        "Share of the tier's lookups that restored a state.",
+    ),
+    "paddler_agent_host_cache_lookups": (
+        "counter",
+        "Prompts the agent looked up in its host-memory tier.",
+    ),
+    "paddler_agent_host_cache_hits": (
+        "counter",
+        "Lookups that restored a state from the host-memory tier.",
+    ),
     "paddler_requests": ("counter", "Finished requests by kind and outcome."),
     "paddler_tokens": ("counter", "Tokens: prompt, cached_prompt, generated."),
     "paddler_queue_wait_milliseconds": (

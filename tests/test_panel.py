@@ -231,6 +231,13 @@ def test_dashboard_shows_a_real_agent_appear(tab: Tab, panel_fleet: Fleet) -> No
     page_expect(card.locator(".agent-model")).to_have_text("gemma3-270m-q4_k_m.gguf")
     page_expect(card.locator(".slots-value")).to_have_text("0 / 2")
     page_expect(card.locator(".agent-status")).to_have_text("Serving the desired state")
+    # Its host-memory KV tier: the default budget of 2048 MiB.
+    page_expect(card.locator(".host-tier-value")).to_have_text(
+        re.compile(r"^\d+ entr(y|ies) · [\d.,]+ MB of 2[,.]?147\.5 MB$")
+    )
+    page_expect(card.locator(".host-tier-hits")).to_have_text(
+        re.compile(r"^(no lookups yet|hit rate \d+% \(\d+ of \d+ lookups\))$")
+    )
     page_expect(page.locator("#no-agents")).to_be_hidden()
     page_expect(page.locator("#agents-count")).to_have_text("1")
     page_expect(page.locator("#buffer-value")).to_have_text("0 / 30")

@@ -22,6 +22,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from balancer import registry
+from balancer.host_tier import host_tier
 from balancer.metrics.counters import TIMINGS, TOKENS, Counters, read_counters
 from balancer.metrics.fleet import fleet_pools
 
@@ -75,6 +76,7 @@ class FleetCollector(Collector):
             total.add_metric([agent.name], agent.slots_total)
         yield processing
         yield total
+        yield from self._host_tiers()
         requests = CounterMetricFamily(
             "paddler_requests_total",
             "Finished requests by kind and outcome.",
@@ -141,6 +143,52 @@ class FleetCollector(Collector):
         for (pool, name), count in sorted(self.counters.pool_tokens.items()):
             tokens.add_metric([pool, name], count)
         yield tokens
+
+    def _host_tiers(self) -> Iterator[Metric]:
+        """Per agent: its host-memory KV tier (see ``agents.host_cache``)."""
+        families = {
+            "entries": GaugeMetricFamily(
+                "paddler_agent_host_cache_entries",
+                "KV cache states held in the agent's host-memory tier.",
+                labels=["agent"],
+            ),
+            "bytes": GaugeMetricFamily(
+                "paddler_agent_host_cache_bytes",
+                "Bytes the agent's host-memory tier holds.",
+                labels=["agent"],
+            ),
+            "budget_bytes": GaugeMetricFamily(
+                "paddler_agent_host_cache_budget_bytes",
+                "The byte budget of the agent's host-memory tier (0: off).",
+                labels=["agent"],
+            ),
+            "hit_rate": GaugeMetricFamily(
+                "paddler_agent_host_cache_hit_rate",
+                "Share of the tier's lookups that restored a state.",
+                labels=["agent"],
+            ),
+        }
+        lookups = CounterMetricFamily(
+            "paddler_agent_host_cache_lookups",
+            "Prompts the agent looked up in its host-memory tier.",
+            labels=["agent"],
+        )
+        hits = CounterMetricFamily(
+            "paddler_agent_host_cache_hits",
+            "Lookups that restored a state from the host-memory tier.",
+            labels=["agent"],
+        )
+        for agent in self.agents:
+            tier = host_tier(agent.report)
+            if tier is None:
+                continue
+            for field, family in families.items():
+                family.add_metric([agent.name], float(tier[field]))  # type: ignore[literal-required]
+            lookups.add_metric([agent.name], tier["lookups"])
+            hits.add_metric([agent.name], tier["hits"])
+        yield from families.values()
+        yield lookups
+        yield hits
 
 
 async def prometheus_text(redis: aioredis.Redis) -> str:

@@ -16,6 +16,7 @@ import statsd
 from django.conf import settings
 
 from balancer import keys, registry
+from balancer.host_tier import host_tier
 from balancer.metrics.counters import timings, token_counts
 from balancer.metrics.fleet import fleet_pools
 from balancer.request_log import RequestRecord
@@ -89,6 +90,14 @@ def send_fleet_gauges(
         per_agent = client.get_gauge(f"agent.{_metric_name(agent.name or agent.id)}")
         per_agent.send("slots_processing", agent.slots_processing)
         per_agent.send("slots_total", agent.slots_total)
+        tier = host_tier(agent.report)
+        if tier is not None:
+            per_agent.send("host_cache_entries", tier["entries"])
+            per_agent.send("host_cache_bytes", tier["bytes"])
+            per_agent.send("host_cache_budget_bytes", tier["budget_bytes"])
+            per_agent.send("host_cache_hit_rate", round(tier["hit_rate"], 4))
+            per_agent.send("host_cache_lookups", tier["lookups"])
+            per_agent.send("host_cache_hits", tier["hits"])
 
 
 async def report_fleet(redis: aioredis.Redis, web_id: str) -> None:

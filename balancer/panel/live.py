@@ -15,6 +15,7 @@ from django.conf import settings
 
 from balancer import registry, request_log
 from balancer.dispatch import get_dispatcher
+from balancer.host_tier import host_tier
 from balancer.panel import stats
 from balancer.panel.words import explain_issue, explain_status
 from balancer.pools import DEFAULT_POOL
@@ -23,14 +24,17 @@ from balancer.snapshots import buffer_snapshot
 STATS_EVERY_S = 2.0
 
 
-def dashboard_agent(agent: dict[str, Any]) -> dict[str, Any]:
-    """An agent of the management API's snapshot, with words for people."""
-    path = agent.get("model_path") or ""
+def dashboard_agent(agent: registry.AgentRecord) -> dict[str, Any]:
+    """An agent as the management API shows it, with words for people and
+    its host-memory KV tier (entries, bytes of its budget, hit rate)."""
+    snapshot = agent.public_snapshot()
+    path = snapshot.get("model_path") or ""
     return {
-        **agent,
+        **snapshot,
+        "host_cache": host_tier(agent.report),
         "model_name": os.path.basename(path) if path else None,
-        "status_words": explain_status(agent.get("state_application_status")),
-        "issues_explained": [explain_issue(i) for i in agent.get("issues") or []],
+        "status_words": explain_status(snapshot.get("state_application_status")),
+        "issues_explained": [explain_issue(i) for i in snapshot.get("issues") or []],
     }
 
 
@@ -61,7 +65,7 @@ class DashboardFeed:
 
     async def snapshot(self) -> dict[str, Any]:
         records = await registry.list_agents(get_dispatcher().redis)
-        agents = [a.public_snapshot() for a in records if a.pool == self.pool]
+        agents = [a for a in records if a.pool == self.pool]
         buffered = (await buffer_snapshot(self.pool))["buffered_requests_current"]
         return {
             "pool": self.pool,

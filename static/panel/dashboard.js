@@ -62,16 +62,29 @@
     const downloadName = element("div", "download-file");
     download.append(downloadRow, downloadMeter, downloadName);
 
+    // The host-memory KV tier: conversations whose slot was taken, kept in
+    // the agent's RAM for their next turn.
+    const hostTier = element("div", "host-tier");
+    const hostTierRow = element("div", "agent-row");
+    const hostTierValue = element("span", "host-tier-value");
+    hostTierRow.append(element("span", null, "Host KV tier"), hostTierValue);
+    const hostTierMeter = element("div", "meter");
+    const hostTierBar = element("span");
+    hostTierMeter.append(hostTierBar);
+    const hostTierHits = element("div", "host-tier-hits");
+    hostTier.append(hostTierRow, hostTierMeter, hostTierHits);
+
     const templateRow = element("div", "agent-row");
     const templateValue = element("span", "template-value");
     templateRow.append(element("span", null, "Chat template"), templateValue);
 
     const status = element("p", "agent-status");
     const issues = element("ul", "issues");
-    card.append(head, slots, download, templateRow, status, issues);
+    card.append(head, slots, download, hostTier, templateRow, status, issues);
     const parts = {
       card, name, model, badge, slotsValue, slotsBar, download, downloadName,
       downloadValue, downloadMeter, downloadBar, templateValue, status, issues,
+      hostTier, hostTierValue, hostTierMeter, hostTierBar, hostTierHits,
     };
     cards.set(agent.id, parts);
     return parts;
@@ -115,6 +128,7 @@
         parts.downloadValue.textContent = megabytes(agent.download_current || 0);
       }
     }
+    renderHostTier(parts, agent.host_cache);
     parts.templateValue.textContent = agent.uses_chat_template_override
       ? "override"
       : "the model's own";
@@ -124,6 +138,27 @@
     );
     parts.issues.hidden = parts.issues.children.length === 0;
     return parts.card;
+  }
+
+  function renderHostTier(parts, tier) {
+    parts.hostTier.hidden = !tier;
+    if (!tier) {
+      return;
+    }
+    if (!tier.budget_bytes) {
+      parts.hostTierValue.textContent = "off";
+      parts.hostTierMeter.hidden = true;
+      parts.hostTierHits.textContent = "";
+      return;
+    }
+    parts.hostTierMeter.hidden = false;
+    const entries = `${tier.entries} ${tier.entries === 1 ? "entry" : "entries"}`;
+    parts.hostTierValue.textContent =
+      `${entries} · ${megabytes(tier.bytes)} of ${megabytes(tier.budget_bytes)}`;
+    setMeter(parts.hostTierBar, tier.bytes / tier.budget_bytes);
+    parts.hostTierHits.textContent = tier.lookups
+      ? `hit rate ${Math.round(tier.hit_rate * 100)}% (${tier.hits} of ${tier.lookups} lookups)`
+      : "no lookups yet";
   }
 
   function renderAgents(agents) {

@@ -57,6 +57,13 @@ class Command(BaseCommand):
             f"from (default {DEFAULT_POOL!r})",
         )
         parser.add_argument(
+            "--cache-ram-mb",
+            type=int,
+            default=None,
+            help="host memory (MiB) for the KV caches of conversations whose "
+            "slot was taken, 0 for none (default: PADDLER_AGENT_CACHE_RAM_MB)",
+        )
+        parser.add_argument(
             "--shutdown-grace",
             type=float,
             default=10.0,
@@ -70,6 +77,8 @@ class Command(BaseCommand):
             check_pool_name(options["pool"])
         except PoolError as error:
             raise CommandError(f"--pool: {error}") from None
+        if options["cache_ram_mb"] is not None and options["cache_ram_mb"] < 0:
+            raise CommandError("--cache-ram-mb cannot be negative")
         worker = AgentWorker(
             name=options["name"],
             slots=options["slots"],
@@ -78,6 +87,7 @@ class Command(BaseCommand):
             shutdown_grace_s=options["shutdown_grace"],
             backend=options["backend"],
             pool=options["pool"],
+            cache_ram_mb=options["cache_ram_mb"],
         )
         asyncio.run(self._serve(worker))
 
