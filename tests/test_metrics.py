@@ -141,7 +141,10 @@ FAMILIES = {
         "Slots generating right now, fleet-wide.",
     ),
     "paddler_slots_total": ("gauge", "Slots that accept work, fleet-wide."),
-    "paddler_requests_buffered": ("gauge", "Requests waiting for a free slot."),
+    "paddler_requests_buffered": (
+        "gauge",
+        "Requests waiting for a free slot, fleet-wide.",
+    ),
     "paddler_agents": ("gauge", "Agents with a live heartbeat."),
     "paddler_agent_slots_processing": ("gauge", "Slots generating, per agent."),
     "paddler_agent_slots_total": ("gauge", "Slots that accept work, per agent."),
@@ -171,6 +174,25 @@ FAMILIES = {
     ),
     "paddler_requests": ("counter", "Finished requests by kind and outcome."),
     "paddler_tokens": ("counter", "Tokens: prompt, cached_prompt, generated."),
+    # The same by model pool (tests/test_pools.py checks their values).
+    "paddler_pool_agents": ("gauge", "Agents with a live heartbeat, per pool."),
+    "paddler_pool_slots_total": ("gauge", "Slots that accept work, per pool."),
+    "paddler_pool_slots_processing": (
+        "gauge",
+        "Slots generating right now, per pool.",
+    ),
+    "paddler_pool_requests_buffered": (
+        "gauge",
+        "Requests waiting for a free slot, per pool.",
+    ),
+    "paddler_pool_requests": (
+        "counter",
+        "Finished requests by pool, kind and outcome.",
+    ),
+    "paddler_pool_tokens": (
+        "counter",
+        "Tokens by pool: prompt, cached_prompt, generated.",
+    ),
     "paddler_queue_wait_milliseconds": (
         "histogram",
         "Request queue wait in milliseconds.",
