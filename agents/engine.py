@@ -91,7 +91,9 @@ def _init_backend() -> None:
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _silent_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     # llama.cpp logs every tensor it loads; keep warnings and errors only.
-    if level in (2, 3):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
+    # ggml's levels: 1 debug, 2 info, 3 warn, 4 error, 5 continues a line
+    # (seen on a model load; llama-cpp-python's own table is an older one).
+    if level in (3, 4):  # GGML_LOG_LEVEL_WARN, GGML_LOG_LEVEL_ERROR
         logger.debug("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
 
