@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from balancer import keys
 from balancer.chat_template import GEMMA_CHAT_TEMPLATE
 from bench.common import MODEL, goal, median, percentile, report
 from bench.routing import SYSTEM_PROMPT, TOPICS, agent_threads, wait_for_fleet
+from bench.routing import conversation as routing_conversation
 from tests.support.fleet import start_agent
 from tests.support.processes import stop_process
 from tests.support.redis_server import start_redis
@@ -55,39 +55,16 @@ async def conversation(
     Pauses between turns are seeded by the conversation's index, the same
     with the tier off and on.
     """
-    pauses = random.Random(index)
     topic = TOPICS[index % len(TOPICS)] + ("" if index < len(TOPICS) else f" ({index})")
-    history: list[dict[str, str]] = [{"role": "system", "content": SYSTEM_PROMPT}]
-    results = []
-    for turn in range(turns):
-        await asyncio.sleep(pauses.uniform(0.0, 1.5))
-        history.append(
-            {"role": "user", "content": f"Question {turn + 1} about {topic}?"}
-        )
-        started = time.perf_counter()
-        first_token: float | None = None
-        text = ""
-        usage: dict[str, Any] = {}
-        async with client.stream(
-            "POST",
-            f"{url}/api/v1/continue_from_conversation_history",
-            json={"conversation_history": history, "max_tokens": tokens},
-        ) as response:
-            async for line in response.aiter_lines():
-                if not line:
-                    continue
-                if first_token is None:
-                    first_token = time.perf_counter() - started
-                envelope = json.loads(line)
-                if "Error" in envelope:
-                    raise RuntimeError(f"{topic}, turn {turn + 1}: {line}")
-                generated = envelope["Response"]["response"]["GeneratedToken"]
-                text += generated.get("ContentToken", "")
-                if "Done" in generated:
-                    usage = generated["Done"]["usage"]
-        history.append({"role": "assistant", "content": text})
-        results.append({"turn": turn, "ttft": first_token, **usage})
-    return results
+    return await routing_conversation(
+        client,
+        url,
+        topic=topic,
+        system_prompt=SYSTEM_PROMPT,
+        turns=turns,
+        tokens=tokens,
+        seed=index,
+    )
 
 
 async def workload(
