@@ -21,6 +21,8 @@ DEV_TOOLS = {
     "types-PyYAML",
     "paddler-client",
     "openai",
+    # Writes the test multimodal projection (tests/support/mmproj.py).
+    "gguf",
     "ruff",
     "mypy",
     "django-stubs",
