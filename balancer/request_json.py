@@ -54,6 +54,12 @@ def _constant(name: str) -> Any:
     raise InvalidJson(f"has {name}, which is not a JSON number")
 
 
+def _shown(key: str) -> str:
+    """A key as the path names it: its own lone surrogates escaped, or the
+    message that reports them could not itself be written as UTF-8."""
+    return key.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _lone_surrogate(value: Any, where: str) -> str | None:
     """Where in ``value`` a string (or key) holds a lone surrogate, if anywhere."""
     pending: list[tuple[Any, str]] = [(value, where)]
@@ -67,7 +73,8 @@ def _lone_surrogate(value: Any, where: str) -> str | None:
         elif isinstance(item, dict):
             for key, child in item.items():
                 pending.append((key, f"{path} (a key)"))
-                pending.append((child, f"{path}.{key}" if path else str(key)))
+                shown = _shown(str(key))
+                pending.append((child, f"{path}.{shown}" if path else shown))
         elif isinstance(item, list):
             pending.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
     return None

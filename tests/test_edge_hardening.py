@@ -154,6 +154,17 @@ def test_a_desired_state_with_a_lone_surrogate_gets_400(web: WebServer) -> None:
     assert "lone UTF-16 surrogate" in response.json()["error"]
 
 
+def test_a_surrogate_under_a_key_that_has_one_too_gets_400(web: WebServer) -> None:
+    """The path that names where the surrogate is holds the key itself:
+    written as it was, the error message could not be encoded (500)."""
+    body = '{"chat_template_override": {"\\ud800": "a\\udfffb"}}'
+    response = httpx.put(
+        f"{web.url}/api/v1/balancer_desired_state", content=body, headers=AUTH
+    )
+    assert response.status_code == 400
+    assert "chat_template_override.\\ud800" in response.json()["error"]
+
+
 # ------------------------------------------------------------ origins, hosts
 def handshake(web: WebServer, host: str, origin: str | None, query: str = "") -> int:
     """The status daphne answers a socket handshake with."""
