@@ -58,8 +58,14 @@ def test_web_replica_killed_mid_stream_frees_the_agent(fleet: Fleet) -> None:
             received += 1
             if received == 3:
                 doomed.process.send_signal(signal.SIGKILL)
+    # The agent goes on for the dead replica for a while (its heartbeat key
+    # has to lapse first): a report older than the request must not pass
+    # for the slot freed.
+    wait_until(
+        lambda: survivor.agents()[0]["slots_processing"] == 1, 15, "the busy slot"
+    )
     # The agent notices that nobody reads the stream and frees its slot.
-    wait_until(lambda: survivor.agents()[0]["slots_processing"] == 0, 15, "free slot")
+    wait_until(lambda: survivor.agents()[0]["slots_processing"] == 0, 20, "free slot")
     # What the agent sent the dead replica meanwhile lies in its inbox until
     # the inbox expires (the survivor drains its own: an empty list is gone).
     # A drained inbox is deleted, and the next output makes it anew: every
