@@ -23,6 +23,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+from django.http import HttpRequest, StreamingHttpResponse
+
 # How often a stream looks for a change (and whether a keep-alive is due).
 POLL_S = 0.25
 # Longest wait, once the server cancels a request, for its stream to end.
@@ -113,3 +116,25 @@ class EndStreamsOnCancel:
             # the loop; daphne disconnects everyone once this returns.
             await asyncio.sleep(0.05)
             raise
+
+
+def event_stream_response(
+    events: AsyncIterator[bytes] | AsyncIterator[str],
+) -> StreamingHttpResponse:
+    """A Server-Sent Events response: not cached, and passed on by proxies
+    such as nginx event by event instead of buffered."""
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def snapshot_stream(request: HttpRequest, snapshot: Snapshot) -> StreamingHttpResponse:
+    """``snapshot`` as Server-Sent Events, for as long as the client stays."""
+    return event_stream_response(
+        snapshot_events(
+            snapshot,
+            keepalive_s=settings.PADDLER_SSE_KEEPALIVE_MS / 1000,
+            end=stream_end(getattr(request, "scope", {})),
+        )
+    )

@@ -7,12 +7,10 @@ whole bodies, so these stay outside it (the rest is ``balancer.api``).
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.http import (
     HttpRequest,
     HttpResponse,
     HttpResponseBase,
-    StreamingHttpResponse,
 )
 from django.views.decorators.http import require_GET
 
@@ -21,25 +19,13 @@ from balancer.dispatch import get_dispatcher
 from balancer.metrics import prometheus_text
 from balancer.pools import DEFAULT_POOL
 from balancer.snapshots import agents_snapshot, buffer_snapshot
-from balancer.sse import Snapshot, snapshot_events, stream_end
-
-
-def _sse(request: HttpRequest, snapshot: Snapshot) -> StreamingHttpResponse:
-    events = snapshot_events(
-        snapshot,
-        keepalive_s=settings.PADDLER_SSE_KEEPALIVE_MS / 1000,
-        end=stream_end(getattr(request, "scope", {})),
-    )
-    response = StreamingHttpResponse(events, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+from balancer.sse import snapshot_stream
 
 
 @require_GET
 @operator_required
 async def agents_stream(request: HttpRequest) -> HttpResponseBase:
-    return _sse(request, agents_snapshot)
+    return snapshot_stream(request, agents_snapshot)
 
 
 @require_GET
@@ -47,7 +33,7 @@ async def agents_stream(request: HttpRequest) -> HttpResponseBase:
 async def buffered_requests_stream(request: HttpRequest) -> HttpResponseBase:
     """The default pool's buffered requests, or ``?pool=NAME``'s."""
     pool = request.GET.get("pool", DEFAULT_POOL)
-    return _sse(request, lambda: buffer_snapshot(pool))
+    return snapshot_stream(request, lambda: buffer_snapshot(pool))
 
 
 @require_GET

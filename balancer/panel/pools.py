@@ -13,10 +13,11 @@ from balancer.services import pool_names
 SESSION_KEY = "panel_pool"
 
 
-def chosen_pool(request: HttpRequest) -> str:
+def chosen_pool(request: HttpRequest, names: list[str] | None = None) -> str:
     """The pool the request's page is about: ``?pool=``, else the session's,
-    else the default; one that no longer exists falls back to the default."""
-    names = pool_names()
+    else the default; one that no longer exists falls back to the default.
+    ``names`` are the pools, when the caller has read them already."""
+    names = pool_names() if names is None else names
     wanted = request.GET.get("pool") or request.session.get(SESSION_KEY)
     pool = wanted if wanted in names else DEFAULT_POOL
     if request.session.get(SESSION_KEY) != pool:
@@ -29,4 +30,5 @@ def pool_context(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated or not user.is_staff:
         return {}
-    return {"pools": pool_names(), "chosen_pool": chosen_pool(request)}
+    names = pool_names()
+    return {"pools": names, "chosen_pool": chosen_pool(request, names)}

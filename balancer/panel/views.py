@@ -16,7 +16,6 @@ from django.http import (
     HttpResponse,
     HttpResponseBase,
     JsonResponse,
-    StreamingHttpResponse,
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -49,7 +48,7 @@ from balancer.services import (
     pool_names,
     sync_redis,
 )
-from balancer.sse import snapshot_events, stream_end
+from balancer.sse import snapshot_stream
 from inference.api.views import ADD_KEY, REVOKE_KEY
 from inference.models import InferenceApiKey
 from inference.services import inference_api_key_create, inference_api_key_revoke
@@ -115,15 +114,7 @@ async def dashboard_stream(request: HttpRequest) -> HttpResponseBase:
     pool = request.GET.get("pool", DEFAULT_POOL)
     if pool not in await sync_to_async(pool_names)():
         return JsonResponse({"error": f"no pool named {pool!r}"}, status=404)
-    events = snapshot_events(
-        DashboardFeed(pool).snapshot,
-        keepalive_s=settings.PADDLER_SSE_KEEPALIVE_MS / 1000,
-        end=stream_end(getattr(request, "scope", {})),
-    )
-    response = StreamingHttpResponse(events, content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return snapshot_stream(request, DashboardFeed(pool).snapshot)
 
 
 @staff_required

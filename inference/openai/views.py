@@ -15,13 +15,13 @@ from django.http import (
     HttpRequest,
     HttpResponseBase,
     JsonResponse,
-    StreamingHttpResponse,
 )
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from balancer.contract import GenerationKind, GenerationParams, OutputItem
 from balancer.dispatch import get_dispatcher
+from balancer.sse import event_stream_response
 from balancer.stream import InferenceFailure, Stream
 from inference.access import api_key_required
 from inference.openai.errors import OpenAIError
@@ -202,13 +202,7 @@ async def _generate(request: HttpRequest, chat: bool) -> HttpResponseBase:
         return error_response(error)
     reply = Reply.new("chatcmpl" if chat else "cmpl", generation.model)
     if generation.stream:
-        response = StreamingHttpResponse(
-            _events(stream, generation, reply), content_type="text/event-stream"
-        )
-        response["Cache-Control"] = "no-cache"
-        # Proxies such as nginx must pass each event on at once.
-        response["X-Accel-Buffering"] = "no"
-        return response
+        return event_stream_response(_events(stream, generation, reply))
     try:
         collected = await _collect(stream)
     except OpenAIError as error:
@@ -339,12 +333,7 @@ async def responses(request: HttpRequest) -> HttpResponseBase:
         return error_response(error)
     builder = ResponseBuilder(generation.model, parsed.echo, generation.max_tokens)
     if generation.stream:
-        response = StreamingHttpResponse(
-            _response_events(stream, builder), content_type="text/event-stream"
-        )
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"
-        return response
+        return event_stream_response(_response_events(stream, builder))
     try:
         collected = await _collect(stream)
     except OpenAIError as error:
