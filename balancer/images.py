@@ -11,7 +11,10 @@ as two images: a missed cache hit, never a wrong one.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+from typing import Any
 
 # 128 bits: a slot trusts a matching fingerprint to reuse the keys and values
 # of an image without looking at it again, so a collision must be out of reach.
@@ -23,3 +26,68 @@ def image_digest(data: bytes) -> str:
     return hashlib.blake2b(
         data, digest_size=DIGEST_SIZE, person=b"paddler-image"
     ).hexdigest()
+
+
+# What an image part's data URL may declare.  Each is a format the agent's
+# decoder accepts; the declared type is a label, the agent trusts the bytes.
+IMAGE_MEDIA_TYPES = frozenset(
+    {"image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif", "image/bmp"}
+)
+
+
+class DataUrlError(ValueError):
+    """A ``data:`` URL that does not carry an image; the message says why."""
+
+
+def parse_data_url(url: str) -> tuple[str, bytes]:
+    """The media type and bytes of a base64 ``data:`` URL of an image.
+
+    ``data:image/png;base64,iVBOR...``: the media type must be an image type
+    we decode, the encoding base64, the payload valid and not empty.
+    """
+    if not url.startswith("data:"):
+        raise DataUrlError("is not a data: URL")
+    header, comma, payload = url[len("data:") :].partition(",")
+    if not comma:
+        raise DataUrlError("has no ',' between its header and its data")
+    fields = [field.strip().lower() for field in header.split(";")]
+    media_type = fields[0]
+    if media_type not in IMAGE_MEDIA_TYPES:
+        shown = media_type[:40] or "none"
+        raise DataUrlError(
+            f"declares media type {shown!r}; images must be one of "
+            + ", ".join(sorted(IMAGE_MEDIA_TYPES))
+        )
+    if "base64" not in fields[1:]:
+        raise DataUrlError("must be base64-encoded (data:image/...;base64,...)")
+    try:
+        data = base64.b64decode(payload.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise DataUrlError("has a payload that is not valid base64") from None
+    if not data:
+        raise DataUrlError("has an empty payload")
+    return media_type, data
+
+
+def data_url(media_type: str, data: bytes) -> str:
+    """A base64 ``data:`` URL of ``data``."""
+    return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def image_urls(content: Any) -> list[str]:
+    """The URLs of a message content's ``image_url`` parts, in order.
+
+    Content is a string (no images) or a list of typed parts; an image part
+    is ``{"type": "image_url", "image_url": {"url": ...}}`` (OpenAI's and
+    Paddler's shape).
+    """
+    if not isinstance(content, list):
+        return []
+    urls: list[str] = []
+    for part in content:
+        if isinstance(part, dict) and part.get("type") == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else None
+            if isinstance(url, str):
+                urls.append(url)
+    return urls
