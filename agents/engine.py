@@ -607,13 +607,17 @@ class Engine:
         slot.pending = prompt[keep:]
         slot.job = job
         slot.sampler = sampler
+        # Usage counts text and image tokens apart, as Paddler does: of the
+        # kept positions, ``cached_prompt_tokens`` counts the text tokens
+        # (never more than ``prompt_tokens``); an image is kept with the text
+        # around it or not at all.
         if job.images is None:
             slot.prompt_tokens, slot.image_tokens = len(prompt), 0
+            slot.cached_tokens = keep
         else:
             slot.prompt_tokens = job.images.text_tokens
             slot.image_tokens = job.images.image_tokens
-        # Positions kept, text and image alike.
-        slot.cached_tokens = keep
+            slot.cached_tokens = len(text_tokens(prompt[:keep]))
         slot.generated = 0
         slot.told_slot = False
         slot.held_text = ""
