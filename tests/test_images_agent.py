@@ -26,6 +26,7 @@ from balancer.routing import conversation_prefix
 from tests.support.agent_link import AgentLink, Answer
 from tests.support.fleet import Agent, start_agent
 from tests.support.mmproj import EncoderShape, model_width, write_test_mmproj
+from tests.support.model_server import ModelServer
 from tests.support.processes import wait_until
 from tests.support.redis_server import start_redis
 
@@ -70,6 +71,10 @@ class Agents:
     # Each agent's channel, by name.
     channels: dict[str, str]
     reports: dict[str, dict[str, Any]]
+    redis_url: str
+    # The desired state of the agent without projection, and the projection.
+    state: dict[str, Any]
+    projection: Path
 
     def run(self, agent: str, messages: list[dict[str, Any]], **options: Any) -> Answer:
         request_id = self.link.converse(self.channels[agent], messages, **options)
@@ -136,7 +141,7 @@ def agents(
             "broken": link.wait_for("broken", "AttemptedAndNotAppliable"),
         }
         channels = {name: report["channel"] for name, report in reports.items()}
-        yield Agents(link, channels, reports)
+        yield Agents(link, channels, reports, redis_server.url, state, projection)
     finally:
         for agent in started:
             agent.stop()
@@ -320,3 +325,90 @@ def test_cancelling_a_request_with_images_frees_its_slot(agents: Agents) -> None
     again = agents.run("vision", messages, max_tokens=4)
     assert fresh.failure is None and fresh.usage["input_image_tokens"] == 6 * 16
     assert again.text == fresh.text
+
+
+def test_a_projection_from_hugging_face_is_downloaded_or_its_issue_named(
+    agents: Agents, tmp_path: Path
+) -> None:
+    with ModelServer(agents.projection, repo_id="paddler/test-mmproj") as hub:
+
+        def projection_at(filename: str) -> dict[str, Any]:
+            source = {"repo_id": hub.repo_id, "filename": filename, "revision": "main"}
+            return {**agents.state, "multimodal_projection": {"HuggingFace": source}}
+
+        agents.link.put_desired_state(projection_at(hub.filename), pool="hub")
+        agents.link.put_desired_state(projection_at("absent.gguf"), pool="hub-missing")
+        env = {
+            "HF_ENDPOINT": hub.url,
+            "HF_HOME": str(tmp_path / "hf-home"),
+            "PADDLER_MODEL_SOURCE_ALLOWED_HOSTS": hub.url.removeprefix("http://"),
+        }
+        started = [
+            start_agent(
+                agents.redis_url,
+                tmp_path,
+                name,
+                1,
+                "--threads",
+                "1",
+                "--pool",
+                name,
+                env=env,
+            )
+            for name in ("hub", "hub-missing")
+        ]
+        try:
+            missing = agents.link.wait_for("hub-missing", "AttemptedAndNotAppliable")
+            assert missing["issues"] == [
+                {
+                    "HuggingFaceModelDoesNotExist": {
+                        "model_path": f"{hub.repo_id}/main/absent.gguf"
+                    }
+                }
+            ]
+            report = agents.link.wait_for("hub", "Applied")
+            assert report["serves_images"] is True
+            downloaded = list((tmp_path / "hf-home").rglob(f"*-{hub.filename}"))
+            assert len(downloaded) == 1
+            assert downloaded[0].read_bytes() == agents.projection.read_bytes()
+            request_id = agents.link.converse(
+                report["channel"], [ask("Describe: ", noise_png(60))], max_tokens=2
+            )
+            answer = agents.link.answer(request_id)
+            assert answer.usage["input_image_tokens"] == IMAGE_TOKENS
+        finally:
+            for agent in started:
+                agent.stop()
+
+
+def test_a_slot_state_holding_an_image_stays_out_of_the_host_tier(
+    agents: Agents,
+) -> None:
+    """The host tier is keyed by token ids: a state with an image is not
+    stored when another conversation takes its slot; a text one is."""
+
+    def talk(messages: list[dict[str, Any]]) -> list[str]:
+        answer = agents.run("vision", messages, max_tokens=2)
+        assert answer.failure is None and answer.final["error"] is None
+        return conversation_prefix(messages)
+
+    def say(text: str) -> list[dict[str, Any]]:
+        return [{"role": "user", "content": text}]
+
+    # Two slots, and conversations that share no more than the template's
+    # first tokens: each takes the slot used longest ago, so the image's is
+    # taken by the third, the text one's (the fourth) by the sixth.
+    with_image = talk([ask("Describe every detail you can see here: ", noise_png(70))])
+    talk(say("Tell me a long story about a lighthouse keeper and his dog."))
+    talk(say("Write a poem on the harbour at dawn, with gulls and boats."))
+    text_only = talk(say("Explain how mountains form, step by step, for a child."))
+    talk(say("List ten rivers of Europe and the seas that they reach."))
+    talk(say("Describe a forest in autumn in many careful words, please."))
+
+    def stored() -> frozenset[str] | None:
+        report = agents.link.report("vision")
+        prefixes = frozenset(report["host_cache"]["prefixes"]) if report else None
+        return prefixes if prefixes and text_only[0] in prefixes else None
+
+    held = wait_until(stored, REPORT_LAG_S, "the text conversation in the tier")
+    assert with_image[0] not in held
