@@ -38,8 +38,17 @@ from agents.jobs import (
     Output,
     error_output,
 )
+from agents.multimodal import MultimodalError, Projection
 from agents.output_split import OutputSplitter, splitter_for
-from agents.prompting import PromptPreparer, prompt_tokens
+from agents.positions import (
+    PositionKey,
+    image_safe,
+    leading_text,
+    text_only,
+    text_run,
+    text_tokens,
+)
+from agents.prompting import PromptPreparer, prompt_keys
 from agents.sampling import sampler_chain
 from agents.slots import (
     Slot,
@@ -111,6 +120,7 @@ class Engine:
         n_threads: int | None = None,
         n_gpu_layers: int | None = None,
         host_cache: HostCache | None = None,
+        projection_path: str | None = None,
     ) -> None:
         _init_backend()
         self.model_path = model_path
@@ -158,6 +168,22 @@ class Engine:
                 f"tokens for {slots} slots"
             )
         self._memory = llama_cpp.llama_get_memory(self._context)
+        # The multimodal projection (issue 16), loaded against the model: it
+        # reads images into the model's embedding space.  Its threads are the
+        # engine's (the encoder runs on the engine thread, between steps).
+        self.projection: Projection | None = None
+        if projection_path is not None:
+            try:
+                self.projection = Projection(
+                    projection_path,
+                    model=self._model,
+                    n_threads=threads,
+                    use_gpu=model_params.n_gpu_layers != 0,
+                )
+            except ModelLoadError:
+                llama_cpp.llama_free(self._context)
+                llama_cpp.llama_model_free(self._model)
+                raise
         self._n_batch = parameters.n_batch
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         self._slots = [Slot(seq_id=index) for index in range(slots)]
@@ -183,7 +209,7 @@ class Engine:
         # reports on other threads; changed on the engine thread only).
         self._preparing: dict[str, Generation] = {}
         self._preparer = PromptPreparer(
-            prepare=self.prompt_tokens, on_prepared=self._on_prepared
+            prepare=self.prompt_keys, on_prepared=self._on_prepared
         )
         # When the engine loop last went round (monotonic seconds), for the
         # worker's watchdog; ``failure`` says why the loop ended, if it did.
@@ -205,6 +231,11 @@ class Engine:
 
         self.chat_template: ChatTemplate | None = None
         self.use_chat_template(chat_template_override)
+
+    @property
+    def serves_images(self) -> bool:
+        """Whether requests with images can be served (a vision projection)."""
+        return self.projection is not None and self.projection.supports_vision
 
     def use_chat_template(self, override: str | None) -> None:
         """Render conversations with ``override``, or the model's own template.
@@ -308,6 +339,8 @@ class Engine:
             self._free_sampler(slot)
         if self._embedder is not None:
             self._embedder.close()
+        if self.projection is not None:
+            self.projection.close()
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._context)
         llama_cpp.llama_model_free(self._model)
@@ -429,34 +462,52 @@ class Engine:
             # A job cancelled while it was prepared is no longer in
             # ``_preparing``: its prompt is dropped.
             if self._preparing.pop(job.request_id, None) is None:
+                job.close_images()
                 return
             if failure is not None:
+                job.close_images()
                 self._on_output([failure])
             else:
                 job.prompt = prompt
                 self._waiting.append(job)
         elif kind == "cancel":
             self._preparing.pop(payload, None)
+            for job in self._waiting:
+                if job.request_id == payload:
+                    job.close_images()
             self._waiting = [j for j in self._waiting if j.request_id != payload]
             for slot in self._slots:
                 if slot.job is not None and slot.job.request_id == payload:
                     self._release(slot, keep_cache=True)
 
     def _on_prepared(
-        self, job: Generation, prompt: list[int], failure: Output | None
+        self, job: Generation, prompt: list[PositionKey], failure: Output | None
     ) -> None:
         """On the preparer's thread: hand the prompt to the engine's loop."""
         self._commands.put(("prepared", (job, prompt, failure)))
 
     def prompt_tokens(self, job: Generation) -> list[int]:
-        """The tokens of ``job``'s prompt, with the current chat template."""
-        return prompt_tokens(
+        """The token ids of ``job``'s prompt (one without images), with the
+        current chat template."""
+        tokens = text_only(self.prompt_keys(job))
+        if tokens is None:
+            job.close_images()
+            raise ValueError("the prompt has images: use prompt_keys")
+        return tokens
+
+    def prompt_keys(self, job: Generation) -> list[PositionKey]:
+        """The keys of ``job``'s prompt, one per position, with the current
+        chat template (token ids, and an image's positions; see
+        ``agents.image_prompt``)."""
+        return prompt_keys(
             job,
             template=self.chat_template,
             variants=self.chat_template_variants,
             tokenizer=self,
             context_per_slot=self.context_per_slot,
             char_limit=self.prompt_char_limit,
+            projection=self.projection,
+            image_resize_to_fit=self.parameters.image_resize_to_fit,
         )
 
     def _admit_waiting(self) -> None:
@@ -472,6 +523,7 @@ class Engine:
                 logger.exception("starting request %s failed", job.request_id)
                 failure = error_output(job, 500, f"the request failed: {error}")
             if failure is not None:
+                job.close_images()
                 outputs.append(failure)
         if outputs:
             self._on_output(outputs)
@@ -481,18 +533,21 @@ class Engine:
         prompt = job.prompt
         if not prompt:
             return error_output(job, 400, "the prompt is empty")
+        # Counted in positions: an image may take fewer than its tokens.
         if len(prompt) >= self.context_per_slot:
+            images = "" if job.images is None else " (images included)"
             return error_output(
                 job,
                 400,
-                f"the prompt is {len(prompt)} tokens, but a slot's context "
-                f"holds {self.context_per_slot}",
+                f"the prompt is {len(prompt)} tokens{images}, but a slot's "
+                f"context holds {self.context_per_slot}",
             )
         slot, restore = self._choose(free, prompt)
         try:
             sampler = sampler_chain(
                 job,
-                prompt,
+                # Penalties see the prompt's text; an image has no token ids.
+                text_tokens(prompt),
                 parameters=self.parameters,
                 vocab=self._vocab,
                 context_per_slot=self.context_per_slot,
@@ -510,7 +565,7 @@ class Engine:
         return None
 
     def _choose(
-        self, free: list[Slot], prompt: list[int]
+        self, free: list[Slot], prompt: list[PositionKey]
     ) -> tuple[Slot, tuple[Entry, int] | None]:
         """The free slot for ``prompt``, and the host-tier state to restore
         into it, if any: one that shares more of the prompt than every free
@@ -522,7 +577,9 @@ class Engine:
         # A free slot that holds all the prompt but the token evaluated for
         # its logits needs no lookup (nor counts as one).
         if tier.enabled and own < len(prompt) - 1:
-            found = tier.find(self.cache_namespace, prompt)
+            # The tier holds no state with an image in it (``_save_slot``):
+            # only the text before a prompt's first image can match.
+            found = tier.find(self.cache_namespace, leading_text(prompt))
             # Worth a restore only when it spares a good many tokens more than
             # a slot's own cache: many conversations share a system prompt and
             # the template's first tokens, and one restored for a token or two
@@ -535,13 +592,14 @@ class Engine:
         self,
         slot: Slot,
         job: Generation,
-        prompt: list[int],
+        prompt: list[PositionKey],
         sampler: Any,
         restore: tuple[Entry, int] | None = None,
     ) -> None:
         keep = self._reuse(slot, prompt, restore)
-        # At least one token must be evaluated to get logits for the first sample.
-        keep = min(keep, len(prompt) - 1)
+        # At least one token must be evaluated to get logits for the first
+        # sample; and an image is kept whole or not at all.
+        keep = image_safe(prompt, min(keep, len(prompt) - 1))
         if not llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1):
             llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, 0, -1)
             keep = 0
@@ -549,8 +607,17 @@ class Engine:
         slot.pending = prompt[keep:]
         slot.job = job
         slot.sampler = sampler
-        slot.prompt_tokens = len(prompt)
-        slot.cached_tokens = keep
+        # Usage counts text and image tokens apart, as Paddler does: of the
+        # kept positions, ``cached_prompt_tokens`` counts the text tokens
+        # (never more than ``prompt_tokens``); an image is kept with the text
+        # around it or not at all.
+        if job.images is None:
+            slot.prompt_tokens, slot.image_tokens = len(prompt), 0
+            slot.cached_tokens = keep
+        else:
+            slot.prompt_tokens = job.images.text_tokens
+            slot.image_tokens = job.images.image_tokens
+            slot.cached_tokens = len(text_tokens(prompt[:keep]))
         slot.generated = 0
         slot.told_slot = False
         slot.held_text = ""
@@ -561,7 +628,10 @@ class Engine:
         self._splitters[slot.seq_id] = splitter_for(job)
 
     def _reuse(
-        self, slot: Slot, prompt: list[int], restore: tuple[Entry, int] | None
+        self,
+        slot: Slot,
+        prompt: list[PositionKey],
+        restore: tuple[Entry, int] | None,
     ) -> int:
         """How many leading tokens of ``prompt`` the slot holds once ready:
         its own cache's share, or that of ``restore`` (a host-tier state and
@@ -597,9 +667,16 @@ class Engine:
         tier = self.host_cache
         if not tier.enabled or len(slot.cache) < tier.min_tokens:
             return
+        # A state that holds an image is not stored: the tier is keyed by
+        # token ids, and it may restore a state cut back to any length (see
+        # ``host_cache.Entry.usable``), which would cut an image in two.  The
+        # slot's own cache still serves the conversation's next turn.
+        tokens = text_only(slot.cache)
+        if tokens is None:
+            return
         started = time.perf_counter()
         size = llama_cpp.llama_state_seq_get_size(self._context, slot.seq_id)
-        if not tier.worth_saving(self.cache_namespace, slot.cache, size):
+        if not tier.worth_saving(self.cache_namespace, tokens, size):
             return
         buffer = (ctypes.c_uint8 * size)()
         written = llama_cpp.llama_state_seq_get_data(
@@ -615,7 +692,7 @@ class Engine:
             return
         tier.put(
             self.cache_namespace,
-            slot.cache,
+            tokens,
             buffer,
             size,
             slot.prefix,
@@ -661,6 +738,10 @@ class Engine:
             self._on_output(outputs)
 
     def _step(self) -> None:
+        outputs: list[Output] = []
+        for slot in self._slots:
+            if slot.job is not None and slot.pending:
+                self._evaluate_image(slot, outputs)
         batch = self._batch
         count = 0
 
@@ -682,17 +763,19 @@ class Engine:
         for slot in self._slots:
             if slot.job is None or not slot.pending or count >= self._n_batch:
                 continue
-            take = min(len(slot.pending), self._n_batch - count)
+            # Text up to the next image (evaluated at the next step's start).
+            take = text_run(slot.pending, self._n_batch - count)
             chunk, slot.pending = slot.pending[:take], slot.pending[take:]
             for offset, token in enumerate(chunk):
+                assert isinstance(token, int)
                 last = not slot.pending and offset == take - 1
                 if last:
                     slot.batch_index = count
                 add(token, len(slot.cache), slot.seq_id, last)
                 slot.cache.append(token)
         batch.n_tokens = count
-        status = llama_cpp.llama_decode(self._context, batch)
-        outputs: list[Output] = []
+        # Nothing to decode when every busy slot's next work was an image.
+        status = llama_cpp.llama_decode(self._context, batch) if count else 0
         if status != 0:
             # The step's tokens are not in the cache: fail every request of it.
             for slot in self._slots:
@@ -719,6 +802,33 @@ class Engine:
                 )
         if outputs:
             self._on_output(outputs)
+
+    def _evaluate_image(self, slot: Slot, outputs: list[Output]) -> None:
+        """Evaluate the image at the head of the slot's pending prompt, if
+        any, alone: between two batch steps, in a batch of its own (libmtmd
+        switches the context to non-causal attention for it).  One image per
+        slot and step, so that other slots' tokens and cancellations are not
+        held up by a prompt of many images.  A failure fails this request
+        only, its sequence cleared."""
+        job = slot.job
+        assert job is not None
+        head = slot.pending[0]
+        if isinstance(head, int):
+            return
+        span = None if job.images is None else job.images.spans.get(len(slot.cache))
+        try:
+            if span is None:
+                raise MultimodalError(
+                    f"no image starts at position {len(slot.cache)} of the prompt"
+                )
+            span.evaluate(self._context, seq_id=slot.seq_id, n_batch=self._n_batch)
+        except Exception as error:  # libmtmd or llama.cpp: this request only
+            logger.warning("request %s: %s", job.request_id, error)
+            outputs.append(error_output(job, 500, str(error)))
+            self._release(slot, keep_cache=False)
+            return
+        slot.cache.extend(slot.pending[: span.n_pos])
+        slot.pending = slot.pending[span.n_pos :]
 
     def _sample(self, slot: Slot, outputs: list[Output]) -> None:
         job, decoder = slot.job, slot.decoder
@@ -767,7 +877,7 @@ class Engine:
         usage: Usage = {
             "prompt_tokens": slot.prompt_tokens,
             "cached_prompt_tokens": slot.cached_tokens,
-            "input_image_tokens": 0,
+            "input_image_tokens": slot.image_tokens,
             "input_audio_tokens": 0,
             "content_tokens": slot.generated - reasoning - tool_call,
             "reasoning_tokens": reasoning,
@@ -787,6 +897,8 @@ class Engine:
             slot.cache = []
             slot.prefix = []
         slot.pending = []
+        if slot.job is not None:
+            slot.job.close_images()
         slot.job = None
         self._splitters.pop(slot.seq_id, None)
         slot.released_at = time.monotonic()

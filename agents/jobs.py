@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from agents.positions import PositionKey
 from balancer.chat_template import ChatTemplate
 from balancer.contract import (
     ConversationPrefix,
@@ -29,6 +30,9 @@ from balancer.contract import (
     error_item,
 )
 from balancer.model_offer import ReasoningFormat, ToolCallFormat
+
+if TYPE_CHECKING:
+    from agents.image_prompt import ImagePrompt
 
 
 class ModelLoadError(Exception):
@@ -68,8 +72,18 @@ class Generation:
     # The conversation as the client sent it (before a default system prompt
     # was put first): routing hashes are computed on this on both sides.
     original_conversation: list[Message] | None = None
-    # Its tokens, once the preparer thread has made them.
-    prompt: list[int] = field(default_factory=list)
+    # Its tokens, once the preparer thread has made them: one key per
+    # position, token ids for text (``agents.positions``).
+    prompt: list[PositionKey] = field(default_factory=list)
+    # Its images, tokenized, for a conversation that has some; owned by the
+    # job until it ends (``close_images``).
+    images: ImagePrompt | None = None
+
+    def close_images(self) -> None:
+        """Free the libmtmd chunks of its images, once the job is over."""
+        if self.images is not None:
+            self.images.close()
+            self.images = None
 
     @property
     def kind(self) -> GenerationKind:
@@ -163,6 +177,11 @@ class EngineProtocol(Protocol):
 
     @property
     def slots_processing(self) -> int: ...
+
+    @property
+    def serves_images(self) -> bool:
+        """Whether it reads images (a vision projection is loaded)."""
+        ...
 
     def destinations(self) -> dict[str, str]: ...
 

@@ -36,13 +36,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import llama_cpp
 from llama_cpp import mtmd_cpp
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from agents.jobs import ModelLoadError
+from agents.positions import ImagePosition, PositionKey
 from balancer.images import image_digest
 
 logger = logging.getLogger(__name__)
@@ -234,17 +235,6 @@ def _flatten(image: Image.Image) -> Image.Image:
 # What a prompt is made of.
 
 
-class ImagePosition(NamedTuple):
-    """The key of one KV-cache position taken by an image."""
-
-    identity: str
-    # Which of the image's positions, from 0.
-    offset: int
-
-
-PositionKey = int | ImagePosition
-
-
 @dataclass(frozen=True)
 class Chunk:
     """One of libmtmd's chunks of a prompt: a run of text tokens, or an image."""
@@ -356,6 +346,38 @@ class MultimodalPrompt:
                         logits_last=logits_last and last,
                     )
         return position + self.n_pos
+
+    def evaluate_image(
+        self,
+        context: Any,
+        index: int,
+        *,
+        seq_id: int,
+        position: int,
+        n_batch: int,
+        logits_last: bool = False,
+    ) -> None:
+        """Encode chunk ``index`` (an image) and decode it into sequence
+        ``seq_id`` from ``position``, in a batch of its own.
+
+        For an engine that evaluates a prompt's text in its shared batch and
+        each image alone between two batch steps.  On failure
+        (``ImageEvaluationFailed``) the sequence may hold part of the image:
+        the caller clears it.
+        """
+        if self._handle is None:
+            raise RuntimeError("the prompt was closed")
+        if self.chunks[index].kind != "image":
+            raise ValueError(f"chunk {index} is not an image")
+        with self._projection.lock:
+            self._evaluate_image(
+                context,
+                index,
+                seq_id=seq_id,
+                position=position,
+                n_batch=n_batch,
+                logits_last=logits_last,
+            )
 
     def encode_image(self, index: int) -> None:
         """Run the vision encoder on chunk ``index`` (an image), alone.
@@ -490,35 +512,6 @@ def position_keys(chunks: Sequence[Chunk]) -> list[PositionKey]:
                 ImagePosition(identity, offset) for offset in range(chunk.n_pos)
             )
     return keys
-
-
-def reusable_prefix(
-    cached: Sequence[PositionKey],
-    wanted: Sequence[PositionKey],
-    *,
-    limit: int | None = None,
-) -> int:
-    """How many leading positions of ``wanted`` a cache holding ``cached`` keeps.
-
-    The common prefix, at most ``limit`` (the engine keeps at least one
-    position to evaluate, for fresh logits), cut back to the start of an image
-    it would end inside: an image's keys and values are made by one encode
-    and one decode of all its positions (with non-causal attention between
-    them in Gemma 3), so half an image cannot be kept and the rest added.
-    """
-    shared = 0
-    for left, right in zip(cached, wanted, strict=False):
-        if left != right:
-            break
-        shared += 1
-    if limit is not None:
-        shared = min(shared, max(limit, 0))
-    while 0 < shared < len(wanted):
-        key = wanted[shared]
-        if not isinstance(key, ImagePosition) or key.offset == 0:
-            break
-        shared -= 1
-    return shared
 
 
 # The projection.

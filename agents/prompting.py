@@ -12,9 +12,25 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Mapping
-from typing import Protocol
 
+from agents.image_prompt import (
+    Tokenizer,
+    content_with_markers,
+    decode_conversation_images,
+    has_images,
+    image_prompt,
+)
 from agents.jobs import Generation, Output, error_output
+from agents.multimodal import (
+    DecodedImage,
+    ImageDecodingFailed,
+    ImagePreprocessingFailed,
+    MultimodalError,
+    MultimodalNotSupported,
+    Projection,
+    require_projection,
+)
+from agents.positions import PositionKey, text_only
 from agents.tool_grammar import ToolGrammarError, tool_call_grammar
 from balancer.chat_template import ChatTemplate, ChatTemplateError, message_text
 from balancer.contract import generation_failed_item
@@ -32,15 +48,7 @@ class PromptTooLarge(Exception):
     """A prompt that cannot fit in a slot, found before tokenizing it."""
 
 
-class Tokenizer(Protocol):
-    def tokenize(
-        self, text: str, *, add_special: bool, parse_special: bool = True
-    ) -> list[int]: ...
-
-    def tokenize_segments(self, segments: list[tuple[str, bool]]) -> list[int]: ...
-
-
-def prompt_tokens(
+def prompt_keys(
     job: Generation,
     *,
     template: ChatTemplate | None,
@@ -48,14 +56,24 @@ def prompt_tokens(
     context_per_slot: int,
     char_limit: int,
     variants: Mapping[str, ChatTemplate] | None = None,
-) -> list[int]:
-    """The prompt's tokens, refused before tokenizing when it is too long
+    projection: Projection | None = None,
+    image_resize_to_fit: int = 1024,
+) -> list[PositionKey]:
+    """The prompt's keys, one per position (token ids for text; see
+    ``agents.positions``), refused before tokenizing when it is too long
     to fit (the tokenizer's time grows with the text, faster than
     linearly for text full of special-token strings).
 
     ``variants`` are the model's named templates: as Hugging Face picks
     them, ``tool_use`` renders a request that offers tools; ``rag`` one
-    that passes documents (ours, where HF needs the name asked for)."""
+    that passes documents (ours, where HF needs the name asked for).
+
+    A conversation with images (``image_url`` parts) needs ``projection``
+    (else ``MultimodalNotSupported``); its images are decoded first, as
+    Paddler does (``ImageDecodingFailed``), scaled to
+    ``image_resize_to_fit``, and the prompt's keys then hold their
+    positions, with ``job.images`` the chunks the engine evaluates
+    (``agents.image_prompt``)."""
     if job.raw_prompt is not None:
         if len(job.raw_prompt) > char_limit:
             raise PromptTooLarge(
@@ -65,7 +83,7 @@ def prompt_tokens(
             )
         # A raw prompt is written by the caller, template and all: its
         # special-token strings are meant as special tokens.
-        return tokenizer.tokenize(job.raw_prompt, add_special=True)
+        return list(tokenizer.tokenize(job.raw_prompt, add_special=True))
     if template is None:
         raise ChatTemplateError("the model has no chat template and no override is set")
     conversation = job.conversation or []
@@ -74,10 +92,20 @@ def prompt_tokens(
             f"the conversation has {len(conversation)} messages; a slot's "
             f"context holds {context_per_slot} tokens"
         )
-    messages = [
-        {**message, "content": message_text(message.get("content", ""))}
-        for message in conversation
-    ]
+    images: list[DecodedImage] | None = None
+    if has_images(conversation):
+        images = decode_conversation_images(conversation, max_edge=image_resize_to_fit)
+        projection = require_projection(projection)
+        marker = projection.marker
+        messages = [
+            {**message, "content": content_with_markers(message.get("content"), marker)}
+            for message in conversation
+        ]
+    else:
+        messages = [
+            {**message, "content": message_text(message.get("content", ""))}
+            for message in conversation
+        ]
     size = sum(len(message["content"]) for message in messages)
     if size > char_limit:
         raise PromptTooLarge(
@@ -109,7 +137,37 @@ def prompt_tokens(
             ) from None
         raise
     _read_formats(job, template.source, "".join(text for text, _ in segments))
-    return tokenizer.tokenize_segments(segments)
+    if images is not None and projection is not None:
+        job.images = image_prompt(
+            segments, images, projection=projection, tokenizer=tokenizer
+        )
+        return job.images.keys
+    return list(tokenizer.tokenize_segments(segments))
+
+
+def prompt_tokens(
+    job: Generation,
+    *,
+    template: ChatTemplate | None,
+    tokenizer: Tokenizer,
+    context_per_slot: int,
+    char_limit: int,
+    variants: Mapping[str, ChatTemplate] | None = None,
+) -> list[int]:
+    """The token ids of a prompt without images (``prompt_keys`` for one
+    with); a conversation with images raises ``MultimodalNotSupported``."""
+    keys = prompt_keys(
+        job,
+        template=template,
+        tokenizer=tokenizer,
+        context_per_slot=context_per_slot,
+        char_limit=char_limit,
+        variants=variants,
+    )
+    tokens = text_only(keys)
+    if tokens is None:  # not reached: no projection, so no image keys
+        raise MultimodalNotSupported("the prompt has images")
+    return tokens
 
 
 def _read_formats(job: Generation, source: str, prompt: str) -> None:
@@ -134,7 +192,7 @@ def _read_formats(job: Generation, source: str, prompt: str) -> None:
 class PromptPreparer:
     """Makes the prompts of submitted jobs, one at a time, on its own thread.
 
-    Each job ends in one call of ``on_prepared(job, tokens, failure)``, on
+    Each job ends in one call of ``on_prepared(job, keys, failure)``, on
     the preparer's thread: ``failure`` is the request's last output item when
     its prompt could not be made (and ``tokens`` is then empty).  No
     exception from one request ends the thread.
@@ -143,8 +201,8 @@ class PromptPreparer:
     def __init__(
         self,
         *,
-        prepare: Callable[[Generation], list[int]],
-        on_prepared: Callable[[Generation, list[int], Output | None], None],
+        prepare: Callable[[Generation], list[PositionKey]],
+        on_prepared: Callable[[Generation, list[PositionKey], Output | None], None],
     ) -> None:
         self._prepare = prepare
         self._on_prepared = on_prepared
@@ -173,7 +231,7 @@ class PromptPreparer:
             job = self._jobs.get()
             if job is None:
                 return
-            prompt: list[int] = []
+            prompt: list[PositionKey] = []
             failure: Output | None = None
             try:
                 prompt = self._prepare(job)
@@ -193,6 +251,25 @@ class PromptPreparer:
                         job.request_id, "ToolCallValidatorBuildFailed", str(error)
                     ),
                 )
+            except ImageDecodingFailed as error:
+                # Paddler's name; the request never takes a slot.
+                failure = Output(
+                    job.destination,
+                    generation_failed_item(
+                        job.request_id, "ImageDecodingFailed", str(error)
+                    ),
+                )
+            except MultimodalNotSupported as error:
+                failure = Output(
+                    job.destination,
+                    generation_failed_item(
+                        job.request_id, "MultimodalNotSupported", str(error)
+                    ),
+                )
+            except ImagePreprocessingFailed as error:
+                failure = error_output(job, 500, str(error))
+            except MultimodalError as error:  # markers and images that differ
+                failure = error_output(job, 400, str(error))
             except Exception as error:  # one request must not end the thread
                 logger.exception("preparing request %s failed", job.request_id)
                 failure = error_output(job, 500, f"the prompt failed: {error}")

@@ -7,10 +7,12 @@ slots and calls these on its own thread.
 from __future__ import annotations
 
 import codecs
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from agents.jobs import Generation
+from agents.positions import PositionKey
 
 
 @dataclass
@@ -18,15 +20,20 @@ class Slot:
     """One llama.cpp sequence of the engine, with what it holds and serves."""
 
     seq_id: int
-    # Tokens whose keys and values the sequence holds, in order.
-    cache: list[int] = field(default_factory=list)
+    # What the sequence holds, one key per position, in order: token ids,
+    # and ``ImagePosition``s where an image was evaluated (agents.positions).
+    cache: list[PositionKey] = field(default_factory=list)
     job: Generation | None = None
     # The llama.cpp sampler chain of the request it serves.
     sampler: Any = None
-    pending: list[int] = field(default_factory=list)  # prompt not yet evaluated
+    # The prompt's positions not yet evaluated: text goes into the shared
+    # batch, an image is evaluated alone between two batch steps.
+    pending: list[PositionKey] = field(default_factory=list)
     next_token: int = -1
     batch_index: int = -1
+    # The prompt's text tokens and image tokens (usage counts them apart).
     prompt_tokens: int = 0
+    image_tokens: int = 0
     cached_tokens: int = 0
     generated: int = 0
     decoder: codecs.IncrementalDecoder | None = None
@@ -46,7 +53,9 @@ class Slot:
         return self.job is not None
 
 
-def common_prefix_length(left: list[int], right: list[int]) -> int:
+def common_prefix_length(
+    left: Sequence[PositionKey], right: Sequence[PositionKey]
+) -> int:
     length = min(len(left), len(right))
     for index in range(length):
         if left[index] != right[index]:
@@ -60,7 +69,7 @@ def common_prefix_length(left: list[int], right: list[int]) -> int:
 REUSE_SHARE = 0.5
 
 
-def choose_slot(free: list[Slot], prompt: list[int]) -> Slot:
+def choose_slot(free: list[Slot], prompt: Sequence[PositionKey]) -> Slot:
     """The free slot a prompt should go to.
 
     The slot whose cache shares the longest prefix with the prompt, when that

@@ -42,6 +42,7 @@ class SyntheticEngine:
         self._stopped = threading.Event()
         self.ready = threading.Event()
         self.ready.set()
+        self.serves_images = False
         # For the worker's watchdog, as the llama.cpp engine keeps them.
         self.beat = time.monotonic()
         self.failure: str | None = None

@@ -31,6 +31,7 @@ from agents.model_source import (
     paddler_model_path,
     resolve_model_path,
 )
+from agents.multimodal import ProjectionLoadFailed
 from agents.status import AgentStatus, engine_issue
 from agents.synthetic import SyntheticEngine
 from balancer import keys
@@ -223,6 +224,11 @@ class AgentWorker:
             "issues": issues,
             "state_application_status": self.status.state_application_status,
             "uses_chat_template_override": self.status.uses_chat_template_override,
+            # Beyond Paddler's fields: whether requests with images can come
+            # here (a vision projection is loaded), for routing and the panel.
+            "serves_images": bool(
+                self._accepting and self.engine and self.engine.serves_images
+            ),
             # Beyond Paddler's fields: the host tier, for routing and the panel.
             "host_cache": self.host_cache.report(),
         }
@@ -538,7 +544,10 @@ class AgentWorker:
         path = await self._resolve_model(state)
         if path is None:
             return
-        engine = await self._load_engine(path, state, template)
+        found, projection_path = await self._resolve_projection(state)
+        if not found:
+            return
+        engine = await self._load_engine(path, state, template, projection_path)
         if engine is None:
             return
         self._start_engine(engine)
@@ -630,11 +639,43 @@ class AgentWorker:
             self._set_issues([error.issue], "AttemptedAndNotAppliable")
             return None
 
+    async def _resolve_projection(self, state: DesiredState) -> tuple[bool, str | None]:
+        """The local path of the state's multimodal projection (downloaded
+        like the model, with its progress), None when the state names none;
+        (False, None) with the issue reported when it cannot be had.
+
+        Issues as Paddler names them: a local file that does not exist is
+        ``MultimodalProjectionCannotBeLoaded`` (as one libmtmd refuses); a
+        download that fails is the model's issue for it (for example
+        ``HuggingFaceModelDoesNotExist``), naming the projection.
+        """
+        source = state.multimodal_projection
+        if source.kind == "None":
+            return True, None
+        try:
+            path = await resolve_model_path(
+                source, self.status.download, self._mark_changed
+            )
+        except ModelSourceError as error:
+            issue = error.issue
+            if isinstance(issue, dict) and "ModelFileDoesNotExist" in issue:
+                issue = {
+                    "MultimodalProjectionCannotBeLoaded": issue["ModelFileDoesNotExist"]
+                }
+            self._set_issues([issue], "AttemptedAndNotAppliable")
+            return False, None
+        return True, path
+
     async def _load_engine(
-        self, path: str, state: DesiredState, template: str | None
+        self,
+        path: str,
+        state: DesiredState,
+        template: str | None,
+        projection_path: str | None = None,
     ) -> Engine | None:
-        """The model at ``path`` loaded into a new engine (not yet running), or
-        None (and the issue reported) when llama.cpp cannot load it."""
+        """The model at ``path`` (and its projection) loaded into a new engine
+        (not yet running), or None (and the issue reported) when llama.cpp
+        or libmtmd cannot load it."""
         try:
             return await asyncio.to_thread(
                 Engine,
@@ -646,7 +687,21 @@ class AgentWorker:
                 n_threads=self.n_threads,
                 n_gpu_layers=self.n_gpu_layers,
                 host_cache=self.host_cache,
+                projection_path=projection_path,
             )
+        except ProjectionLoadFailed as error:
+            logger.warning(
+                "agent %s cannot load the projection %s: %s",
+                self.name,
+                projection_path,
+                error,
+            )
+            source = paddler_model_path(state.multimodal_projection)
+            self._set_issues(
+                [{"MultimodalProjectionCannotBeLoaded": {"model_path": source}}],
+                "AttemptedAndNotAppliable",
+            )
+            return None
         except ModelLoadError as error:
             logger.warning("agent %s cannot load %s: %s", self.name, path, error)
             self._set_issues(

@@ -38,6 +38,11 @@ class AgentRecord:
         return str(self.report.get("pool") or DEFAULT_POOL)
 
     @property
+    def serves_images(self) -> bool:
+        """Whether it reads images (agents from before issue 16 do not)."""
+        return bool(self.report.get("serves_images", False))
+
+    @property
     def slots_busy(self) -> int:
         return max(self.slots_processing, self.slots_claimed)
 

@@ -21,7 +21,6 @@ from agents.multimodal import (
     ImageCountMismatch,
     ImageDecodingFailed,
     ImageEvaluationFailed,
-    ImagePosition,
     MultimodalNotSupported,
     MultimodalPrompt,
     Projection,
@@ -29,8 +28,8 @@ from agents.multimodal import (
     ProjectionWidthMismatch,
     decode_image,
     require_projection,
-    reusable_prefix,
 )
+from agents.positions import ImagePosition, reusable_prefix
 from balancer.images import image_digest
 from tests.support.llama_runtime import LlamaRuntime, open_runtime
 from tests.support.mmproj import EncoderShape, model_width, write_test_mmproj
