@@ -118,6 +118,7 @@ def test_playground_sends_picked_and_pasted_images_and_shows_them(
         base64.b64encode(pasted).decode(),
     )
     page_expect(page.locator("#attachments img")).to_have_count(2)
+    page.fill("#max-tokens", "3")
     page.fill("#chat-input", "What colours are these?")
     page.click("#send-button")
 
@@ -152,6 +153,16 @@ def test_playground_sends_picked_and_pasted_images_and_shows_them(
             },
         },
     ]
+
+    # The unanswered message with images leaves the conversation: the next
+    # message goes without them, and the agent answers it.
+    page_expect(page.locator("#conversation .bubble.user.dropped")).to_have_count(1)
+    page.fill("#chat-input", "Hello")
+    page.click("#send-button")
+    page_expect(page.locator("#run-status")).to_contain_text("Done")
+    last = [m for m in sent if "Request" in m][-1]
+    follow_up = last["Request"]["request"]["ContinueFromConversationHistory"]
+    assert follow_up["conversation_history"] == [{"role": "user", "content": "Hello"}]
 
 
 def test_playground_refuses_a_file_that_is_no_image(tab: Tab, tmp_path: Path) -> None:

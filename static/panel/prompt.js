@@ -168,13 +168,17 @@
         ]
       : text;
     history.push({ role: "user", content });
-    bubble("user", text, images);
+    const asked = bubble("user", text, images);
     const conversation = systemPrompt.value.trim()
       ? [{ role: "system", content: systemPrompt.value.trim() }, ...history]
       : [...history];
     counter += 1;
     run = {
       id: `panel-${Date.now().toString(36)}-${counter}`,
+      // A message with images that fails unanswered (no agent serves images,
+      // an image that does not decode) leaves the conversation, or every
+      // later message would carry it and fail the same way.
+      asked: images.length ? { bubble: asked, message: history[history.length - 1] } : null,
       bubble: bubble("assistant", ""),
       text: "",
       tokens: 0,
@@ -306,6 +310,13 @@
     run = null;
     current.bubble.classList.remove("streaming");
     if (current.text) history.push({ role: "assistant", content: current.text });
+    if (failed && !current.text && current.asked) {
+      history = history.filter((message) => message !== current.asked.message);
+      current.asked.bubble.classList.add("dropped");
+      current.asked.bubble.append(
+        element("span", "note", "Not kept in the conversation: it was not answered."),
+      );
+    }
     if (note) {
       current.bubble.append(element("span", failed ? "note error" : "note", note));
     }
