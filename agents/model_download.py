@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import os
 import socket
@@ -46,6 +45,9 @@ from typing import Protocol
 
 import httpx
 from django.conf import settings
+
+# Shared with the web tier's image fetcher; re-exported for this module's callers.
+from balancer.safe_http import is_public_address
 
 logger = logging.getLogger(__name__)
 
@@ -135,20 +137,6 @@ class DownloadRules:
             f"the file is larger than PADDLER_MODEL_MAX_BYTES ({self.max_bytes})",
             detail=f"{size} bytes or more against a cap of {self.max_bytes}",
         )
-
-
-def is_public_address(text: str) -> bool:
-    """Whether an address is one the public internet routes to a single host."""
-    address = ipaddress.ip_address(text)
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None or address.is_site_local:
-            return False
-        if address.sixtofour is not None:
-            # 6to4 carries an IPv4 address that a relay would reach for us.
-            return is_public_address(str(address.sixtofour))
-    # Python's is_global lets multicast and some reserved ranges through
-    # (224.0.0.0/4, ff0e::/16, ::ffff:0:0/96, NAT64's 64:ff9b::/96).
-    return address.is_global and not (address.is_multicast or address.is_reserved)
 
 
 async def download_file(

@@ -48,10 +48,23 @@ from balancer.contract import (
 from balancer.desired_state import InferenceParameters
 from balancer.events import InferenceCancelEvent, InferenceRequestEvent
 from balancer.host_tier import host_prefixes
+from balancer.images import has_images
 from balancer.pools import DEFAULT_POOL, pool_for_model
 from balancer.prompt_limits import PromptTooLarge, check_prompt_bounds
-from balancer.routing import Candidate, Decision, decide, request_prefix
-from balancer.stream import InferenceFailure, Stream, redis_failure
+from balancer.routing import (
+    Candidate,
+    Decision,
+    NoAgentServesImages,
+    decide,
+    request_prefix,
+    serving_images,
+)
+from balancer.stream import (
+    GenerationRefused,
+    InferenceFailure,
+    Stream,
+    redis_failure,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -332,8 +345,10 @@ class Dispatcher:
             raise
 
     def _decide(
-        self, agents: list[registry.AgentRecord], prefix: list[str]
+        self, agents: list[registry.AgentRecord], prefix: list[str], *, images: bool
     ) -> Decision:
+        """Order ``agents`` for a request; with ``images``, only those that
+        serve images (``GenerationRefused`` when none of those ready does)."""
         candidates = [
             Candidate(
                 agent.id,
@@ -341,9 +356,21 @@ class Dispatcher:
                 agent.slots_busy,
                 [s["prefix"] for s in agent.report.get("slots", []) if not s["busy"]],
                 host_prefixes(agent.report),
+                # Agents from before images report nothing: they serve none.
+                serves_images=agent.report.get("serves_images") is True,
             )
             for agent in agents
         ]
+        if images:
+            try:
+                candidates = serving_images(candidates)
+            except NoAgentServesImages:
+                raise GenerationRefused(
+                    400,
+                    "MultimodalNotSupported",
+                    "the request holds images, and no agent serving this pool "
+                    "has a multimodal projection loaded",
+                ) from None
         self._turn += 1
         return decide(
             candidates,
@@ -359,6 +386,9 @@ class Dispatcher:
         timeout_ms = settings.PADDLER_BUFFERED_REQUEST_TIMEOUT_MS
         deadline = time.monotonic() + timeout_ms / 1000
         prefix = request_prefix(stream.params)
+        images = "conversation_history" in stream.params and has_images(
+            stream.params["conversation_history"]
+        )
         buffered = False
         try:
             while True:
@@ -367,7 +397,7 @@ class Dispatcher:
                     for a in await self.agents()
                     if a.pool == stream.pool and a.id not in exclude
                 }
-                decision = self._decide(list(agents.values()), prefix)
+                decision = self._decide(list(agents.values()), prefix, images=images)
                 if stream.avoid is not None:
                     decision = _spread(decision, set(stream.avoid()))
                 acquisition = await registry.acquire_slot(

@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import threading
+from collections import OrderedDict
 from typing import Any
 
 # 128 bits: a slot trusts a matching fingerprint to reuse the keys and values
@@ -91,3 +93,61 @@ def image_urls(content: Any) -> list[str]:
             if isinstance(url, str):
                 urls.append(url)
     return urls
+
+
+def has_images(messages: list[Any]) -> bool:
+    """Whether any message of a conversation holds an ``image_url`` part."""
+    return any(
+        image_urls(message.get("content"))
+        for message in messages
+        if isinstance(message, dict)
+    )
+
+
+# Fingerprints of data URLs already decoded in this process, by the URL's
+# Python hash and length.  A conversation is fingerprinted more than once per
+# request (validation, routing, the request's log; on the agent, its prompt
+# and the chain its slot reports) and its images come back in every later
+# turn: decoding 10 MB of base64 each time costs more than the routing it
+# serves.  The key keeps no reference to the URL, so the cache holds no image.
+# A str caches its own hash, so the same string object is hashed once.  Two
+# URLs that share hash and length (64-bit SipHash with a per-process key: out
+# of an attacker's reach) would share a fingerprint, which is a routing hint
+# only: the agent reuses a cached image by its own decoded identity.
+_DIGESTS: OrderedDict[tuple[int, int], str] = OrderedDict()
+_DIGESTS_KEPT = 1024
+# The agent fingerprints in its preparer threads and its loop alike.
+_DIGESTS_LOCK = threading.Lock()
+
+
+def remember_digest(url: str, digest: str) -> None:
+    """Note the fingerprint of the image a data URL carries (its caller has
+    just decoded it), so that ``url_digest`` need not decode it again."""
+    key = (hash(url), len(url))
+    with _DIGESTS_LOCK:
+        _DIGESTS[key] = digest
+        _DIGESTS.move_to_end(key)
+        while len(_DIGESTS) > _DIGESTS_KEPT:
+            _DIGESTS.popitem(last=False)
+
+
+def url_digest(url: str) -> str:
+    """The fingerprint of the image an ``image_url`` part names.
+
+    A data URL's image is its decoded payload's ``image_digest`` (cached, see
+    above); a URL that is not a valid data URL (an http(s) URL the web tier
+    has not fetched yet, or a malformed one about to be refused) is known by
+    its text, so that two such parts still differ.
+    """
+    with _DIGESTS_LOCK:
+        known = _DIGESTS.get((hash(url), len(url)))
+    if known is not None:
+        return known
+    try:
+        _, data = parse_data_url(url)
+    except DataUrlError:
+        text = url.encode(errors="surrogatepass")
+        return "url:" + hashlib.blake2b(text, digest_size=DIGEST_SIZE).hexdigest()
+    digest = image_digest(data)
+    remember_digest(url, digest)
+    return digest

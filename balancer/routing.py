@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from balancer.chat_template import message_text
 from balancer.contract import Message, PromptParams
+from balancer.images import image_urls, url_digest
 
 TEXT_BLOCK = 256
 # Slots report at most this many hashes: enough to tell conversations apart.
@@ -41,13 +42,23 @@ def _chain(previous: str, payload: str) -> str:
 
 
 def conversation_prefix(messages: list[Message]) -> list[str]:
-    """One hash per message, each covering every message before it too."""
+    """One hash per message, each covering every message before it too.
+
+    A message's hash covers its role, its text and the fingerprints of its
+    images in order (``images.url_digest``: the decoded bytes' digest, cached
+    so that a large image is decoded once), so the same image in the next
+    turn matches and another image does not.  A message without images hashes
+    as it did before images existed.
+    """
     hashes: list[str] = []
     previous = "conversation"
     for message in messages[:MAX_PREFIX_HASHES]:
         role = str(message.get("role", ""))
-        content = message_text(message.get("content", "")).strip()
-        previous = _chain(previous, f"{role}\x00{content}")
+        raw = message.get("content", "")
+        payload = f"{role}\x00{message_text(raw).strip()}"
+        for url in image_urls(raw):
+            payload += f"\x00image:{url_digest(url)}"
+        previous = _chain(previous, payload)
         hashes.append(previous)
     return hashes
 
@@ -119,6 +130,8 @@ class Candidate:
     idle_prefixes: list[list[str]] = field(default_factory=list)
     # Hashes of what the agent's host-memory tier holds.
     host_prefixes: frozenset[str] = frozenset()
+    # Whether it has a projection that reads images loaded.
+    serves_images: bool = False
 
     @property
     def load(self) -> float:
@@ -137,6 +150,24 @@ class Decision:
     order: list[str]
     matched: int  # prefix hashes the preferred agent's best slot shares
     why: str
+
+
+class NoAgentServesImages(Exception):
+    """A request with images, and agents ready that cannot read them."""
+
+
+def serving_images(candidates: list[Candidate]) -> list[Candidate]:
+    """The candidates for a request with images: those that serve images.
+
+    When agents with a model loaded are there and none serves images, no
+    amount of waiting helps: ``NoAgentServesImages``, for an error at once.
+    With none ready (none yet, scaling from zero, or all still loading), an
+    empty list: the request waits in the buffer as any other.
+    """
+    serving = [c for c in candidates if c.serves_images]
+    if not serving and any(c.slots_total > 0 for c in candidates):
+        raise NoAgentServesImages
+    return serving
 
 
 def _least_busy(candidates: list[Candidate]) -> list[Candidate]:

@@ -21,6 +21,7 @@ from balancer import registry
 from balancer.contract import (
     Done,
     Failure,
+    GenerationErrorKind,
     OutputItem,
     RequestKind,
     RequestParams,
@@ -50,6 +51,17 @@ class InferenceFailure(Exception):
         super().__init__(description)
         self.code = code
         self.description = description
+
+
+class GenerationRefused(InferenceFailure):
+    """A request refused before streaming for what a GeneratedToken error
+    variant names (``variant``, e.g. ``MultimodalNotSupported``): the APIs
+    answer it as they answer that variant."""
+
+    def __init__(self, code: int, variant: GenerationErrorKind, detail: str) -> None:
+        super().__init__(code, f"{variant}: {detail}")
+        self.variant = variant
+        self.detail = detail
 
 
 def redis_failure(error: RedisError) -> InferenceFailure:

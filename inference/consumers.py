@@ -21,6 +21,7 @@ from balancer.dispatch import get_dispatcher
 from balancer.stream import InferenceFailure
 from inference.access import WWW_AUTHENTICATE
 from inference.envelopes import Envelope, error_envelope, paddler_envelope
+from inference.image_parts import prepare_params_images
 from inference.socket_admission import socket_admitted
 from inference.socket_messages import (
     ClientError,
@@ -30,6 +31,7 @@ from inference.socket_messages import (
     parse_socket_message,
     request_id_hint,
 )
+from inference.validation import InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +146,18 @@ class InferenceSocketConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def _serve(self, request: SocketRequest) -> None:
         task = asyncio.current_task()
         try:
+            try:
+                # Images fetched inside the request's task: a StopRespondingTo
+                # or a closed socket cancels a slow fetch too.
+                await prepare_params_images(
+                    request.params, field="conversation_history"
+                )
+            except InvalidRequest as error:
+                self._forget(request.id, task)
+                await self._send_json(
+                    error_envelope(request.id, error.status, str(error))
+                )
+                return
             try:
                 dispatcher = get_dispatcher()
                 pool = await dispatcher.pool_named(request.pool)

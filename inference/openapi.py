@@ -40,6 +40,7 @@ FAILURE_VARIANTS = (
     "GrammarRejectedModelOutput",
     "SamplerError",
     "MultimodalNotSupported",
+    "ImageDecodingFailed",
 )
 
 COMPONENTS: dict[str, Schema] = {
@@ -67,12 +68,52 @@ COMPONENTS: dict[str, Schema] = {
             },
         ]
     },
+    "TextPart": {
+        "type": "object",
+        "properties": {"type": {"type": "string", "enum": ["text"]}, "text": STRING},
+        "required": ["type", "text"],
+        "additionalProperties": False,
+    },
+    "ImageUrlPart": {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string", "enum": ["image_url"]},
+            "image_url": {
+                "type": "object",
+                "properties": {
+                    "url": {
+                        "type": "string",
+                        "description": (
+                            "A base64 data: URL of a PNG, JPEG, WebP, GIF or BMP "
+                            "image, or an http(s) URL the server fetches "
+                            "(PADDLER_MAX_IMAGE_BYTES; 413 above it)."
+                        ),
+                    },
+                    "detail": {
+                        "type": "string",
+                        "enum": ["auto", "low", "high"],
+                        "description": "Accepted and ignored.",
+                    },
+                },
+                "required": ["url"],
+                "additionalProperties": False,
+            },
+        },
+        "required": ["type", "image_url"],
+        "additionalProperties": False,
+    },
     "ConversationMessage": {
         "type": "object",
         "properties": {
             "role": STRING,
             "content": {
-                "oneOf": [STRING, {"type": "array", "items": OBJECT}],
+                "oneOf": [
+                    STRING,
+                    {
+                        "type": "array",
+                        "items": {"oneOf": [ref("TextPart"), ref("ImageUrlPart")]},
+                    },
+                ],
                 "description": "Text, or parts (text, image_url).",
             },
         },

@@ -28,10 +28,78 @@ ROLES = ("system", "user", "assistant", "tool")
 
 
 class InvalidRequest(ValueError):
+    # The HTTP status it is answered with.
+    status = 400
+
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class ImageTooLarge(InvalidRequest):
+    """An image, or a request's images together, over an operator's limit."""
+
+    status = 413
+
+
+# What an image part's ``detail`` may say (OpenAI's values).  It is accepted
+# and ignored: the agent scales every image to the desired state's
+# ``image_resize_to_fit``.
+IMAGE_DETAILS = ("auto", "low", "high")
+# How an error names a key that is the empty string.
+EMPTY_KEY = '""'
+
+
+def image_part(where: str, part: dict[str, Any]) -> dict[str, Any]:
+    """An ``image_url`` part, checked for shape only: ``{"type": "image_url",
+    "image_url": {"url": str, "detail"?: str}}``.
+
+    Its URL is read later (``inference.image_parts``): a ``data:`` URL is
+    decoded and an http(s) one fetched, each within the operator's limits.
+    """
+    for key in part:
+        if key not in ("type", "image_url"):
+            raise InvalidRequest(f"{where}.{key or EMPTY_KEY}", "unknown field")
+    image = part.get("image_url")
+    if not isinstance(image, dict):
+        raise InvalidRequest(
+            f"{where}.image_url", 'is required and must be an object {"url": ...}'
+        )
+    for key in image:
+        if key not in ("url", "detail"):
+            raise InvalidRequest(
+                f"{where}.image_url.{key or EMPTY_KEY}", "unknown field"
+            )
+    if not isinstance(image.get("url"), str) or not image["url"]:
+        raise InvalidRequest(
+            f"{where}.image_url.url",
+            "is required: a data: URL (data:image/png;base64,...) or an http(s) URL",
+        )
+    if "detail" in image and image["detail"] not in IMAGE_DETAILS:
+        raise InvalidRequest(
+            f"{where}.image_url.detail", f"must be one of {', '.join(IMAGE_DETAILS)}"
+        )
+    return {"type": "image_url", "image_url": {"url": image["url"]}}
+
+
+def content_parts(where: str, value: list[Any]) -> list[dict[str, Any]]:
+    """A message's content parts: text and images, nothing else (a part we
+    could not pass on would be dropped without a word)."""
+    parts: list[dict[str, Any]] = []
+    for index, part in enumerate(value):
+        at = f"{where}[{index}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise InvalidRequest(at, "must be a typed content part")
+        if part["type"] == "text":
+            if not isinstance(part.get("text"), str):
+                raise InvalidRequest(f"{at}.text", "must be a string")
+            parts.append({"type": "text", "text": part["text"]})
+        elif part["type"] == "image_url":
+            parts.append(image_part(at, part))
+        else:
+            raise InvalidRequest(f"{at}.type", 'must be "text" or "image_url"')
+    return parts
 
 
 def _require_keys(body: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:
@@ -138,15 +206,12 @@ def _message(index: int, value: Any) -> Message:
     if role not in ROLES:
         raise InvalidRequest(f"{where}.role", f"must be one of {', '.join(ROLES)}")
     content = value.get("content")
+    message = dict(value)
     if isinstance(content, list):
-        for part_index, part in enumerate(content):
-            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                raise InvalidRequest(
-                    f"{where}.content[{part_index}]", "must be a typed content part"
-                )
+        message["content"] = content_parts(f"{where}.content", content)
     elif not isinstance(content, str):
         raise InvalidRequest(f"{where}.content", "must be a string or a list of parts")
-    return dict(value)
+    return message
 
 
 def validate_conversation(body: Any) -> ConversationParams:

@@ -21,6 +21,7 @@ from balancer.fanout import FanOut
 from balancer.stream import InferenceFailure, Stream
 from inference.access import api_key_required
 from inference.envelopes import ndjson_line
+from inference.image_parts import prepare_params_images
 from inference.request_body import BodyTooLarge, read_json
 from inference.validation import (
     InvalidRequest,
@@ -80,10 +81,12 @@ async def _serve(
     header names another (our extension: Paddler has one pool)."""
     try:
         params = validate(read_json(request))
+        await prepare_params_images(params, field="conversation_history")
     except BodyTooLarge as error:
         return error_response(413, str(error))
     except InvalidRequest as error:
-        return error_response(400, str(error))
+        # 400, or 413 for images over their limits.
+        return error_response(error.status, str(error))
     dispatcher = get_dispatcher()
     try:
         pool = await dispatcher.pool_named(request.headers.get(POOL_HEADER))

@@ -277,6 +277,22 @@ PADDLER_MODEL_SOURCE_ALLOWED_HOSTS = env_hosts("PADDLER_MODEL_SOURCE_ALLOWED_HOS
 # Above any single GGUF file (Hugging Face takes none over 50 GB, so larger
 # models come split); it bounds an endless or lying download, not the disk.
 PADDLER_MODEL_MAX_BYTES = env_int("PADDLER_MODEL_MAX_BYTES", 256 << 30, minimum=1)
+# Images in requests (inference/image_parts.py): the largest one image may be
+# (a data: URL's payload or a fetched body; 413 above), and all of a
+# request's together.  A data: URL also counts against
+# PADDLER_MAX_REQUEST_BYTES, as base64 (4/3 of the image): raise that too to
+# take images over about 3 MiB inline.
+PADDLER_MAX_IMAGE_BYTES = env_int("PADDLER_MAX_IMAGE_BYTES", 20 << 20, minimum=1)
+PADDLER_MAX_REQUEST_IMAGE_BYTES = env_int(
+    "PADDLER_MAX_REQUEST_IMAGE_BYTES", 32 << 20, minimum=1
+)
+# Images named by http(s) URL are fetched by the web tier within this budget
+# (all of a request's images together), from public addresses only, except
+# these hosts the operator trusts (inference/image_fetch.py says why).
+PADDLER_IMAGE_FETCH_TIMEOUT_MS = env_int(
+    "PADDLER_IMAGE_FETCH_TIMEOUT_MS", 10_000, minimum=100
+)
+PADDLER_IMAGE_FETCH_ALLOWED_HOSTS = env_hosts("PADDLER_IMAGE_FETCH_ALLOWED_HOSTS")
 
 # StatsD: fleet gauges every interval, request counters and timings, and
 # django-statsd's HTTP timings.  Unset address: off.

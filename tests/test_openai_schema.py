@@ -131,6 +131,10 @@ def test_tools_reach_the_template_unless_tool_choice_is_none() -> None:
         ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages[0].content[0].image_url",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
             "messages[0].content[0].type",
         ),
         ({"messages": [USER | {"mood": "happy"}]}, "messages[0].mood"),

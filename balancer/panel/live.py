@@ -26,12 +26,15 @@ STATS_EVERY_S = 2.0
 
 def dashboard_agent(agent: registry.AgentRecord) -> dict[str, Any]:
     """An agent as the management API shows it, with words for people and
-    its host-memory KV tier (entries, bytes of its budget, hit rate)."""
+    its host-memory KV tier (entries, bytes of its budget, hit rate) and
+    whether it serves images."""
     snapshot = agent.public_snapshot()
     path = snapshot.get("model_path") or ""
     return {
         **snapshot,
         "host_cache": host_tier(agent.report),
+        # A multimodal projection loaded: requests with images may come here.
+        "serves_images": agent.report.get("serves_images") is True,
         "model_name": os.path.basename(path) if path else None,
         "status_words": explain_status(snapshot.get("state_application_status")),
         "issues_explained": [explain_issue(i) for i in snapshot.get("issues") or []],

@@ -56,6 +56,9 @@ from inference.services import inference_api_key_create, inference_api_key_revok
 # Rows on the requests page, and revisions on the model page.
 REQUESTS_SHOWN = 200
 REVISIONS_SHOWN = 20
+# Of a playground message, what is left to the conversation's text beside
+# its images (see ``prompt``).
+PROMPT_TEXT_ROOM = 256 * 1024
 REQUEST_FILTERS = ("all", "done", "errors", "cancelled")
 
 
@@ -207,10 +210,19 @@ def roll_back(request: HttpRequest, revision_id: int) -> HttpResponse:
 def prompt(request: HttpRequest) -> HttpResponse:
     pool = chosen_pool(request)
     current = desired_state_current(pool=pool)
+    # An attached image travels base64 (4 bytes for 3) in one socket
+    # message, which PADDLER_MAX_REQUEST_BYTES bounds; the page refuses an
+    # image that cannot fit (leaving room for the conversation's text)
+    # instead of sending it to be refused.
+    inline = (settings.PADDLER_MAX_REQUEST_BYTES - PROMPT_TEXT_ROOM) * 3 // 4
     return render(
         request,
         "panel/prompt.html",
-        {"default_system_prompt": current.default_system_prompt, "pool": pool},
+        {
+            "default_system_prompt": current.default_system_prompt,
+            "pool": pool,
+            "max_image_bytes": max(0, min(settings.PADDLER_MAX_IMAGE_BYTES, inline)),
+        },
     )
 
 

@@ -124,12 +124,22 @@ _CLIENT_FAULTS = {
     "GrammarSyntaxError": ("response_format", "invalid_response_format"),
     "GrammarInitializationFailed": ("response_format", "invalid_response_format"),
     "MultimodalNotSupported": ("messages", "multimodal_not_supported"),
+    "ImageDecodingFailed": ("messages", "image_decoding_failed"),
     "GrammarIncompatibleWithThinking": (
         "response_format",
         "grammar_incompatible_with_thinking",
     ),
     "ToolCallValidatorBuildFailed": ("tools", "invalid_tools"),
 }
+
+
+def generation_failed_error(variant: str, detail: str) -> OpenAIError:
+    """A terminal GeneratedToken variant as an OpenAI error: 400 naming the
+    parameter for the request's fault, 500 for the agent's."""
+    if variant in _CLIENT_FAULTS:
+        param, code = _CLIENT_FAULTS[variant]
+        return OpenAIError(400, f"{variant}: {detail}", param=param, code=code)
+    return OpenAIError(500, f"{variant}: {detail}")
 
 
 GenerationEvent = (
@@ -165,11 +175,7 @@ def read_generation_item(item: OutputItem) -> GenerationEvent:
     if isinstance(output, Done):
         return Finished(output.usage)
     if isinstance(output, GenerationFailed):
-        variant, detail = output.variant, output.detail
-        if variant in _CLIENT_FAULTS:
-            param, code = _CLIENT_FAULTS[variant]
-            return OpenAIError(400, f"{variant}: {detail}", param=param, code=code)
-        return OpenAIError(500, f"{variant}: {detail}")
+        return generation_failed_error(output.variant, output.detail)
     return OpenAIError(502, f"unexpected output from the agent: {item['response']!r}")
 
 

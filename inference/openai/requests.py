@@ -27,7 +27,12 @@ from balancer.contract import (
 )
 from balancer.grammar_limits import GrammarTooComplex, check_json_schema_text
 from inference.openai.errors import OpenAIError, invalid
-from inference.validation import MAX_TOKENS_LIMIT, InvalidRequest, validate_tools
+from inference.validation import (
+    MAX_TOKENS_LIMIT,
+    InvalidRequest,
+    content_parts,
+    validate_tools,
+)
 
 # OpenAI's own limits.
 MAX_STOP_SEQUENCES = 4
@@ -284,18 +289,11 @@ def _content(where: str, role: str, value: Any) -> str | list[dict[str, Any]]:
         return ""
     if not isinstance(value, list):
         raise invalid(where, "must be a string or a list of content parts")
-    parts: list[dict[str, Any]] = []
-    for index, part in enumerate(value):
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise invalid(f"{where}[{index}]", "must be a typed content part")
-        if part["type"] != "text":
-            raise invalid(
-                f"{where}[{index}].type", "only text content parts are supported"
-            )
-        if not isinstance(part.get("text"), str):
-            raise invalid(f"{where}[{index}].text", "must be a string")
-        parts.append({"type": "text", "text": part["text"]})
-    return parts
+    try:
+        # Text and image_url parts (``detail`` accepted and ignored).
+        return content_parts(where, value)
+    except InvalidRequest as error:
+        raise invalid(error.field, error.message) from None
 
 
 def _chat_message(index: int, value: Any) -> Message:

@@ -27,6 +27,7 @@ from inference.openai.output import (
     ToolCallText,
 )
 from inference.openai.requests import GenerationRequest, parse_chat_request
+from inference.validation import IMAGE_DETAILS
 
 RESPONSE_FIELDS = frozenset(
     {
@@ -61,20 +62,41 @@ def _reject_unknown(body: dict[str, Any]) -> None:
             )
 
 
-def _text_of(where: str, content: Any) -> str:
+def _content_of(where: str, content: Any) -> str | list[dict[str, Any]]:
+    """A message's content: its text, or chat content parts when it holds
+    images (``input_image``, whose ``image_url`` is a data: or http(s) URL)."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise invalid(where, "must be a string or a list of content parts")
-    texts: list[str] = []
+    parts: list[dict[str, Any]] = []
     for index, part in enumerate(content):
+        at = f"{where}[{index}]"
         kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "input_image":
+            assert isinstance(part, dict)
+            url = part.get("image_url")
+            if not isinstance(url, str) or not url:
+                raise invalid(
+                    f"{at}.image_url",
+                    "is required: a data: URL or an http(s) URL (file_id is not "
+                    "supported)",
+                )
+            if part.get("detail", "auto") not in IMAGE_DETAILS:
+                raise invalid(
+                    f"{at}.detail", f"must be one of {', '.join(IMAGE_DETAILS)}"
+                )
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+            continue
         if kind not in ("input_text", "output_text", "text"):
-            raise invalid(f"{where}[{index}].type", "only text parts are supported")
+            raise invalid(f"{at}.type", "only text and input_image parts are supported")
+        assert isinstance(part, dict)
         if not isinstance(part.get("text"), str):
-            raise invalid(f"{where}[{index}].text", "must be a string")
-        texts.append(part["text"])
-    return "".join(texts)
+            raise invalid(f"{at}.text", "must be a string")
+        parts.append({"type": "text", "text": part["text"]})
+    if any(part["type"] == "image_url" for part in parts):
+        return parts
+    return "".join(part["text"] for part in parts)
 
 
 def _messages(value: Any) -> list[dict[str, Any]]:
@@ -96,8 +118,8 @@ def _messages(value: Any) -> list[dict[str, Any]]:
                 raise invalid(
                     f"{where}.role", "must be user, assistant, system or developer"
                 )
-            text = _text_of(f"{where}.content", item.get("content"))
-            messages.append({"role": role, "content": text})
+            content = _content_of(f"{where}.content", item.get("content"))
+            messages.append({"role": role, "content": content})
         elif kind == "function_call":
             call = {
                 "id": str(item.get("call_id", "")),

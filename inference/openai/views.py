@@ -22,8 +22,9 @@ from django.views.decorators.http import require_GET, require_POST
 from balancer.contract import GenerationKind, GenerationParams, OutputItem
 from balancer.dispatch import get_dispatcher
 from balancer.sse import event_stream_response
-from balancer.stream import InferenceFailure, Stream
+from balancer.stream import GenerationRefused, InferenceFailure, Stream
 from inference.access import api_key_required
+from inference.image_parts import prepare_params_images
 from inference.openai.errors import OpenAIError
 from inference.openai.listing import (
     listed_model_ids,
@@ -40,6 +41,7 @@ from inference.openai.output import (
     ToolCalls,
     ToolCallsFailed,
     ToolCallText,
+    generation_failed_error,
     read_generation_item,
     tool_call_deltas,
 )
@@ -99,7 +101,17 @@ async def _pool(model: str) -> str:
 async def _open(kind: GenerationKind, params: GenerationParams, model: str) -> Stream:
     pool = await _pool(model)
     try:
+        await prepare_params_images(params, field="messages")
+    except InvalidRequest as error:
+        code = "image_too_large" if error.status == 413 else "invalid_image"
+        raise OpenAIError(
+            error.status, str(error), param=error.field, code=code
+        ) from None
+    try:
         return await get_dispatcher().open_stream(kind, params, pool=pool)
+    except GenerationRefused as refused:
+        # As the agent's own refusal would be (output.read_generation_item).
+        raise generation_failed_error(refused.variant, refused.detail) from None
     except InferenceFailure as failure:
         raise OpenAIError(failure.code, failure.description) from None
 

@@ -78,12 +78,18 @@
     const templateValue = element("span", "template-value");
     templateRow.append(element("span", null, "Chat template"), templateValue);
 
+    // Whether a multimodal projection is loaded: requests with images go
+    // only to agents that serve them.
+    const imagesRow = element("div", "agent-row");
+    const imagesValue = element("span", "images-value");
+    imagesRow.append(element("span", null, "Images"), imagesValue);
+
     const status = element("p", "agent-status");
     const issues = element("ul", "issues");
-    card.append(head, slots, download, hostTier, templateRow, status, issues);
+    card.append(head, slots, download, hostTier, templateRow, imagesRow, status, issues);
     const parts = {
       card, name, model, badge, slotsValue, slotsBar, download, downloadName,
-      downloadValue, downloadMeter, downloadBar, templateValue, status, issues,
+      downloadValue, downloadMeter, downloadBar, templateValue, imagesValue, status, issues,
       hostTier, hostTierValue, hostTierMeter, hostTierBar, hostTierHits,
     };
     cards.set(agent.id, parts);
@@ -132,6 +138,10 @@
     parts.templateValue.textContent = agent.uses_chat_template_override
       ? "override"
       : "the model's own";
+    parts.imagesValue.textContent = agent.serves_images
+      ? "served (projection loaded)"
+      : "not served";
+    parts.card.dataset.servesImages = agent.serves_images ? "yes" : "no";
     parts.status.textContent = agent.status_words;
     parts.issues.replaceChildren(
       ...(agent.issues_explained || []).map((text) => element("li", null, text)),

@@ -20,6 +20,12 @@
   const stopButton = document.getElementById("stop-button");
   const clearButton = document.getElementById("clear-button");
   const status = document.getElementById("run-status");
+  const imageInput = document.getElementById("image-input");
+  const attachmentList = document.getElementById("attachments");
+  const imageError = document.getElementById("image-error");
+  // The largest image the page sends (the server's limits, see the view).
+  const maxImageBytes = Number(root.dataset.maxImageBytes) || 0;
+  const IMAGE_TYPES = ["image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp"];
   const facts = {
     agent: document.getElementById("fact-agent"),
     tokens: document.getElementById("fact-tokens"),
@@ -33,6 +39,8 @@
   let opening = null;
   let run = null; // the request in flight: {id, bubble, text, started, ...}
   let counter = 0;
+  // Images for the next message: [{url (a data: URL), name}].
+  let attachments = [];
 
   function socketUrl() {
     const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
@@ -66,10 +74,20 @@
     status.textContent = text;
   }
 
-  function bubble(role, text) {
+  function bubble(role, text, images = []) {
     empty.hidden = true;
     const item = element("li", `bubble ${role}`);
     item.append(element("span", "role", role === "user" ? "You" : role === "assistant" ? "Model" : role));
+    if (images.length) {
+      const row = element("div", "images");
+      images.forEach((image, index) => {
+        const img = element("img", "attached");
+        img.src = image.url;
+        img.alt = `Attached image ${index + 1}${image.name ? `: ${image.name}` : ""}`;
+        row.append(img);
+      });
+      item.append(row);
+    }
     const body = element("div", "text", text);
     item.append(body);
     list.append(item);
@@ -85,7 +103,7 @@
 
   function validate() {
     let ok = true;
-    if (!input.value.trim()) {
+    if (!input.value.trim() && !attachments.length) {
       showError(inputError, "Write a message first.");
       ok = false;
     } else {
@@ -137,16 +155,30 @@
 
   async function send() {
     if (run || !validate()) return;
-    const content = input.value.trim();
+    const text = input.value.trim();
+    const images = attachments;
     input.value = "";
+    clearAttachments();
+    // With images, Paddler's (and OpenAI's) content parts: the text, then
+    // each image as a data: URL.
+    const content = images.length
+      ? [
+          ...(text ? [{ type: "text", text }] : []),
+          ...images.map((image) => ({ type: "image_url", image_url: { url: image.url } })),
+        ]
+      : text;
     history.push({ role: "user", content });
-    bubble("user", content);
+    const asked = bubble("user", text, images);
     const conversation = systemPrompt.value.trim()
       ? [{ role: "system", content: systemPrompt.value.trim() }, ...history]
       : [...history];
     counter += 1;
     run = {
       id: `panel-${Date.now().toString(36)}-${counter}`,
+      // A message with images that fails unanswered (no agent serves images,
+      // an image that does not decode) leaves the conversation, or every
+      // later message would carry it and fail the same way.
+      asked: images.length ? { bubble: asked, message: history[history.length - 1] } : null,
       bubble: bubble("assistant", ""),
       text: "",
       tokens: 0,
@@ -278,6 +310,13 @@
     run = null;
     current.bubble.classList.remove("streaming");
     if (current.text) history.push({ role: "assistant", content: current.text });
+    if (failed && !current.text && current.asked) {
+      history = history.filter((message) => message !== current.asked.message);
+      current.asked.bubble.classList.add("dropped");
+      current.asked.bubble.append(
+        element("span", "note", "Not kept in the conversation: it was not answered."),
+      );
+    }
     if (note) {
       current.bubble.append(element("span", failed ? "note error" : "note", note));
     }
@@ -287,6 +326,65 @@
     setRunning(false);
     setStatus(failed ? "" : `Done: ${number(current.tokens)} tokens.`);
     input.focus();
+  }
+
+  function showAttachments() {
+    attachmentList.replaceChildren(
+      ...attachments.map((image, index) => {
+        const item = element("li", "attachment");
+        const img = element("img");
+        img.src = image.url;
+        img.alt = image.name || `Image ${index + 1}`;
+        const remove = element("button", "link", "Remove");
+        remove.type = "button";
+        remove.setAttribute("aria-label", `Remove ${img.alt}`);
+        remove.addEventListener("click", () => {
+          attachments.splice(index, 1);
+          showAttachments();
+        });
+        item.append(img, remove);
+        return item;
+      }),
+    );
+    attachmentList.hidden = attachments.length === 0;
+  }
+
+  function clearAttachments() {
+    attachments = [];
+    showAttachments();
+    showError(imageError, "");
+  }
+
+  function readAsDataUrl(file) {
+    return new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(String(reader.result));
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+  }
+
+  async function attach(files) {
+    for (const file of files) {
+      if (!IMAGE_TYPES.includes(file.type)) {
+        showError(imageError, `${file.name || "That file"} is not a PNG, JPEG, WebP, GIF or BMP image.`);
+        continue;
+      }
+      if (maxImageBytes && file.size > maxImageBytes) {
+        showError(
+          imageError,
+          `${file.name || "The image"} is ${number(file.size)} bytes; the largest image this server takes in a message is ${number(maxImageBytes)} bytes.`,
+        );
+        continue;
+      }
+      try {
+        attachments.push({ url: await readAsDataUrl(file), name: file.name || "" });
+        showError(imageError, "");
+      } catch (failure) {
+        showError(imageError, `Could not read ${file.name || "the image"}: ${failure}`);
+      }
+    }
+    showAttachments();
   }
 
   function stop() {
@@ -310,8 +408,24 @@
     }
   });
   stopButton.addEventListener("click", stop);
+  imageInput.addEventListener("change", async () => {
+    await attach([...imageInput.files]);
+    imageInput.value = ""; // the same file can be picked again
+  });
+  // An image pasted into the message is attached, not written as text.
+  input.addEventListener("paste", (event) => {
+    const files = [...(event.clipboardData?.items || [])]
+      .filter((item) => item.kind === "file" && item.type.startsWith("image/"))
+      .map((item) => item.getAsFile())
+      .filter(Boolean);
+    if (files.length) {
+      event.preventDefault();
+      attach(files);
+    }
+  });
   clearButton.addEventListener("click", () => {
     history = [];
+    clearAttachments();
     list.replaceChildren(empty);
     empty.hidden = false;
     resetFacts();
