@@ -9,8 +9,14 @@ import ctypes
 import os
 from pathlib import Path
 
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from pytest_django.fixtures import Settings
+
 from agents.disk_cache import DiskCache, file_name
 from agents.host_cache import Entry, HostCache
+from agents.worker import AgentWorker
 
 MODEL = "model|context=1024"
 OTHER_MODEL = "model|context=2048"
@@ -218,3 +224,30 @@ def test_a_reused_buffer_larger_than_the_state_writes_only_the_state(
     assert found is not None
     loaded = disk.load(found[0])
     assert loaded is not None and state_bytes(loaded) == payload(3, 500)
+
+
+def test_the_disk_tier_comes_from_the_settings_or_the_command_line(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings.PADDLER_AGENT_CACHE_DIR = ""
+    assert AgentWorker(name="a", slots=1).host_cache.disk is None
+    settings.PADDLER_AGENT_CACHE_DIR = str(tmp_path / "from-settings")
+    settings.PADDLER_AGENT_CACHE_DISK_MB = 3
+    disk = AgentWorker(name="a", slots=1).host_cache.disk
+    assert disk is not None
+    assert (disk.directory, disk.budget_bytes) == (
+        tmp_path / "from-settings",
+        3 * 2**20,
+    )
+    flagged = AgentWorker(
+        name="a", slots=1, cache_dir=str(tmp_path / "flag"), cache_disk_mb=5
+    ).host_cache.disk
+    assert flagged is not None and flagged.budget_bytes == 5 * 2**20
+    # No host tier, no disk tier: states reach the disk through host memory.
+    assert AgentWorker(name="a", slots=1, cache_ram_mb=0).host_cache.disk is None
+    with pytest.raises(CommandError, match="--cache-disk-mb cannot be negative"):
+        call_command("run_agent", "--name", "a", "--cache-disk-mb", "-1")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CommandError, match="--cache-dir"):
+        call_command("run_agent", "--name", "a", "--cache-dir", str(blocker / "x"))
