@@ -30,7 +30,13 @@ from typing import Any
 import llama_cpp
 
 from agents.embedder import Embedder
-from agents.host_cache import MIN_LOST_TOKENS, Entry, HostCache, cache_namespace
+from agents.host_cache import (
+    MIN_LOST_TOKENS,
+    Entry,
+    HostCache,
+    buffer_size,
+    cache_namespace,
+)
 from agents.jobs import (
     EmbeddingJob,
     Generation,
@@ -614,7 +620,7 @@ class Engine:
             return
         buffer = tier.take_buffer(size)
         if buffer is None:
-            buffer = (ctypes.c_uint8 * size)()
+            buffer = (ctypes.c_uint8 * buffer_size(size))()
         written = llama_cpp.llama_state_seq_get_data(
             self._context, buffer, size, slot.seq_id
         )

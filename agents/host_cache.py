@@ -65,6 +65,17 @@ MIN_LOST_TOKENS = 8
 MAX_REPORTED_HASHES = 256
 # Buffers of states restored whole, kept for the next saves to write into.
 SPARE_BUFFERS = 4
+# Fresh buffers get an eighth more than their state, in whole 64 KiB: a
+# conversation's state grows by a few hundred KiB a turn, so a buffer its
+# last state (or a longer conversation's) left often holds the next one.
+BUFFER_HEADROOM = 8
+BUFFER_GRANULE = 2**16
+
+
+def buffer_size(size: int) -> int:
+    """The bytes to allocate for a state of ``size`` bytes."""
+    wanted = size + size // BUFFER_HEADROOM
+    return -(-wanted // BUFFER_GRANULE) * BUFFER_GRANULE
 
 
 def common_prefix(left: Sequence[int], right: Sequence[int]) -> int:
