@@ -30,7 +30,13 @@ from typing import Any
 import llama_cpp
 
 from agents.embedder import Embedder
-from agents.host_cache import MIN_LOST_TOKENS, Entry, HostCache, cache_namespace
+from agents.host_cache import (
+    MIN_LOST_TOKENS,
+    Entry,
+    HostCache,
+    buffer_size,
+    cache_namespace,
+)
 from agents.jobs import (
     EmbeddingJob,
     Generation,
@@ -483,7 +489,23 @@ class Engine:
     def _on_prepared(
         self, job: Generation, prompt: list[PositionKey], failure: Output | None
     ) -> None:
-        """On the preparer's thread: hand the prompt to the engine's loop."""
+        """On the preparer's thread: hand the prompt to the engine's loop,
+        having the host tier read back from disk a state that extends it
+        (``HostCache.prefetch``: the file read stays off the decode loop)."""
+        if failure is None and self.host_cache.disk is not None:
+            # The slots' caches as they are now, a hint only (the engine
+            # thread may be changing them): a prompt a slot holds already
+            # needs no file read.
+            held = max(
+                (common_prefix_length(list(s.cache), prompt) for s in self._slots),
+                default=0,
+            )
+            # The tiers hold no state with an image in it (``_save_slot``):
+            # only the text before a prompt's first image can match.
+            text = leading_text(prompt)
+            self.host_cache.prefetch(
+                self.cache_namespace, text, held=min(held, len(text))
+            )
         self._commands.put(("prepared", (job, prompt, failure)))
 
     def prompt_tokens(self, job: Generation) -> list[int]:
@@ -678,7 +700,9 @@ class Engine:
         size = llama_cpp.llama_state_seq_get_size(self._context, slot.seq_id)
         if not tier.worth_saving(self.cache_namespace, tokens, size):
             return
-        buffer = (ctypes.c_uint8 * size)()
+        buffer = tier.take_buffer(size)
+        if buffer is None:
+            buffer = (ctypes.c_uint8 * buffer_size(size))()
         written = llama_cpp.llama_state_seq_get_data(
             self._context, buffer, size, slot.seq_id
         )

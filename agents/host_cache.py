@@ -34,8 +34,14 @@ already covered by an entry is not saved again.  A system prompt shared by
 many conversations is not stored once, though: llama.cpp saves a sequence
 whole, so its bytes are held once per stored conversation.
 
-Thread safety: the engine thread writes; status reports on other threads read
-``stats`` and ``fingerprints``.  One lock guards the entries.
+Disk.  With a disk tier attached (``agents.disk_cache``), every stored state
+is written there too, by the disk tier's own thread; a prompt that a file
+extends further than anything here has the file read back into this store
+(``prefetch``, on the preparer's thread) before the engine looks.
+
+Thread safety: the engine thread writes; the preparer's thread may insert
+states read from disk; status reports on other threads read ``stats`` and
+``fingerprints``.  One lock guards the entries.
 """
 
 from __future__ import annotations
@@ -44,7 +50,10 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agents.disk_cache import DiskCache
 
 # States of fewer tokens are not worth a copy: re-evaluating them is cheap.
 MIN_TOKENS = 16
@@ -54,6 +63,19 @@ MIN_TOKENS = 16
 MIN_LOST_TOKENS = 8
 # At most this many routing hashes are reported with the agent's status.
 MAX_REPORTED_HASHES = 256
+# Buffers of states restored whole, kept for the next saves to write into.
+SPARE_BUFFERS = 4
+# Fresh buffers get an eighth more than their state, in whole 64 KiB: a
+# conversation's state grows by a few hundred KiB a turn, so a buffer its
+# last state (or a longer conversation's) left often holds the next one.
+BUFFER_HEADROOM = 8
+BUFFER_GRANULE = 2**16
+
+
+def buffer_size(size: int) -> int:
+    """The bytes to allocate for a state of ``size`` bytes."""
+    wanted = size + size // BUFFER_HEADROOM
+    return -(-wanted // BUFFER_GRANULE) * BUFFER_GRANULE
 
 
 def common_prefix(left: Sequence[int], right: Sequence[int]) -> int:
@@ -92,6 +114,12 @@ class Entry:
     # The model's attention window, 0 for none (see the module's note).
     window: int = 0
     used: int = 0
+    # Bytes of memory the state's buffer holds: ``size`` or more (a reused
+    # buffer, see ``HostCache.take_buffer``).
+    held: int = 0
+    # Queued for the disk tier's writer, which reads ``state`` until done:
+    # its buffer is not reused meanwhile.
+    writing: bool = False
 
     def usable(self, keep: int) -> bool:
         """Whether restoring this state and keeping its first ``keep``
@@ -115,6 +143,14 @@ class HostCacheStats:
     # The slowest copy so far, each way, in milliseconds.
     save_ms_max: float
     restore_ms_max: float
+    # States read back from the disk tier.
+    disk_hits: int = 0
+    # All copies so far, each way, in milliseconds (the decode loop's time
+    # spent on the tier).
+    save_ms_total: float = 0.0
+    restore_ms_total: float = 0.0
+    # Saves that wrote into a buffer a restored state left.
+    buffers_reused: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -140,6 +176,16 @@ class HostCache:
         self._restored_tokens = 0
         self._save_ms_max = 0.0
         self._restore_ms_max = 0.0
+        self._disk_hits = 0
+        self._spare: list[Any] = []
+        self._buffers_reused = 0
+        self._save_ms_total = 0.0
+        self._restore_ms_total = 0.0
+        # The disk tier below this one, if any (``attach_disk``).
+        self.disk: DiskCache | None = None
+
+    def attach_disk(self, disk: DiskCache | None) -> None:
+        self.disk = disk
 
     @property
     def enabled(self) -> bool:
@@ -185,11 +231,24 @@ class HostCache:
         if not self.worth_saving(namespace, tokens, size):
             return False
         entry = Entry(namespace, tuple(tokens), state, size, list(prefix), window)
+        entry.held = max(size, memoryview(state).nbytes)
+        self._store(entry)
+        with self._lock:
+            self._saves += 1
+            self._save_ms_max = max(self._save_ms_max, elapsed_ms)
+            self._save_ms_total += elapsed_ms
+        if self.disk is not None:
+            self.disk.write_later(entry)
+        return True
+
+    def _store(self, entry: Entry) -> None:
+        """Hold ``entry``: drop the entries it covers, then the least
+        recently used ones until the budget holds."""
         with self._lock:
             covered = [
                 old
                 for old in self._entries
-                if old.namespace == namespace
+                if old.namespace == entry.namespace
                 and len(old.tokens) <= len(entry.tokens)
                 and common_prefix(old.tokens, entry.tokens) == len(old.tokens)
                 and entry.usable(len(old.tokens) - 1)
@@ -197,19 +256,63 @@ class HostCache:
             for old in covered:
                 self._remove(old)
             entry.used = self._tick()
+            entry.held = max(entry.held, entry.size)
             self._entries.append(entry)
-            self._bytes += size
-            self._saves += 1
-            self._save_ms_max = max(self._save_ms_max, elapsed_ms)
+            self._bytes += entry.held
             while self._bytes > self.budget_bytes:
                 oldest = min(self._entries, key=lambda e: e.used)
                 self._remove(oldest)
                 self._evictions += 1
+
+    def prefetch(self, namespace: str, prompt: Sequence[int], *, held: int = 0) -> bool:
+        """Read back from the disk tier the state that extends ``prompt``
+        furthest, when it shares a good many tokens (``min_tokens``) more
+        than this store's best entry and than ``held`` (what a slot holds
+        already); whether one was read.  Called on the preparer's thread,
+        before the engine looks for the prompt: reading and checking a file
+        takes milliseconds the decode loop does not wait for."""
+        disk = self.disk
+        if disk is None or not self.enabled or len(prompt) <= self.min_tokens:
+            return False
+        best = held
+        with self._lock:
+            for entry in self._entries:
+                if entry.namespace != namespace:
+                    continue
+                shared = common_prefix(entry.tokens, prompt)
+                if entry.usable(min(shared, len(prompt) - 1)):
+                    best = max(best, shared)
+        found = disk.best(namespace, prompt, min_tokens=best + self.min_tokens)
+        if found is None or found[0].size > self.budget_bytes:
+            return False
+        loaded = disk.load(found[0])
+        if loaded is None:
+            return False
+        self._store(loaded)
+        with self._lock:
+            self._disk_hits += 1
         return True
 
     def _remove(self, entry: Entry) -> None:
         self._entries.remove(entry)
-        self._bytes -= entry.size
+        self._bytes -= entry.held
+
+    def take_buffer(self, size: int) -> Any | None:
+        """A buffer of at least ``size`` bytes that a restored state left,
+        for a save to write into; None when none is spare.
+
+        A fresh buffer costs the save a page fault per 4 KiB page it writes
+        (the kernel zeroes each on first touch), on the engine thread; a
+        reused one is written at memory speed.  (``bench.kv_state``.)
+        """
+        with self._lock:
+            fitting = [b for b in self._spare if memoryview(b).nbytes >= size]
+            if not fitting:
+                return None
+            buffer = min(fitting, key=lambda b: memoryview(b).nbytes)
+            self._spare.remove(buffer)
+            self._buffers_reused += 1
+            return buffer
 
     def find(self, namespace: str, prompt: Sequence[int]) -> tuple[Entry, int] | None:
         """The entry sharing the longest usable prefix with ``prompt``, and
@@ -243,11 +346,20 @@ class HostCache:
             if tokens >= len(entry.tokens) - 1:
                 if entry in self._entries:
                     self._remove(entry)
+                    # Its bytes are in the slot now: the next save may write
+                    # into its buffer, unless the disk tier still reads it.
+                    # (Only here, on the engine thread, after the restore:
+                    # an entry evicted on another thread may be the one the
+                    # engine is about to restore.)
+                    if not entry.writing:
+                        self._spare.append(entry.state)
+                        del self._spare[:-SPARE_BUFFERS]
             else:
                 entry.used = self._tick()
             self._hits += 1
             self._restored_tokens += tokens
             self._restore_ms_max = max(self._restore_ms_max, elapsed_ms)
+            self._restore_ms_total += elapsed_ms
 
     def discard(self, entry: Entry) -> None:
         """Drop an entry llama.cpp would not restore."""
@@ -259,6 +371,7 @@ class HostCache:
         """Empty the store (the model or its parameters changed)."""
         with self._lock:
             self._entries.clear()
+            self._spare.clear()
             self._bytes = 0
 
     def stats(self) -> HostCacheStats:
@@ -274,6 +387,10 @@ class HostCache:
                 restored_tokens=self._restored_tokens,
                 save_ms_max=self._save_ms_max,
                 restore_ms_max=self._restore_ms_max,
+                disk_hits=self._disk_hits,
+                save_ms_total=self._save_ms_total,
+                restore_ms_total=self._restore_ms_total,
+                buffers_reused=self._buffers_reused,
             )
 
     def fingerprints(self, limit: int = MAX_REPORTED_HASHES) -> list[str]:
@@ -288,9 +405,15 @@ class HostCache:
         what the limit leaves.
         """
         with self._lock:
-            ordered = sorted(self._entries, key=lambda e: -e.used)
-            deepest = [entry.prefix[-1:] for entry in ordered]
-            shallower = [entry.prefix[:-1] for entry in ordered]
+            ordered = [
+                entry.prefix for entry in sorted(self._entries, key=lambda e: -e.used)
+            ]
+        # The disk tier's files after host memory's states: a restore from
+        # there costs a file read more.
+        if self.disk is not None:
+            ordered += self.disk.fingerprints()
+        deepest = [prefix[-1:] for prefix in ordered]
+        shallower = [prefix[:-1] for prefix in ordered]
         hashes: list[str] = []
         seen: set[str] = set()
         for group in (deepest, shallower):
@@ -306,7 +429,7 @@ class HostCache:
     def report(self) -> dict[str, Any]:
         """What the agent's status says of its host tier."""
         stats = self.stats()
-        return {
+        report: dict[str, Any] = {
             "entries": stats.entries,
             "bytes": stats.bytes,
             "budget_bytes": stats.budget_bytes,
@@ -315,8 +438,21 @@ class HostCache:
             "restored_tokens": stats.restored_tokens,
             "save_ms_max": round(stats.save_ms_max, 2),
             "restore_ms_max": round(stats.restore_ms_max, 2),
+            "save_ms_total": round(stats.save_ms_total, 1),
+            "restore_ms_total": round(stats.restore_ms_total, 1),
+            "buffers_reused": stats.buffers_reused,
             "prefixes": self.fingerprints(),
         }
+        if self.disk is not None:
+            disk = self.disk.stats()
+            report["disk"] = {
+                "files": disk.files,
+                "bytes": disk.bytes,
+                "budget_bytes": disk.budget_bytes,
+                "hits": stats.disk_hits,
+                "corrupt": disk.corrupt,
+            }
+        return report
 
 
 def cache_namespace(

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
+from agents.disk_cache import DiskCache, llama_runtime
 from agents.engine import Engine
 from agents.host_cache import HostCache
 from agents.jobs import EmbeddingJob, EngineProtocol, ModelLoadError, Output
@@ -66,6 +67,8 @@ class AgentWorker:
         backend: str = "llama",
         pool: str = DEFAULT_POOL,
         cache_ram_mb: int | None = None,
+        cache_dir: str | None = None,
+        cache_disk_mb: int | None = None,
     ) -> None:
         self.agent_id = uuid.uuid4().hex
         self.name = name
@@ -88,6 +91,17 @@ class AgentWorker:
             else cache_ram_mb
         )
         self.host_cache = HostCache(megabytes * 2**20)
+        # The disk tier below it (agents.disk_cache), if a directory is set.
+        directory = settings.PADDLER_AGENT_CACHE_DIR if cache_dir is None else cache_dir
+        if directory and self.host_cache.enabled:
+            disk_mb = (
+                settings.PADDLER_AGENT_CACHE_DISK_MB
+                if cache_disk_mb is None
+                else cache_disk_mb
+            )
+            self.host_cache.attach_disk(
+                DiskCache(directory, disk_mb * 2**20, runtime=llama_runtime())
+            )
         self._host_cache_for: tuple[Any, ...] | None = None
         self.engine: EngineProtocol | None = None
         self._engine_thread: threading.Thread | None = None
@@ -743,6 +757,10 @@ class AgentWorker:
         if thread is not None:
             await asyncio.to_thread(thread.join)
         await asyncio.to_thread(engine.close)
+        if self.host_cache.disk is not None:
+            # States saved last are still being written: let them land, so
+            # that the next start (or the next model) finds them.
+            await asyncio.to_thread(self.host_cache.disk.flush, 10.0)
 
     async def _store_metadata(self, engine: EngineProtocol) -> None:
         assert self._redis is not None

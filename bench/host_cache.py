@@ -47,6 +47,10 @@ TIERS = {"off": "0", "on": "1024"}
 AGENT_TTL_MS = "30000"
 
 
+def conversation_topic(index: int) -> str:
+    return TOPICS[index % len(TOPICS)] + ("" if index < len(TOPICS) else f" ({index})")
+
+
 async def conversation(
     client: httpx.AsyncClient, url: str, *, index: int, turns: int, tokens: int
 ) -> list[dict[str, Any]]:
@@ -55,16 +59,64 @@ async def conversation(
     Pauses between turns are seeded by the conversation's index, the same
     with the tier off and on.
     """
-    topic = TOPICS[index % len(TOPICS)] + ("" if index < len(TOPICS) else f" ({index})")
     return await routing_conversation(
         client,
         url,
-        topic=topic,
+        topic=conversation_topic(index),
         system_prompt=SYSTEM_PROMPT,
         turns=turns,
         tokens=tokens,
         seed=index,
     )
+
+
+def why_kind(why: str) -> str:
+    """The routing decision's kind, from the request log's words."""
+    for start, kind in (
+        ("slot cache match", "slot"),
+        ("host-tier cache match", "host-tier"),
+        ("first free slot", "first free"),
+    ):
+        if why.startswith(start):
+            return kind
+    return "least busy"
+
+
+def breakdown(redis_url: str, later: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the later turns' time to first token went, from the request
+    log: waiting in the buffer for a slot, and from the claim to the first
+    token (the agent's preparing, admitting and evaluating); how long each
+    held its slot; and where routing sent them."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        records = {
+            record["id"]: record
+            for record in (
+                json.loads(raw) for raw in client.lrange(keys.request_log(), 0, -1)
+            )
+        }
+    finally:
+        client.close()
+    found = [records[t["request_id"]] for t in later if t["request_id"] in records]
+    if not found:
+        return {}
+    waits = [r["queue_wait_ms"] for r in found]
+    after_claim = [
+        r["time_to_first_token_ms"] - r["queue_wait_ms"]
+        for r in found
+        if r["time_to_first_token_ms"] is not None
+    ]
+    held = [r["duration_ms"] - r["queue_wait_ms"] for r in found]
+    kinds: dict[str, int] = {}
+    for record in found:
+        kind = why_kind(record["why"])
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return {
+        "queue_wait_mean_ms": sum(waits) / len(waits),
+        "claim_to_first_token_mean_ms": sum(after_claim) / max(1, len(after_claim)),
+        "slot_held_mean_ms": sum(held) / len(held),
+        "routed": kinds,
+    }
 
 
 async def workload(
@@ -87,6 +139,7 @@ async def workload(
         "later_ttft_mean_ms": sum(ttfts) / len(ttfts),
         "later_ttft_p95_ms": percentile(ttfts, 0.95),
         "seconds": elapsed,
+        "later": later,
     }
 
 
@@ -143,6 +196,8 @@ def one_run(
             results[tier] = asyncio.run(
                 workload(web.url, conversations, turns, args.tokens)
             )
+            later = results[tier].pop("later")
+            results[tier]["breakdown"] = breakdown(redis_url, later)
             # The agents' own figures: hits, bytes, the slowest copies.
             time.sleep(1.5)
             results[tier]["host_tiers"] = host_tiers(redis_url)

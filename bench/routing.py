@@ -102,6 +102,7 @@ async def conversation(
         started = time.perf_counter()
         first_token = None
         text = ""
+        request_id = ""
         usage: dict[str, Any] = {}
         async with client.stream(
             "POST",
@@ -116,12 +117,15 @@ async def conversation(
                 envelope = json.loads(line)
                 if "Error" in envelope:
                     raise RuntimeError(f"{topic}, turn {turn + 1}: {line}")
+                request_id = envelope["Response"]["request_id"]
                 generated = envelope["Response"]["response"]["GeneratedToken"]
                 text += generated.get("ContentToken", "")
                 if "Done" in generated:
                     usage = generated["Done"]["usage"]
         history.append({"role": "assistant", "content": text})
-        results.append({"turn": turn, "ttft": first_token, **usage})
+        results.append(
+            {"turn": turn, "ttft": first_token, "request_id": request_id, **usage}
+        )
     return results
 
 

@@ -249,6 +249,11 @@ PADDLER_AGENT_TTL_MS = env_int("PADDLER_AGENT_TTL_MS", 3_000, minimum=500)
 # slot was taken by another (agents.host_cache); 0 turns the tier off.
 # ``run_agent --cache-ram-mb`` overrides it.
 PADDLER_AGENT_CACHE_RAM_MB = env_int("PADDLER_AGENT_CACHE_RAM_MB", 2048, minimum=0)
+# The optional disk tier below it (agents.disk_cache): a directory of the
+# agent's own on a fast local disk (empty: no disk tier), and the most it may
+# hold (MiB).  ``run_agent --cache-dir`` and ``--cache-disk-mb`` override them.
+PADDLER_AGENT_CACHE_DIR = env_str("PADDLER_AGENT_CACHE_DIR", "")
+PADDLER_AGENT_CACHE_DISK_MB = env_int("PADDLER_AGENT_CACHE_DISK_MB", 16384, minimum=0)
 # Largest accepted request body, in bytes.
 PADDLER_MAX_REQUEST_BYTES = env_int(
     "PADDLER_MAX_REQUEST_BYTES", 4 * 1024 * 1024, minimum=1024

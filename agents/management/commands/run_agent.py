@@ -64,6 +64,19 @@ class Command(BaseCommand):
             "slot was taken, 0 for none (default: PADDLER_AGENT_CACHE_RAM_MB)",
         )
         parser.add_argument(
+            "--cache-dir",
+            default=None,
+            help="a directory of this agent's own for the disk tier of those "
+            "KV caches, '' for none (default: PADDLER_AGENT_CACHE_DIR)",
+        )
+        parser.add_argument(
+            "--cache-disk-mb",
+            type=int,
+            default=None,
+            help="the most the disk tier holds, MiB "
+            "(default: PADDLER_AGENT_CACHE_DISK_MB)",
+        )
+        parser.add_argument(
             "--shutdown-grace",
             type=float,
             default=10.0,
@@ -79,7 +92,16 @@ class Command(BaseCommand):
             raise CommandError(f"--pool: {error}") from None
         if options["cache_ram_mb"] is not None and options["cache_ram_mb"] < 0:
             raise CommandError("--cache-ram-mb cannot be negative")
-        worker = AgentWorker(
+        if options["cache_disk_mb"] is not None and options["cache_disk_mb"] < 0:
+            raise CommandError("--cache-disk-mb cannot be negative")
+        try:
+            worker = self._worker(options)
+        except OSError as error:
+            raise CommandError(f"--cache-dir: {error}") from None
+        asyncio.run(self._serve(worker))
+
+    def _worker(self, options: dict[str, Any]) -> AgentWorker:
+        return AgentWorker(
             name=options["name"],
             slots=options["slots"],
             n_threads=options["threads"],
@@ -88,8 +110,9 @@ class Command(BaseCommand):
             backend=options["backend"],
             pool=options["pool"],
             cache_ram_mb=options["cache_ram_mb"],
+            cache_dir=options["cache_dir"],
+            cache_disk_mb=options["cache_disk_mb"],
         )
-        asyncio.run(self._serve(worker))
 
     async def _serve(self, worker: AgentWorker) -> None:
         loop = asyncio.get_running_loop()
