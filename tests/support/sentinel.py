@@ -51,7 +51,9 @@ class SentinelSet:
         stop_process(self.master.process)
 
 
-def start_replica(master: RedisServer) -> RedisServer:
+def start_replica(master: RedisServer, directory: Path) -> RedisServer:
+    """A replica of ``master``; it writes the copy it receives in
+    ``directory``, not in the working directory."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is not installed (scripts/setup.sh installs it)"
     port = free_port()
@@ -60,6 +62,7 @@ def start_replica(master: RedisServer) -> RedisServer:
             binary,
             *("--port", str(port), "--bind", "127.0.0.1", "--save", ""),
             *("--appendonly", "no", "--replicaof", "127.0.0.1", str(master.port)),
+            *("--dir", str(directory)),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -79,7 +82,7 @@ def start_sentinel_set(tmp_path: Path) -> SentinelSet:
     after the master stops answering.  ``redis-server --sentinel`` is the
     sentinel Debian's ``redis-sentinel`` package starts."""
     master = start_redis()
-    replica = start_replica(master)
+    replica = start_replica(master, tmp_path)
     port = free_port()
     config = tmp_path / "sentinel.conf"
     # Sentinel rewrites its configuration as it learns: a file of its own.
