@@ -35,7 +35,7 @@ from agents.model_source import (
 from agents.multimodal import ProjectionLoadFailed
 from agents.status import AgentStatus, engine_issue
 from agents.synthetic import SyntheticEngine
-from balancer import keys
+from balancer import keys, redis_connection, registry
 from balancer.chat_template import ChatTemplateError, compile_template
 from balancer.desired_state import DesiredState, DesiredStateError
 from balancer.events import AgentMessage, InferenceRequestEvent
@@ -108,6 +108,9 @@ class AgentWorker:
         self._accepting = False
         self._applied_key: str | None = None
         self._lost_redis = False
+        # The last report Redis took, and its number (``publish_status``).
+        self._last_report: dict[str, Any] | None = None
+        self._report_seq = 0
         # Inbox -> when its web process was first seen missing (monotonic).
         self._webs_missing_since: dict[str, float] = {}
         # Requests whose output Redis did not take: request id -> inbox.
@@ -158,9 +161,7 @@ class AgentWorker:
     async def connect(self) -> None:
         """Open Redis and the channel layer, and join the agents group."""
         self._loop = asyncio.get_running_loop()
-        self._redis = aioredis.Redis.from_url(
-            settings.REDIS_URL, **settings.REDIS_OPTIONS
-        )
+        self._redis = redis_connection.async_client()
         layer = get_channel_layer()
         assert layer is not None, "CHANNEL_LAYERS is not configured"
         self._layer = layer
@@ -197,6 +198,7 @@ class AgentWorker:
                 pipe.delete(keys.agent_slots(self.agent_id))
                 pipe.delete(keys.agent_metadata(self.agent_id))
                 pipe.srem(keys.agents_set(), self.agent_id)
+                registry.announce_gone(pipe, self.agent_id)
                 await pipe.execute()
         except Exception:
             logger.warning("could not deregister from Redis", exc_info=True)
@@ -248,15 +250,23 @@ class AgentWorker:
         }
 
     async def publish_status(self) -> None:
+        """Report to the registry: the whole report when it changed since the
+        last one Redis took, else a heartbeat that only renews its TTL (the
+        web processes keep the report they have; ``registry.publish_status``)."""
         assert self._redis is not None
         snapshot = self.snapshot()
-        ttl = settings.PADDLER_AGENT_TTL_MS
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.agent_status(self.agent_id), json.dumps(snapshot), px=ttl)
-            pipe.set(keys.agent_slots(self.agent_id), snapshot["slots_total"], px=ttl)
-            pipe.pexpire(keys.agent_metadata(self.agent_id), ttl)
-            pipe.sadd(keys.agents_set(), self.agent_id)
-            await pipe.execute()
+        changed = snapshot != self._last_report
+        seq = self._report_seq + 1 if changed else self._report_seq
+        await registry.publish_status(
+            self._redis,
+            agent_id=self.agent_id,
+            report={**snapshot, "seq": seq},
+            changed=changed,
+            ttl_ms=settings.PADDLER_AGENT_TTL_MS,
+        )
+        # Only once Redis took it: a report lost with a failed write goes out
+        # whole at the next heartbeat.
+        self._last_report, self._report_seq = snapshot, seq
 
     def _mark_changed(self) -> None:
         self._status_changed.set()
@@ -275,6 +285,9 @@ class AgentWorker:
                 backoff = 0.1
             except Exception:
                 self._lost_redis = True
+                # The Redis that answers next may be another (a failover) or
+                # empty: the next report goes out whole.
+                self._last_report = None
                 # Redis is away: keep trying; the registry drops us meanwhile.
                 logger.warning("heartbeat failed; retrying in %.1fs", backoff)
                 await asyncio.sleep(backoff)

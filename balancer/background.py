@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
-from django.conf import settings
 
-from balancer import keys, registry
+from balancer import keys, redis_connection, registry
 from balancer.events import OutputBatch, expand_item
 from balancer.services import desired_state_revision_current, pool_names
 
@@ -41,7 +40,7 @@ DESIRED_STATE_CHECK_S = 2.0
 async def read_inbox(dispatcher: Dispatcher) -> None:
     """Hand each item in the process's inbox to the stream it belongs to."""
     # A dedicated connection: BLPOP holds it while it waits.
-    reader = aioredis.Redis.from_url(settings.REDIS_URL, **settings.REDIS_OPTIONS)
+    reader = redis_connection.async_client()
     while True:
         try:
             popped = await reader.blpop([dispatcher.inbox], timeout=1)

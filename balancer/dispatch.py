@@ -32,6 +32,7 @@ from balancer import (
     fanout,
     keys,
     metrics,
+    redis_connection,
     registry,
     request_log,
     services,
@@ -51,6 +52,7 @@ from balancer.host_tier import host_prefixes
 from balancer.images import has_images
 from balancer.pools import DEFAULT_POOL, pool_for_model
 from balancer.prompt_limits import PromptTooLarge, check_prompt_bounds
+from balancer.registry_view import RegistryView
 from balancer.routing import (
     Candidate,
     Decision,
@@ -70,8 +72,14 @@ logger = logging.getLogger(__name__)
 
 # How often buffered requests look for a free slot anywhere in the fleet.
 BUFFER_POLL_S = 0.05
-# How old the registry read that routes a request may be.
+# How old the registry read that routes a request may be, when the registry
+# view (``registry_view``) is not fresh and the registry is read from Redis.
 AGENTS_CACHE_S = 0.05
+# How many agents, best first, a claim is offered: the Lua claim looks at
+# each, so offering the whole fleet would make every claim cost Redis a step
+# per agent.  When none of them has a free slot but the view knows of others
+# that do, the claim is tried again with those (``Dispatcher._acquire``).
+CLAIM_CANDIDATES = 8
 # How old the context size that bounds prompts may be.
 CONTEXT_SIZE_CACHE_S = 1.0
 # How old the pools' names and aliases that route requests may be: a new
@@ -106,8 +114,13 @@ class Dispatcher:
     def __init__(self) -> None:
         self.web_id = uuid.uuid4().hex
         self.inbox = keys.web_inbox(self.web_id)
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            settings.REDIS_URL, **settings.REDIS_OPTIONS
+        self.redis: aioredis.Redis = redis_connection.async_client()
+        # The registry as the agents' notifications keep it, for routing.
+        self.view = RegistryView(
+            self.redis,
+            redis_connection.async_client(retries=False),
+            ttl_ms=settings.PADDLER_AGENT_TTL_MS,
+            on_redis_replaced=self._redis_replaced,
         )
         self.streams: dict[str, Stream] = {}
         self._slot_freed = asyncio.Event()
@@ -123,13 +136,16 @@ class Dispatcher:
         self._pool_routes_read_at = -POOLS_CACHE_S
 
     async def agents(self) -> list[registry.AgentRecord]:
-        """The registry, at most ``AGENTS_CACHE_S`` old.
+        """The registry: the view's while it is fresh, else read from Redis
+        at most every ``AGENTS_CACHE_S``.
 
         Many requests arrive at once under load; one read of the registry
         serves them all.  Staleness is harmless: the Lua claim checks the
         agents' slots itself, so a stale list can only order badly, never
         over-commit.
         """
+        if self.view.fresh():
+            return self.view.index.records()
         now = time.monotonic()
         if self._agents_task is None or (
             self._agents_task.done() and now - self._agents_read_at > AGENTS_CACHE_S
@@ -170,6 +186,7 @@ class Dispatcher:
             return
         work = {
             "paddler-inbox": background.read_inbox(self),
+            "paddler-registry-view": self.view.run(),
             "paddler-leases": background.renew_leases(self),
             "paddler-web-heartbeat": background.web_heartbeat(self.redis, self.web_id),
             "paddler-reaper": background.reap(self),
@@ -311,6 +328,7 @@ class Dispatcher:
     async def reroute(self, stream: Stream) -> None:
         """Move a request that got no output to another agent."""
         self.streams.pop(stream.request_id, None)
+        self.view.index.claimed(stream.agent_id, -1)
         await registry.release_slot(self.redis, stream.agent_id, stream.request_id)
         logger.warning(
             "request %s: agent %s lost before the first token; moving it",
@@ -380,6 +398,59 @@ class Dispatcher:
             turn=self._turn,
         )
 
+    def _decide_from_view(
+        self, stream: Stream, prefix: list[str], exclude: set[str]
+    ) -> Decision:
+        """``_decide`` from the registry view, cut to ``CLAIM_CANDIDATES``:
+        its cost does not grow with the fleet (``agent_index``)."""
+        self._turn += 1
+        return self.view.index.decide(
+            stream.pool,
+            prefix,
+            policy=settings.PADDLER_ROUTING_POLICY,
+            max_load_gap=settings.PADDLER_ROUTING_MAX_LOAD_GAP,
+            turn=self._turn,
+            exclude=exclude,
+            avoid=set(stream.avoid()) if stream.avoid is not None else (),
+            limit=CLAIM_CANDIDATES,
+        )
+
+    async def _acquire(
+        self, stream: Stream, decision: Decision, exclude: set[str], *, view: bool
+    ) -> registry.Acquisition:
+        """Claim a slot of the first agent in ``decision`` with one free.
+
+        From the view, the decision holds the best few agents only.  When
+        none of them had a free slot after all (the view is a few
+        milliseconds behind the other replicas' claims), the claim is tried
+        once more with every agent the view believes has one, rather than
+        wait in the buffer while a slot is free elsewhere.
+        """
+
+        async def acquire(candidates: list[str]) -> registry.Acquisition:
+            return await registry.acquire_slot(
+                self.redis,
+                request_id=stream.request_id,
+                candidates=candidates,
+                lease_ms=CLAIM_LEASE_MS,
+                max_buffered=settings.PADDLER_MAX_BUFFERED_REQUESTS,
+                buffer_timeout_ms=settings.PADDLER_BUFFERED_REQUEST_TIMEOUT_MS,
+                pool=stream.pool,
+            )
+
+        acquisition = await acquire(decision.order)
+        if acquisition.outcome == "claimed" or not view:
+            return acquisition
+        offered = set(decision.order)
+        wider = [
+            agent_id
+            for agent_id in self.view.index.with_free_slots(stream.pool, exclude)
+            if agent_id not in offered
+        ]
+        if not wider:
+            return acquisition
+        return await acquire([*decision.order, *wider])
+
     async def _claim(
         self, stream: Stream, exclude: set[str]
     ) -> tuple[registry.AgentRecord, Decision]:
@@ -392,31 +463,48 @@ class Dispatcher:
         buffered = False
         try:
             while True:
-                agents = {
-                    a.id: a
-                    for a in await self.agents()
-                    if a.pool == stream.pool and a.id not in exclude
-                }
-                decision = self._decide(list(agents.values()), prefix, images=images)
-                if stream.avoid is not None:
-                    decision = _spread(decision, set(stream.avoid()))
-                acquisition = await registry.acquire_slot(
-                    self.redis,
-                    request_id=stream.request_id,
-                    candidates=decision.order,
-                    lease_ms=CLAIM_LEASE_MS,
-                    max_buffered=settings.PADDLER_MAX_BUFFERED_REQUESTS,
-                    buffer_timeout_ms=timeout_ms,
-                    pool=stream.pool,
-                )
+                # The view's index does not know which agents serve images:
+                # a request with images is decided over the full registry.
+                view = self.view.fresh() and not images
+                agents: dict[str, registry.AgentRecord] = {}
+                if view:
+                    decision = self._decide_from_view(stream, prefix, exclude)
+                else:
+                    agents = {
+                        a.id: a
+                        for a in await self.agents()
+                        if a.pool == stream.pool and a.id not in exclude
+                    }
+                    decision = self._decide(
+                        list(agents.values()), prefix, images=images
+                    )
+                    if stream.avoid is not None:
+                        decision = _spread(decision, set(stream.avoid()))
+                acquisition = await self._acquire(stream, decision, exclude, view=view)
                 if acquisition.outcome == "claimed":
                     assert acquisition.agent_id is not None
                     buffered = False
+                    agent = agents.get(acquisition.agent_id) or self.view.index.get(
+                        acquisition.agent_id
+                    )
+                    if agent is None:
+                        # The agent left the view since it was chosen.
+                        agent = await registry.read_agent(
+                            self.redis, acquisition.agent_id
+                        )
+                    if agent is None:
+                        # Gone for good: its claim holds nothing; try again.
+                        await registry.release_slot(
+                            self.redis, acquisition.agent_id, stream.request_id
+                        )
+                        exclude = {*exclude, acquisition.agent_id}
+                        continue
+                    self.view.index.claimed(agent.id, +1)
                     if acquisition.agent_id != decision.order[0]:
                         decision = Decision(
                             decision.order, 0, "first free slot (preferred was full)"
                         )
-                    return agents[acquisition.agent_id], decision
+                    return agent, decision
                 if acquisition.outcome == "overflow":
                     raise InferenceFailure(503, "Buffered requests overflow")
                 buffered = True
@@ -456,6 +544,7 @@ class Dispatcher:
             if not stream.finished:
                 stream.ended_at = stream.ended_at or time.monotonic()
                 await self._cancel_on_agent(stream)
+            self.view.index.claimed(stream.agent_id, -1)
             await registry.release_slot(self.redis, stream.agent_id, stream.request_id)
         except RedisError:
             # The claim lapses with its lease (CLAIM_LEASE_MS) instead.
@@ -472,12 +561,41 @@ class Dispatcher:
         }
         layer = get_channel_layer()
         assert layer is not None
-        agents = {a.id: a for a in await self.agents()}
-        agent = agents.get(stream.agent_id)
+        agent = self.view.index.get(stream.agent_id) if self.view.fresh() else None
+        if agent is None:
+            agents = {a.id: a for a in await self.agents()}
+            agent = agents.get(stream.agent_id)
         if agent is not None:
             # If this message is lost, the agent generates up to max_tokens for
             # nobody; its slot comes back then, and the claim is already free.
             await layer.send(agent.channel, dict(cancel))
+
+    def _redis_replaced(self, lost_at: float) -> None:
+        """Redis is another server than the one the running requests were
+        placed on (a restart, or a failover to a replica: ``registry_view``).
+        Output the old one took but did not pass on is gone, so a request
+        running since before it was lost ends now with an error, not with a
+        hole in its stream; its clean-up tells its agent to stop."""
+        for stream in list(self.streams.values()):
+            if stream.finished or not stream.claimed_at or stream.claimed_at > lost_at:
+                continue
+            logger.warning(
+                "request %s: Redis failed over mid-stream; ending it",
+                stream.request_id,
+            )
+            task = asyncio.create_task(
+                self._end_lost(stream), context=contextvars.Context()
+            )
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
+
+    async def _end_lost(self, stream: Stream) -> None:
+        # Freed first (while unfinished, so the agent is told to stop), then
+        # the error for the reader, as the reaper does.
+        await self.finish(stream)
+        stream.queue.put_nowait(
+            stream.end_with(502, "Redis failed over mid-stream: output may be lost")
+        )
 
     async def _log(self, stream: Stream) -> None:
         record = stream.record()

@@ -28,6 +28,12 @@ def agents_set() -> str:
     return f"{PREFIX}agents"
 
 
+def agent_changes() -> str:
+    """Pub/sub channel of the agents' reports and heartbeats
+    (``registry.AgentChange``), which keep each web process's view current."""
+    return f"{PREFIX}agents:changes"
+
+
 def agent_status(agent_id: str) -> str:
     """The agent's latest status report (JSON); expires without a heartbeat."""
     return f"{PREFIX}agent:{agent_id}:status"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import redis.asyncio as aioredis
 
@@ -45,6 +45,26 @@ class AgentRecord:
     @property
     def slots_busy(self) -> int:
         return max(self.slots_processing, self.slots_claimed)
+
+    @classmethod
+    def from_report(
+        cls, agent_id: str, report: dict[str, Any], *, claimed: int = 0
+    ) -> AgentRecord:
+        return cls(
+            id=agent_id,
+            name=report.get("name", ""),
+            channel=report.get("channel", ""),
+            slots_total=int(report.get("slots_total", 0)),
+            slots_processing=int(report.get("slots_processing", 0)),
+            slots_claimed=claimed,
+            report=report,
+        )
+
+    @property
+    def seq(self) -> int:
+        """The number of the report (see ``publish_status``); 0 for an agent
+        from before reports were numbered."""
+        return int(self.report.get("seq", 0))
 
     def public_snapshot(self) -> dict[str, Any]:
         """The agent as the management API shows it (Paddler's fields)."""
@@ -82,17 +102,8 @@ async def list_agents(redis: aioredis.Redis) -> list[AgentRecord]:
         if raw is None:
             gone.append(agent_id)
             continue
-        report = json.loads(raw)
         agents.append(
-            AgentRecord(
-                id=agent_id,
-                name=report.get("name", ""),
-                channel=report.get("channel", ""),
-                slots_total=int(report.get("slots_total", 0)),
-                slots_processing=int(report.get("slots_processing", 0)),
-                slots_claimed=int(claimed),
-                report=report,
-            )
+            AgentRecord.from_report(agent_id, json.loads(raw), claimed=int(claimed))
         )
     if gone:
         await forget_agents(redis, gone)
@@ -106,6 +117,71 @@ async def forget_agents(redis: aioredis.Redis, agent_ids: list[str]) -> None:
         for agent_id in agent_ids:
             pipe.delete(keys.agent_claims(agent_id))
         await pipe.execute()
+
+
+async def read_agent(redis: aioredis.Redis, agent_id: str) -> AgentRecord | None:
+    """One agent's latest report, or None when its heartbeat has lapsed."""
+    raw = await redis.get(keys.agent_status(agent_id))
+    return None if raw is None else AgentRecord.from_report(agent_id, json.loads(raw))
+
+
+class AgentChange(TypedDict):
+    """What an agent publishes on ``keys.agent_changes()`` at each heartbeat.
+
+    ``report``: its new report, or None when nothing changed since report
+    ``seq`` (a heartbeat only); ``gone``: it deregistered.  Pub/sub delivers
+    at most once: a web process that misses a report learns of it at the
+    agent's next heartbeat (its ``seq`` is newer than the one held) or at its
+    periodic full read of the registry (``balancer.registry_view``).
+    """
+
+    id: str
+    seq: int
+    report: dict[str, Any] | None
+    gone: bool
+
+
+async def publish_status(
+    redis: aioredis.Redis,
+    *,
+    agent_id: str,
+    report: dict[str, Any],
+    changed: bool,
+    ttl_ms: int,
+) -> None:
+    """Write an agent's report (``report["seq"]`` numbers it) with its TTL,
+    and tell the web processes: the whole report when it ``changed``, else
+    only that the agent lives."""
+    seq = int(report.get("seq", 0))
+    change: AgentChange = {
+        "id": agent_id,
+        "seq": seq,
+        "report": report if changed else None,
+        "gone": False,
+    }
+    async with redis.pipeline(transaction=True) as pipe:
+        if changed:
+            pipe.set(keys.agent_status(agent_id), json.dumps(report), px=ttl_ms)
+            pipe.set(keys.agent_slots(agent_id), report["slots_total"], px=ttl_ms)
+        else:
+            # Unchanged: only the TTLs move; the report is not sent again.
+            pipe.pexpire(keys.agent_status(agent_id), ttl_ms)
+            pipe.pexpire(keys.agent_slots(agent_id), ttl_ms)
+        pipe.pexpire(keys.agent_metadata(agent_id), ttl_ms)
+        pipe.sadd(keys.agents_set(), agent_id)
+        pipe.publish(keys.agent_changes(), json.dumps(change))
+        results = await pipe.execute()
+    if not changed and not results[0]:
+        # The report expired meanwhile (or Redis restarted empty): write it.
+        await publish_status(
+            redis, agent_id=agent_id, report=report, changed=True, ttl_ms=ttl_ms
+        )
+
+
+def announce_gone(pipe: Any, agent_id: str) -> None:
+    """Queue, on a pipeline, the notice that an agent deregistered."""
+    change: AgentChange = {"id": agent_id, "seq": 0, "report": None, "gone": True}
+    pipe.publish(keys.agent_changes(), json.dumps(change))
 
 
 async def agent_is_alive(redis: aioredis.Redis, agent_id: str) -> bool:

@@ -12,12 +12,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
-from balancer import keys
+from balancer import keys, redis_connection
 from balancer.desired_state import DesiredState
 from balancer.events import DesiredStateChangedEvent
 from balancer.models import DesiredStateRevision, Pool
@@ -35,14 +31,7 @@ def sync_redis() -> redis.Redis:
 
 @lru_cache(maxsize=4)
 def _sync_redis(url: str) -> redis.Redis:
-    # As settings.REDIS_OPTIONS, with redis-py's synchronous retry.
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=30,
-        health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+    return redis_connection.sync_client(url)
 
 
 class PoolNotFound(Exception):

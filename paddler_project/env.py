@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -144,3 +145,34 @@ def _is_ipv6(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+SENTINEL_PORT = 26379
+
+
+def env_sentinels(name: str) -> list[tuple[str, int]]:
+    """Comma-separated Redis Sentinel addresses, ``host`` or ``host:port``
+    (``[v6]:port`` for IPv6; the port defaults to Sentinel's 26379)."""
+    sentinels = []
+    for host, port in env_hosts(name):
+        sentinels.append((host, SENTINEL_PORT if port is None else port))
+    return sentinels
+
+
+def redis_master_options(url: str) -> dict[str, object]:
+    """The database number and credentials a ``redis://`` URL gives: what a
+    Sentinel client needs besides the master's address."""
+    parsed = urlsplit(url)
+    options: dict[str, object] = {}
+    path = parsed.path.strip("/")
+    if path:
+        if not path.isdigit():
+            raise ImproperlyConfigured(
+                f"REDIS_URL's path must be a database number, got {path!r}"
+            )
+        options["db"] = int(path)
+    if parsed.username:
+        options["username"] = unquote(parsed.username)
+    if parsed.password:
+        options["password"] = unquote(parsed.password)
+    return options

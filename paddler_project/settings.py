@@ -28,7 +28,9 @@ from paddler_project.env import (
     env_list,
     env_origins,
     env_redis_url,
+    env_sentinels,
     env_str,
+    redis_master_options,
 )
 
 # Lets classes like ModelAdmin be subscripted for the type checker.
@@ -150,11 +152,51 @@ REDIS_OPTIONS: dict[str, Any] = {
     "retry_on_error": [RedisConnectionError, RedisTimeoutError],
 }
 
+# Redis Sentinel (docs/sentinel.md): with sentinels set, every Redis client
+# (the web tier's, the agents', the channel layer's) asks them for the
+# current master of PADDLER_REDIS_SENTINEL_MASTER and follows a failover.
+# REDIS_URL then gives only the master's database number and credentials.
+PADDLER_REDIS_SENTINELS = env_sentinels("PADDLER_REDIS_SENTINELS")
+PADDLER_REDIS_SENTINEL_MASTER = env_str("PADDLER_REDIS_SENTINEL_MASTER", "mymaster")
+if PADDLER_REDIS_SENTINELS and not PADDLER_REDIS_SENTINEL_MASTER.strip():
+    raise ImproperlyConfigured(
+        "PADDLER_REDIS_SENTINEL_MASTER must name the master the sentinels "
+        "monitor, got an empty name"
+    )
+# The sentinels' own password, when they have one (``requirepass`` in their
+# configuration); the master's comes from REDIS_URL.
+PADDLER_REDIS_SENTINEL_PASSWORD = env_str("PADDLER_REDIS_SENTINEL_PASSWORD", "")
+# What a Sentinel client passes to the master's connections: REDIS_URL's
+# database and credentials (its host and port are the sentinels' to say).
+REDIS_MASTER_OPTIONS: dict[str, Any] = (
+    redis_master_options(REDIS_URL) if PADDLER_REDIS_SENTINELS else {}
+)
+# Sentinels answer fast or not at all: a dead one is skipped quickly.
+REDIS_SENTINEL_OPTIONS: dict[str, Any] = {
+    "socket_timeout": 1.0,
+    "socket_connect_timeout": 1.0,
+    **(
+        {"password": PADDLER_REDIS_SENTINEL_PASSWORD}
+        if PADDLER_REDIS_SENTINEL_PASSWORD
+        else {}
+    ),
+}
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL, **REDIS_OPTIONS}],
+            "hosts": [
+                {
+                    "sentinels": PADDLER_REDIS_SENTINELS,
+                    "master_name": PADDLER_REDIS_SENTINEL_MASTER,
+                    "sentinel_kwargs": REDIS_SENTINEL_OPTIONS,
+                    **REDIS_MASTER_OPTIONS,
+                    **REDIS_OPTIONS,
+                }
+                if PADDLER_REDIS_SENTINELS
+                else {"address": REDIS_URL, **REDIS_OPTIONS}
+            ],
             "prefix": "paddler:layer:",
         },
     }

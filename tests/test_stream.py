@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from balancer import keys, registry
 from balancer.contract import RawPromptParams
 from balancer.dispatch import Dispatcher
+from balancer.registry_view import RegistryView
 from balancer.stream import Stream
 from tests.support.processes import stop_process
 from tests.support.redis_server import start_redis
@@ -73,6 +74,8 @@ async def test_a_reader_cancelled_while_freeing_its_slot_still_frees_it() -> Non
         dispatcher._cleanups = set()
         dispatcher._slot_freed = asyncio.Event()
         dispatcher._statsd = None
+        # Freeing a claim also tells the registry view (the process's count).
+        dispatcher.view = RegistryView(redis, redis, ttl_ms=3_000)
         stream = Stream(
             "r2", "raw_prompt", PROMPT, dispatcher, agent_id="agent-x", agent_name="x"
         )

@@ -1,7 +1,8 @@
 """``manage.py agent_health --name NAME``: exit 0 if that agent is registered.
 
 For container health checks: an agent counts as healthy while its heartbeat is
-in Redis.  It needs only ``REDIS_URL``, like the agent itself.
+in Redis.  It needs only ``REDIS_URL`` (or the Sentinel settings), like the
+agent itself.
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ import json
 from argparse import ArgumentParser
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from balancer import keys
+from balancer import keys, redis_connection
 
 
 class Command(BaseCommand):
@@ -24,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--name", required=True)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5)
+        client = redis_connection.sync_client(settings.REDIS_URL, socket_timeout=5)
         for member in client.smembers(keys.agents_set()):
             agent_id = member.decode() if isinstance(member, bytes) else str(member)
             raw = client.get(keys.agent_status(agent_id))
