@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import queue
@@ -65,6 +66,18 @@ INBOX_TTL_RENEW_S = 10.0
 # AttemptedAndRetrying), the pause before the next attempt; a module
 # constant so that tests can shorten it.
 APPLY_RETRY_S = 5.0
+
+
+def name_os_thread(name: str) -> None:
+    """Name the calling thread for the system too (``top -H``,
+    ``/proc/<pid>/task/<tid>/comm``), where Python 3.11 leaves every
+    thread named after the process: the benchmarks tell the relay's CPU
+    time from the engine's by it."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+
+
+PR_SET_NAME = 15
 
 
 def blocking_redis_options() -> dict[str, Any]:
@@ -472,6 +485,7 @@ class AgentWorker:
                 ended.set_result(None)
 
         def relay() -> None:
+            name_os_thread("paddler-relay")
             try:
                 self._relay()
             finally:

@@ -37,6 +37,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -92,6 +93,13 @@ def thread_cpu_ns(pid: int) -> dict[int, int]:
     return found
 
 
+def thread_name(pid: int, tid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 @dataclass
 class Stack:
     """Redis, daphne and one agent, started from the checkout at ``root``."""
@@ -105,9 +113,14 @@ class Stack:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def cpu(self) -> dict[str, float]:
-        """Seconds of CPU so far, by part."""
+        """Seconds of CPU so far, by part: the agent's relay is its event
+        loop (the main thread) and, where it has one, its relay thread."""
         agent = thread_cpu_ns(self.agent.pid)
-        relay = agent.get(self.agent.pid, 0)
+        relay = agent.get(self.agent.pid, 0) + sum(
+            ns
+            for tid, ns in agent.items()
+            if thread_name(self.agent.pid, tid) == "paddler-relay"
+        )
         return {
             "web": sum(thread_cpu_ns(self.web.process.pid).values()) / 1e9,
             "agent_relay": relay / 1e9,
@@ -437,8 +450,8 @@ def run_model(args: argparse.Namespace) -> None:
             "in turn, the order alternating between rounds.",
             "CPU per token: each process's CPU time (schedstat) during the block "
             "over the tokens made; 'ours' is web + agent relay (the agent's "
-            "event loop thread) + Redis; 'agent engine' is the engine thread "
-            "and llama.cpp's.",
+            "event loop thread, and on this branch its relay thread) + Redis; "
+            "'agent engine' is the engine thread and llama.cpp's.",
             "vs direct and TTFT added: against bench.overhead's direct decode "
             "loop in the benchmark's process, same prompts, same round, 1 stream.",
         ],
@@ -737,6 +750,8 @@ def main() -> None:
     )
     parser.add_argument("--work-slots", type=int, default=64, help="work")
     args = parser.parse_args()
+    # A benchmark stopped with SIGTERM stops the stacks it started too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.part == "model":
         args.tokens = int(args.tokens or 64)
         run_model(args)
