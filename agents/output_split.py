@@ -72,14 +72,37 @@ class OutputSplitter:
     tool_call_tokens: int = 0
     # Content written so far is only whitespace (a bare-JSON call may come).
     _blank: bool = True
+    # ``plain`` as it was when the splitter was made: nothing a plain
+    # splitter does makes it anything else (see ``feed``).
+    _plain: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        self._plain = self.plain
 
     @property
     def wants_special_tokens(self) -> bool:
         """Whether markers may be special tokens, to be decoded as text."""
         return self.tool_format is not None or self.reasoning_format != "none"
 
+    @property
+    def plain(self) -> bool:
+        """Whether the text can only ever be content: no reasoning format, no
+        tool calls looked for, and nothing held back.  Most streams (every
+        raw prompt, most conversations) are plain, and each of their tokens
+        goes out as it is, with no marker searched for."""
+        return (
+            self.tool_format is None
+            and self.reasoning_format == "none"
+            and self.state == "content"
+            and not self.held
+        )
+
     def feed(self, text: str) -> list[OutputItem]:
         """The items for one token's text."""
+        if self._plain:
+            # The fast path, one call per generated token: a plain stream has
+            # no marker to look for (``plain``), so its text is its content.
+            return [content_token_item(self.request_id, text)] if text else []
         items = self._split(self.held + text, final=False)
         # A token counts where its text went (a held one: where it is).
         variants = {

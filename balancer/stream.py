@@ -142,11 +142,16 @@ class Stream:
             while True:
                 self.reading = True
                 try:
-                    # Not asyncio.wait_for: on Python 3.11 it swallows a
-                    # cancellation that comes as the item arrives, and the
-                    # request of a client that went away would run on.
-                    async with asyncio.timeout(min(LIVENESS_CHECK_S, timeout_s)):
-                        first = await self.queue.get()
+                    if not self.queue.empty():
+                        # Output came while the last batch was being written:
+                        # no timer to arm and cancel, no wait.
+                        first = self.queue.get_nowait()
+                    else:
+                        # Not asyncio.wait_for: on Python 3.11 it swallows a
+                        # cancellation that comes as the item arrives, and
+                        # the request of a client that went away would run on.
+                        async with asyncio.timeout(min(LIVENESS_CHECK_S, timeout_s)):
+                            first = await self.queue.get()
                 except TimeoutError:
                     if time.monotonic() - last_item_at >= timeout_s:
                         yield [

@@ -20,7 +20,7 @@ from django.conf import settings
 from balancer.dispatch import get_dispatcher
 from balancer.stream import InferenceFailure
 from inference.access import WWW_AUTHENTICATE
-from inference.envelopes import Envelope, error_envelope, paddler_envelope
+from inference.envelopes import Envelope, error_envelope, socket_message
 from inference.image_parts import prepare_params_images
 from inference.socket_admission import socket_admitted
 from inference.socket_messages import (
@@ -175,8 +175,8 @@ class InferenceSocketConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
                     if item["final"]:
                         # The client may reuse the id as soon as it reads this.
                         self._forget(request.id, task)
-                    await self._send_json(
-                        paddler_envelope(item, stream.agent_name, request.id)
+                    await self.send(
+                        text_data=socket_message(item, stream.agent_name, request.id)
                     )
             finally:
                 await stream.close()

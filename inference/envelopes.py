@@ -74,3 +74,19 @@ def ndjson_line(item: OutputItem, agent_name: str) -> str:
             "}}}}\n"
         )
     return json.dumps(paddler_envelope(item, agent_name)) + "\n"
+
+
+def socket_message(item: OutputItem, agent_name: str, request_id: str) -> str:
+    """The inference socket's message for ``item``, under the client's id:
+    ``json.dumps(paddler_envelope(item, agent_name, request_id))``, with a
+    content token (one message a token) encoded by hand, only its text, its
+    agent's name and the id needing escapes."""
+    text = content_token_text(item)
+    if text is not None:
+        return (
+            f'{{"Response": {{"generated_by": {json.dumps(agent_name)}, '
+            f'"request_id": {json.dumps(request_id)}, "response": '
+            f'{{"GeneratedToken": {{"ContentToken": {json.dumps(text)}'
+            "}}}}"
+        )
+    return json.dumps(paddler_envelope(item, agent_name, request_id))

@@ -112,7 +112,7 @@ async def test_a_request_reaches_its_inbox_as_tokens_then_done(
     worker.handle_message(request("r1", max_tokens=3))
     items, _ = await items_until_final(isolated_redis, "r1")
     tokens = [item["response"] for item in items[:-1]]
-    assert tokens == [{"GeneratedToken": {"ContentToken": " tok"}}] * 3
+    assert tokens == [{"GeneratedToken": {"ContentToken": f" t{n}"}} for n in range(3)]
     done = items[-1]["response"]
     assert isinstance(done, dict) and "GeneratedToken" in done
     assert done["GeneratedToken"]["Done"]["usage"]["content_tokens"] == 3

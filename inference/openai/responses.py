@@ -112,6 +112,38 @@ class Reply:
         return response
 
 
+# Stands in for a text piece while a chunk's JSON is made once (see
+# ``TextEvents``); it comes out of json.dumps as it is.
+_TEXT_MARK = "@@text-piece@@"
+
+
+class TextEvents:
+    """The event of each piece of a stream's text, pre-encoded.
+
+    A chunk that carries text differs from the stream's other text chunks
+    only in the text: its JSON before and after the text is encoded once,
+    and each piece costs one ``json.dumps`` of its text.  The bytes are those
+    of ``sse(reply.chat_chunk({"content": text}, ...))`` (or
+    ``completion_chunk``): json.dumps writes keys in order, with the same
+    separators and escapes for the text alone as inside the chunk.
+    """
+
+    def __init__(self, reply: Reply, *, chat: bool, with_usage: bool) -> None:
+        chunk = (
+            reply.chat_chunk({"content": _TEXT_MARK}, with_usage=with_usage)
+            if chat
+            else reply.completion_chunk(_TEXT_MARK, with_usage=with_usage)
+        )
+        # The text comes after the id and the model (which a client may have
+        # named with the mark in it): the last mark is the text's.
+        before, _, after = sse(chunk).rpartition(json.dumps(_TEXT_MARK).encode())
+        self.before = before
+        self.after = after
+
+    def event(self, text: str) -> bytes:
+        return self.before + json.dumps(text).encode() + self.after
+
+
 def sse(payload: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(payload)}\n\n".encode()
 

@@ -51,7 +51,13 @@ from inference.openai.requests import (
     parse_completion_request,
     parse_embedding_request,
 )
-from inference.openai.responses import SSE_DONE, Reply, embedding_list, sse
+from inference.openai.responses import (
+    SSE_DONE,
+    Reply,
+    TextEvents,
+    embedding_list,
+    sse,
+)
 from inference.openai.responses_api import (
     ResponseBuilder,
     function_call_items,
@@ -147,7 +153,11 @@ async def _events(
     usage_kind = "chat.completion.chunk" if chat else "text_completion"
     with_usage = request.include_usage
 
+    text_events = TextEvents(reply, chat=chat, with_usage=with_usage)
+
     def chunk(text: str | None, reason: str | None = None) -> bytes:
+        if text and reason is None:
+            return text_events.event(text)  # the hot path: one a token
         if chat:
             delta = {} if text is None else {"content": text}
             return sse(reply.chat_chunk(delta, reason, with_usage=with_usage))
