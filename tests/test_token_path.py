@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import redis.asyncio
 from django.test import override_settings
 from websockets.asyncio.client import connect
 
@@ -32,14 +33,14 @@ from balancer.contract import (
     done_item,
 )
 from balancer.dispatch import Dispatcher
-from balancer.events import OutputBatch, compact_item
+from balancer.events import OutputBatch, compact_item, expand_item
 from balancer.stream import Stream
 from inference.envelopes import paddler_envelope, socket_message
 from inference.openai.responses import Reply, TextEvents, sse
 from tests.support.constants import GREEDY_PARAMETERS
 from tests.support.fleet import running_platform
-from tests.support.processes import wait_until
-from tests.support.redis_server import RedisServer
+from tests.support.processes import stop_process, wait_until
+from tests.support.redis_server import RedisServer, start_redis
 from tests.support.web import WebServer, socket_url
 
 INBOX = "paddler:test:token-path-inbox"
@@ -436,3 +437,60 @@ def test_pre_encoded_socket_messages_are_the_envelopes_json() -> None:
     assert socket_message(done, "a", "r1") == json.dumps(
         paddler_envelope(done, "a", "r1")
     )
+
+
+async def test_output_lost_while_redis_is_away_ends_its_request_with_502_after(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # The relay thread's push fails while Redis is down (after its retries):
+    # the request stops, and once Redis answers the heartbeat's delivery
+    # ends it with an explicit 502, never a silent gap.
+    server = start_redis()
+    port = server.port
+    with override_settings(REDIS_URL=server.url):
+        built = AgentWorker(name="lossy", slots=1, backend="synthetic")
+        built._redis = redis.asyncio.Redis.from_url(server.url)
+        await built.apply_state(
+            {"model": "None", "inference_parameters": dict(GREEDY_PARAMETERS)}
+        )
+        relay = asyncio.create_task(built.output_loop())
+        await asyncio.sleep(0.1)  # the relay thread starts
+        try:
+            assert built.engine is not None
+            built.engine.submit(
+                Generation(request_id="lost", max_tokens=10**9, destination=INBOX)
+            )
+            client = redis.Redis(port=port)
+            await asyncio.to_thread(
+                wait_until, lambda: client.llen(INBOX) > 0, 10, "first output"
+            )
+            client.close()
+            server.process.kill()
+            server.process.wait()
+            await asyncio.to_thread(
+                wait_until, lambda: "lost" in built._undelivered, 30, "the loss"
+            )
+            server = start_redis(port)
+            await built._deliver_lost()
+            assert "lost" not in built._undelivered
+            client = redis.Redis(port=port)
+            items = [
+                item
+                for raw in client.lrange(INBOX, 0, -1)
+                for item in map(expand_item, json.loads(raw)["items"])
+            ]
+            client.close()
+            assert items[-1]["request_id"] == "lost"
+            assert items[-1]["error"] == {
+                "code": 502,
+                "description": "Output was lost while Redis was unreachable",
+            }
+            engine = built.engine
+            await asyncio.to_thread(
+                wait_until, lambda: engine.slots_processing == 0, 10, "slot freed"
+            )
+        finally:
+            relay.cancel()
+            await asyncio.gather(relay, return_exceptions=True)
+            await built._stop_engine()
+            stop_process(server.process)
