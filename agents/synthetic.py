@@ -143,10 +143,16 @@ class SyntheticEngine:
             outputs: list[Output] = []
             for request_id, (job, count, splitter) in list(self._active.items()):
                 if count >= job.max_tokens:
+                    # Every field of Paddler's usage, as the llama.cpp engine's.
                     usage: Usage = {
                         "prompt_tokens": 1,
                         "cached_prompt_tokens": 0,
+                        "input_image_tokens": 0,
+                        "input_audio_tokens": 0,
                         "content_tokens": count,
+                        "reasoning_tokens": 0,
+                        "tool_call_tokens": 0,
+                        "undeterminable_tokens": 0,
                     }
                     outputs.append(
                         Output(job.destination, done_item(request_id, usage, slot=0))
