@@ -129,3 +129,9 @@ def test_durations_read_well() -> None:
     assert format_ms(381.4) == "381 ms"
     assert format_ms(12_400) == "12.4 s"
     assert format_ms(None) == "\N{EN DASH}"
+
+
+def test_a_projection_that_cannot_be_loaded_is_explained() -> None:
+    issue = {"MultimodalProjectionCannotBeLoaded": {"model_path": "/p/mmproj.gguf"}}
+    sentence = explain_issue(issue)
+    assert "multimodal projection /p/mmproj.gguf cannot be loaded" in sentence

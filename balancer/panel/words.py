@@ -48,6 +48,9 @@ PATH_ISSUES = {
     "ModelFileDoesNotExist": "The model file {} does not exist on this agent.",
     "ModelCannotBeLoaded": "llama.cpp cannot load the model {} (the agent's "
     "log says why).",
+    "MultimodalProjectionCannotBeLoaded": "The multimodal projection {} cannot "
+    "be loaded (missing, not a projection, or made for another model; the "
+    "agent's log says why): the agent serves nothing until it loads.",
     "UnableToFindChatTemplate": "The model {} has no chat template of its own: "
     "conversations fail until the desired state sets a chat template override.",
     "HuggingFaceModelDoesNotExist": "Hugging Face has no model {}.",
