@@ -268,8 +268,11 @@
       updateFacts();
     } else if (generated.Done) {
       const usage = generated.Done.usage || {};
+      const images = usage.input_image_tokens
+        ? ` + ${number(usage.input_image_tokens)} image`
+        : "";
       facts.prompt.textContent =
-        `${number(usage.prompt_tokens)} (${number(usage.cached_prompt_tokens)} cached)`;
+        `${number(usage.prompt_tokens)}${images} (${number(usage.cached_prompt_tokens)} cached)`;
       finish("", false);
     } else {
       const [variant, detail] = Object.entries(generated)[0] || ["Error", ""];
