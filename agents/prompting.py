@@ -33,7 +33,7 @@ from agents.multimodal import (
 from agents.positions import PositionKey, text_only
 from agents.tool_grammar import ToolGrammarError, tool_call_grammar
 from balancer.chat_template import ChatTemplate, ChatTemplateError, message_text
-from balancer.contract import generation_failed_item
+from balancer.contract import GenerationErrorKind, generation_failed_item
 from balancer.model_offer import (
     RAG,
     TOOL_USE,
@@ -189,6 +189,25 @@ def _read_formats(job: Generation, source: str, prompt: str) -> None:
         job.grammar_root = "root"
 
 
+# What a prompt that cannot be made ends with, as Paddler names it.
+_GENERATION_FAILURES = (
+    ChatTemplateError,
+    ToolGrammarError,
+    ImageDecodingFailed,
+    MultimodalNotSupported,
+)
+
+
+def _failure_variant(error: Exception) -> GenerationErrorKind:
+    if isinstance(error, ChatTemplateError):
+        return "ChatTemplateError"
+    if isinstance(error, ToolGrammarError):
+        return "ToolCallValidatorBuildFailed"
+    if isinstance(error, ImageDecodingFailed):
+        return "ImageDecodingFailed"
+    return "MultimodalNotSupported"
+
+
 class PromptPreparer:
     """Makes the prompts of submitted jobs, one at a time, on its own thread.
 
@@ -235,37 +254,16 @@ class PromptPreparer:
             failure: Output | None = None
             try:
                 prompt = self._prepare(job)
-            except ChatTemplateError as error:
+            except _GENERATION_FAILURES as error:
+                # Paddler's terminal variants; the request never takes a slot.
                 failure = Output(
                     job.destination,
                     generation_failed_item(
-                        job.request_id, "ChatTemplateError", str(error)
+                        job.request_id, _failure_variant(error), str(error)
                     ),
                 )
             except PromptTooLarge as error:
                 failure = error_output(job, 413, str(error))
-            except ToolGrammarError as error:
-                failure = Output(
-                    job.destination,
-                    generation_failed_item(
-                        job.request_id, "ToolCallValidatorBuildFailed", str(error)
-                    ),
-                )
-            except ImageDecodingFailed as error:
-                # Paddler's name; the request never takes a slot.
-                failure = Output(
-                    job.destination,
-                    generation_failed_item(
-                        job.request_id, "ImageDecodingFailed", str(error)
-                    ),
-                )
-            except MultimodalNotSupported as error:
-                failure = Output(
-                    job.destination,
-                    generation_failed_item(
-                        job.request_id, "MultimodalNotSupported", str(error)
-                    ),
-                )
             except ImagePreprocessingFailed as error:
                 failure = error_output(job, 500, str(error))
             except MultimodalError as error:  # markers and images that differ
