@@ -18,8 +18,10 @@ import pytest
 
 from agents.engine import Engine
 from agents.jobs import Generation
+from agents.positions import PositionKey
 from balancer.chat_template import GEMMA_CHAT_TEMPLATE
 from balancer.desired_state import InferenceParameters
+from tests.support.constants import ENDLESS_PROMPT
 from tests.test_agent_hardening import WAIT_S, Outputs
 
 HELD = "held"
@@ -29,13 +31,15 @@ class GatedEngine(Engine):
     """The real engine; the prompt of request ``held`` waits on a gate."""
 
     gate = threading.Event()
+    entered = threading.Event()
     threads: dict[str, str] = {}
 
-    def prompt_tokens(self, job: Generation) -> list[int]:
+    def prompt_keys(self, job: Generation) -> list[PositionKey]:
         self.threads[job.request_id] = threading.current_thread().name
         if job.request_id == HELD:
+            self.entered.set()
             assert self.gate.wait(WAIT_S * 2)
-        return super().prompt_tokens(job)
+        return super().prompt_keys(job)
 
 
 @pytest.fixture
@@ -66,7 +70,9 @@ def test_a_prompt_being_made_does_not_hold_other_requests(
 ) -> None:
     built, outputs = engine
     built.gate.clear()
-    built.submit(Generation(request_id="other", max_tokens=24, raw_prompt="Hello"))
+    built.submit(
+        Generation(request_id="other", max_tokens=48, raw_prompt=ENDLESS_PROMPT)
+    )
     first = outputs.items.get(timeout=WAIT_S)  # the other request streams
     assert first.request_id == "other" and not first.final
     built.submit(
@@ -76,8 +82,10 @@ def test_a_prompt_being_made_does_not_hold_other_requests(
             conversation=[{"role": "user", "content": "Tell me about Paris."}],
         )
     )
+    # The held prompt is being made (and waits at the gate) ...
+    assert built.entered.wait(WAIT_S)
 
-    # It streams on to its end while the held prompt is being made.
+    # ... while the other request streams on to its end.
     text, done = outputs.final("other")
     assert text and done.error is None
     assert built.slots_processing == 1  # the held request, still preparing
