@@ -56,12 +56,7 @@ def fleet(
     built = Fleet(tmp_path_factory.mktemp("panel-images"), greedy_state)
     try:
         web = built.web()
-        manage(
-            web,
-            "from django.contrib.auth.models import User;"
-            f"User.objects.create_user({OPERATOR[0]!r}, password={OPERATOR[1]!r},"
-            " is_staff=True);" + grant_script(OPERATOR[0]),
-        )
+        add_operator(web)
         agent = built.agent(AGENT, 1)
         try:
             web.wait_for_ready_agents(1, timeout=120)
@@ -72,9 +67,19 @@ def fleet(
         built.stop()
 
 
-@pytest.fixture
-def tab(browser: Browser, fleet: Fleet) -> Iterator[Tab]:
-    web: WebServer = fleet.webs[0]
+def add_operator(web: WebServer) -> None:
+    """The staff login ``OPERATOR``, with the model permissions."""
+    manage(
+        web,
+        "from django.contrib.auth.models import User;"
+        f"User.objects.create_user({OPERATOR[0]!r}, password={OPERATOR[1]!r},"
+        " is_staff=True);" + grant_script(OPERATOR[0]),
+    )
+
+
+def operator_tab(browser: Browser, web: WebServer) -> Iterator[Tab]:
+    """A tab logged in as ``OPERATOR``, closed at the end; the browser must
+    have reported no errors."""
     opened = open_tab(browser, web)
     opened.goto("/")
     opened.log_in(*OPERATOR)
@@ -82,6 +87,11 @@ def tab(browser: Browser, fleet: Fleet) -> Iterator[Tab]:
     yield opened
     opened.page.context.close()
     assert opened.errors == [], "the browser reported errors"
+
+
+@pytest.fixture
+def tab(browser: Browser, fleet: Fleet) -> Iterator[Tab]:
+    yield from operator_tab(browser, fleet.webs[0])
 
 
 def test_playground_sends_picked_and_pasted_images_and_shows_them(

@@ -19,9 +19,8 @@ from playwright.sync_api import expect as page_expect
 
 from tests.support.fleet import Fleet
 from tests.support.mmproj import model_width, write_test_mmproj
-from tests.support.staff import grant_script
-from tests.test_panel import OPERATOR, Tab, browser, manage, open_tab
-from tests.test_panel_images import png
+from tests.test_panel import Tab, browser
+from tests.test_panel_images import add_operator, operator_tab, png
 
 __all__ = ["browser"]  # the browser fixture, shared with test_panel
 
@@ -42,12 +41,7 @@ def fleet(
     built = Fleet(tmp_path, state)
     try:
         web = built.web()
-        manage(
-            web,
-            "from django.contrib.auth.models import User;"
-            f"User.objects.create_user({OPERATOR[0]!r}, password={OPERATOR[1]!r},"
-            " is_staff=True);" + grant_script(OPERATOR[0]),
-        )
+        add_operator(web)
         agent = built.agent(AGENT, 1, "--threads", "1")
         try:
             web.wait_for_ready_agents(1, timeout=180)
@@ -60,13 +54,7 @@ def fleet(
 
 @pytest.fixture
 def tab(browser: Browser, fleet: Fleet) -> Iterator[Tab]:
-    opened = open_tab(browser, fleet.webs[0])
-    opened.goto("/")
-    opened.log_in(*OPERATOR)
-    opened.page.wait_for_url(f"{fleet.webs[0].url}/")
-    yield opened
-    opened.page.context.close()
-    assert opened.errors == [], "the browser reported errors"
+    yield from operator_tab(browser, fleet.webs[0])
 
 
 def test_playground_image_is_answered_by_an_agent_that_serves_images(
