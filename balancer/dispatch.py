@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection
 
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
+from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
@@ -358,6 +359,11 @@ class Dispatcher:
         assert layer is not None
         try:
             await layer.send(agent.channel, dict(event))
+        except ChannelFull:
+            await self.finish(stream)
+            raise InferenceFailure(
+                503, f"Agent {agent.name} is not reading its requests"
+            ) from None
         except BaseException:
             await self.finish(stream)
             raise
@@ -568,7 +574,14 @@ class Dispatcher:
         if agent is not None:
             # If this message is lost, the agent generates up to max_tokens for
             # nobody; its slot comes back then, and the claim is already free.
-            await layer.send(agent.channel, dict(cancel))
+            try:
+                await layer.send(agent.channel, dict(cancel))
+            except ChannelFull:
+                logger.warning(
+                    "request %s: agent %s reads no requests; could not cancel",
+                    stream.request_id,
+                    agent.name,
+                )
 
     def _redis_replaced(self, lost_at: float) -> None:
         """Redis is another server than the one the running requests were

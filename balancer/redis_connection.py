@@ -45,7 +45,15 @@ def async_client(*, retries: bool = True) -> aioredis.Redis:
                 **options,
             ),
         )
-    return aioredis.Redis.from_url(settings.REDIS_URL, **options)
+    # A blocking pool: past PADDLER_REDIS_MAX_CONNECTIONS a command waits
+    # for a connection to come back (at most ``REDIS_POOL_WAIT_S``) instead
+    # of failing its request.
+    options |= {
+        "max_connections": settings.PADDLER_REDIS_MAX_CONNECTIONS,
+        "timeout": settings.REDIS_POOL_WAIT_S,
+    }
+    pool = aioredis.BlockingConnectionPool.from_url(settings.REDIS_URL, **options)
+    return aioredis.Redis.from_pool(pool)  # closing the client closes its pool
 
 
 def sync_client(url: str, **overrides: Any) -> redis.Redis:

@@ -145,11 +145,24 @@ REDIS_URL = env_redis_url("REDIS_URL", "redis://127.0.0.1:6379/0")
 # Redis restart a pooled connection is dead: the command is retried on a new
 # one instead of failing the request.  The socket timeout is above the 5 s
 # blocking reads of the channel layer (redis-py's default is also 5 s).
+#
+# Connections per pool.  redis-py's asyncio pools fail a command at once when
+# all their connections are in use (100 by default): a burst of 256 requests
+# on one web process got 156 answers of 503.  Our own clients
+# (``balancer.redis_connection``) use a blocking pool of at most
+# PADDLER_REDIS_MAX_CONNECTIONS, where a command waits up to
+# ``REDIS_POOL_WAIT_S`` for a connection to come back; pools we cannot make
+# blocking (the channel layer's, and the clients of a Sentinel master) may
+# grow to ``REDIS_MAX_POOL_CONNECTIONS``, Redis's own default client limit.
+PADDLER_REDIS_MAX_CONNECTIONS = env_int("PADDLER_REDIS_MAX_CONNECTIONS", 512, minimum=1)
+REDIS_POOL_WAIT_S = 10.0
+REDIS_MAX_POOL_CONNECTIONS = 10_000
 REDIS_OPTIONS: dict[str, Any] = {
     "socket_timeout": 30,
     "health_check_interval": 15,
     "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=5),
     "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    "max_connections": REDIS_MAX_POOL_CONNECTIONS,
 }
 
 # Redis Sentinel (docs/sentinel.md): with sentinels set, every Redis client
@@ -198,6 +211,11 @@ CHANNEL_LAYERS = {
                 else {"address": REDIS_URL, **REDIS_OPTIONS}
             ],
             "prefix": "paddler:layer:",
+            # An agent's channel never holds more requests than the agent has
+            # slots (each needs a claim first), plus cancels: the layer's
+            # default bound of 100 messages turned a burst on an agent of
+            # more slots into errors.
+            "capacity": 100_000,
         },
     }
 }
