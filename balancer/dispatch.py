@@ -54,6 +54,7 @@ from balancer.images import has_images
 from balancer.pools import DEFAULT_POOL, pool_for_model
 from balancer.prompt_limits import PromptTooLarge, check_prompt_bounds
 from balancer.registry_view import RegistryView
+from balancer.request_log import RequestRecord
 from balancer.routing import (
     Candidate,
     Decision,
@@ -135,6 +136,9 @@ class Dispatcher:
         self._context_sizes: dict[str, tuple[int, float]] = {}
         self._pool_routes: dict[str, list[str]] = {DEFAULT_POOL: []}
         self._pool_routes_read_at = -POOLS_CACHE_S
+        # Finished requests' records waiting for ``_write_records``.
+        self._records: list[tuple[RequestRecord, asyncio.Future[None]]] = []
+        self._records_writer: asyncio.Task[None] | None = None
 
     async def agents(self) -> list[registry.AgentRecord]:
         """The registry: the view's while it is fresh, else read from Redis
@@ -611,17 +615,45 @@ class Dispatcher:
         )
 
     async def _log(self, stream: Stream) -> None:
+        """Log the request and add it to the request log and the counters in
+        Redis; returns once they hold it.
+
+        One write at a time per process: the records of requests that end
+        while a write is in flight go together in the next one, whose
+        counter increments are merged (``metrics.count_requests``).  A
+        request's record costs Redis some fifty commands alone; under load
+        a batch of many costs about the same.
+        """
         record = stream.record()
         request_log.log_line(record)
         if self._statsd is not None:
             metrics.send_request(self._statsd, record)
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                metrics.count_request(pipe, record)
-                request_log.write(pipe, record, size=settings.PADDLER_REQUEST_LOG_SIZE)
-                await pipe.execute()
-        except Exception:
-            logger.warning("could not record the request", exc_info=True)
+        written = asyncio.get_running_loop().create_future()
+        self._records.append((record, written))
+        if self._records_writer is None or self._records_writer.done():
+            self._records_writer = asyncio.create_task(
+                self._write_records(), context=contextvars.Context()
+            )
+        await asyncio.shield(written)
+
+    async def _write_records(self) -> None:
+        while self._records:
+            batch, self._records = self._records, []
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    records = [record for record, _ in batch]
+                    metrics.count_requests(pipe, records)
+                    request_log.write_many(
+                        pipe, records, size=settings.PADDLER_REQUEST_LOG_SIZE
+                    )
+                    await pipe.execute()
+            except Exception:
+                logger.warning(
+                    "could not record %d requests", len(batch), exc_info=True
+                )
+            for _, written in batch:
+                if not written.done():
+                    written.set_result(None)
 
 
 _dispatchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dispatcher] = (

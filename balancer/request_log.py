@@ -75,8 +75,15 @@ def log_line(record: RequestRecord) -> None:
 def write(pipe: Any, record: RequestRecord, *, size: int) -> None:
     """Queue the record's push on ``pipe`` (a Redis pipeline the caller runs
     with its other writes), keeping the newest ``size`` records."""
-    if size > 0:
-        pipe.lpush(keys.request_log(), json.dumps(record))
+    write_many(pipe, [record], size=size)
+
+
+def write_many(pipe: Any, records: list[RequestRecord], *, size: int) -> None:
+    """``write`` for records in the order they ended, in one push."""
+    if size > 0 and records:
+        # LPUSH puts its values at the head one after another: the last,
+        # newest record ends up first, as with one push per record.
+        pipe.lpush(keys.request_log(), *(json.dumps(record) for record in records))
         pipe.ltrim(keys.request_log(), 0, size - 1)
 
 

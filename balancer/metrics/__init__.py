@@ -13,12 +13,13 @@ Redis, which ``/metrics`` reads, so any replica answers for the whole tier.
 
 from __future__ import annotations
 
-from balancer.metrics.counters import count_request
+from balancer.metrics.counters import count_request, count_requests
 from balancer.metrics.prometheus import prometheus_text
 from balancer.metrics.statsd_reporting import report_fleet, send_request, statsd_client
 
 __all__ = [
     "count_request",
+    "count_requests",
     "prometheus_text",
     "report_fleet",
     "send_request",

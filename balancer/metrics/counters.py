@@ -3,7 +3,8 @@
 Every web replica adds its finished requests here, so ``/metrics`` on any
 replica shows the whole tier; per-process counters would show one replica's
 share.  Fields: ``requests|<kind>|<outcome>``, ``tokens|<type>``, and per
-timing ``bucket|<name>|<bound>`` (cumulative, as Prometheus wants them) and
+timing ``in|<name>|<bound>`` (requests whose value falls in that bucket;
+the reader makes them cumulative, as Prometheus wants them) and
 ``sum|<name>``: the fleet's totals; and per model pool
 ``pool_requests|<pool>|<kind>|<outcome>`` and ``pool_tokens|<pool>|<type>``.
 """
@@ -53,21 +54,37 @@ def count_request(pipe: Any, record: RequestRecord) -> None:
 
     ``pipe`` is a Redis pipeline: the caller sends these with its own writes.
     """
+    count_requests(pipe, [record])
+
+
+def count_requests(pipe: Any, records: list[RequestRecord]) -> None:
+    """Add finished requests to the counters, one command per field they
+    touch: a batch of many requests costs Redis about what one does."""
+    counts: dict[str, int] = {}
+    sums: dict[str, float] = {}
+
+    def add(field: str, count: int) -> None:
+        counts[field] = counts.get(field, 0) + count
+
     counters = keys.metrics_counters()
-    kind, outcome, pool = record["kind"], record["outcome"], record["pool"]
-    pipe.hincrby(counters, f"requests|{kind}|{outcome}", 1)
-    pipe.hincrby(counters, f"pool_requests|{pool}|{kind}|{outcome}", 1)
-    for name, count in token_counts(record).items():
-        pipe.hincrby(counters, f"tokens|{name}", int(count or 0))
-        pipe.hincrby(counters, f"pool_tokens|{pool}|{name}", int(count or 0))
-    for name, value in timings(record).items():
-        if value is None:
-            continue
-        for bound in BUCKETS_MS:
-            if value <= bound:
-                pipe.hincrby(counters, f"bucket|{name}|{bound}", 1)
-        pipe.hincrby(counters, f"bucket|{name}|+Inf", 1)
-        pipe.hincrbyfloat(counters, f"sum|{name}", float(value))
+    for record in records:
+        kind, outcome, pool = record["kind"], record["outcome"], record["pool"]
+        add(f"requests|{kind}|{outcome}", 1)
+        add(f"pool_requests|{pool}|{kind}|{outcome}", 1)
+        for name, count in token_counts(record).items():
+            add(f"tokens|{name}", int(count or 0))
+            add(f"pool_tokens|{pool}|{name}", int(count or 0))
+        for name, value in timings(record).items():
+            if value is None:
+                continue
+            # The one bucket the value falls in; the reader adds them up.
+            bound = next((b for b in BUCKETS_MS if value <= b), "+Inf")
+            add(f"in|{name}|{bound}", 1)
+            sums[f"sum|{name}"] = sums.get(f"sum|{name}", 0.0) + float(value)
+    for field, count in counts.items():
+        pipe.hincrby(counters, field, count)
+    for field, total in sums.items():
+        pipe.hincrbyfloat(counters, field, total)
 
 
 @dataclass(frozen=True)
@@ -111,12 +128,24 @@ async def read_counters(redis: aioredis.Redis) -> Counters:
         tokens={name: fields.get(f"tokens|{name}", 0) for name in TOKENS},
         histograms={
             name: Histogram(
-                buckets=[
-                    (str(bound), fields.get(f"bucket|{name}|{bound}", 0))
-                    for bound in (*BUCKETS_MS, "+Inf")
-                ],
-                sum=fields.get(f"sum|{name}", 0),
+                buckets=_cumulative(fields, name), sum=fields.get(f"sum|{name}", 0)
             )
             for name in TIMINGS
         },
     )
+
+
+def _cumulative(fields: dict[str, float], name: str) -> list[tuple[str, float]]:
+    """Prometheus's cumulative buckets of one timing.
+
+    Requests are counted in the one bucket their value falls in
+    (``in|<name>|<bound>``: one command per timing); counters written before
+    that hold cumulative counts (``bucket|<name>|<bound>``), which still add
+    up with them.
+    """
+    buckets: list[tuple[str, float]] = []
+    below = 0.0
+    for bound in (*BUCKETS_MS, "+Inf"):
+        below += fields.get(f"in|{name}|{bound}", 0)
+        buckets.append((str(bound), below + fields.get(f"bucket|{name}|{bound}", 0)))
+    return buckets
