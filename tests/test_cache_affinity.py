@@ -489,7 +489,7 @@ async def serve_sixty(
         replica = replicas[number % 2]
         params = conversation(histories[number % 3])
         stream = Stream(f"r{number}", "conversation", params, replica)
-        agent, _ = await replica._claim(stream, set())
+        agent, decision = await replica._claim(stream, set())
         held[agent.id] += 1
         most[agent.id] = max(most[agent.id], held[agent.id])
         assert await redis.zcard(keys.agent_claims(agent.id)) <= 4
@@ -499,10 +499,12 @@ async def serve_sixty(
         await registry.release_slot(redis, agent.id, stream.request_id)
         for each in replicas:
             each._slot_freed.set()
-        return agent.id
+        return decision.why
 
-    served = await asyncio.gather(*(serve(n) for n in range(60)))
-    assert len(served) == 60
+    whys = await asyncio.gather(*(serve(n) for n in range(60)))
+    assert len(whys) == 60
+    # Requests did hold out (else this tested the claim without them).
+    assert any("waited" in why for why in whys), whys
     assert most["a"] <= 4 and most["b"] <= 4
     assert await left_behind(redis, "a", "b") == 0
     assert await registry.buffered_count(redis, 10_000) == 0
