@@ -2,7 +2,9 @@
 
 Each web process has one ``Dispatcher`` (per event loop).  It picks an agent
 (``routing``), claims one of its slots in Redis (``registry``; buffering while
-none is free anywhere), sends the request to the agent's channel, and reads the
+none is free anywhere; a buffered request whose conversation's cache is on one
+agent holds out a while for a slot there, see ``registry``), sends the request
+to the agent's channel, and reads the
 process's own Redis inbox, where agents push the output of every stream bound
 here, one batch per decode step.  When a request ends, a record of it (where it
 went and why, how long it waited, how fast it ran, how it ended) goes to the
@@ -20,6 +22,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
@@ -104,6 +107,57 @@ def _spread(decision: Decision, avoid: set[str]) -> Decision:
         a for a in decision.order if a in avoid
     ]
     return Decision(order, decision.matched, f"{decision.why}; away from its batch")
+
+
+@dataclass
+class _Hold:
+    """A buffered request's wait for the agent that holds its cache
+    (``registry``'s holdouts)."""
+
+    agent_id: str
+    decision: Decision  # the one that found its cache there
+    since: float | None = None  # when it began holding out
+    ended: float | None = None  # when the claim said it no longer does
+
+    @property
+    def active(self) -> bool:
+        return self.ended is None
+
+
+def _hold_for(stream: Stream, decision: Decision) -> _Hold | None:
+    """What the request would hold out for if it has to wait: the agent
+    whose slot or host tier holds its conversation.  Not a decision without
+    a cache match, nor a chunk of an embedding batch (it wants to be away
+    from its batch, not near a cache)."""
+    if (
+        settings.PADDLER_ROUTING_CACHE_WAIT_MS <= 0
+        or stream.avoid is not None
+        or decision.matched <= 0
+        or not decision.order
+    ):
+        return None
+    return _Hold(decision.order[0], decision)
+
+
+def _explained(decision: Decision, agent_id: str, hold: _Hold | None) -> Decision:
+    """``decision`` as the request log tells it, for a claim on ``agent_id``."""
+    if hold is not None and hold.since is not None:
+        now = time.monotonic()
+        if agent_id == hold.agent_id:
+            return Decision(
+                decision.order,
+                hold.decision.matched,
+                f"{hold.decision.why}; waited {now - hold.since:.2f} s for its agent",
+            )
+        held = (hold.ended or now) - hold.since
+        return Decision(
+            decision.order,
+            0,
+            f"first free slot (waited {held:.2f} s for the preferred agent)",
+        )
+    if not decision.order or agent_id != decision.order[0]:
+        return Decision(decision.order, 0, "first free slot (preferred was full)")
+    return decision
 
 
 class Dispatcher:
@@ -426,40 +480,54 @@ class Dispatcher:
         )
 
     async def _acquire(
-        self, stream: Stream, decision: Decision, exclude: set[str], *, view: bool
+        self,
+        stream: Stream,
+        candidates: list[str],
+        exclude: set[str],
+        *,
+        view: bool,
+        hold: str | None,
+        new: bool,
     ) -> registry.Acquisition:
-        """Claim a slot of the first agent in ``decision`` with one free.
+        """Claim a slot of the first agent in ``candidates`` with one free,
+        or wait (holding out for ``hold``, see ``registry``).
 
-        From the view, the decision holds the best few agents only.  When
+        From the view, the candidates are the best few agents only.  When
         none of them had a free slot after all (the view is a few
         milliseconds behind the other replicas' claims), the claim is tried
         once more with every agent the view believes has one, rather than
-        wait in the buffer while a slot is free elsewhere.
+        wait in the buffer while a slot is free elsewhere.  A request new to
+        the buffer starts holding out only at that second try: one that a
+        free slot elsewhere can take did not have to wait.
         """
 
-        async def acquire(candidates: list[str]) -> registry.Acquisition:
+        async def acquire(
+            offered: list[str], hold_for: str | None
+        ) -> registry.Acquisition:
             return await registry.acquire_slot(
                 self.redis,
                 request_id=stream.request_id,
-                candidates=candidates,
+                candidates=offered,
                 lease_ms=CLAIM_LEASE_MS,
                 max_buffered=settings.PADDLER_MAX_BUFFERED_REQUESTS,
                 buffer_timeout_ms=settings.PADDLER_BUFFERED_REQUEST_TIMEOUT_MS,
                 pool=stream.pool,
+                hold_for=hold_for,
+                hold_ms=settings.PADDLER_ROUTING_CACHE_WAIT_MS,
             )
 
-        acquisition = await acquire(decision.order)
-        if acquisition.outcome == "claimed" or not view:
+        acquisition = await acquire(candidates, None if view and new else hold)
+        if acquisition.outcome in ("claimed", "holding") or not view:
             return acquisition
-        offered = set(decision.order)
+        offered = set(candidates)
         wider = [
             agent_id
             for agent_id in self.view.index.with_free_slots(stream.pool, exclude)
             if agent_id not in offered
         ]
-        if not wider:
+        if not wider and not (new and hold is not None):
             return acquisition
-        return await acquire([*decision.order, *wider])
+        return await acquire([*candidates, *wider], hold)
 
     async def _claim(
         self, stream: Stream, exclude: set[str]
@@ -471,6 +539,9 @@ class Dispatcher:
             stream.params["conversation_history"]
         )
         buffered = False
+        # Chosen by the first decision, the one the request arrived with.
+        hold: _Hold | None = None
+        decided = False
         try:
             while True:
                 # The view's index does not know which agents serve images:
@@ -490,7 +561,23 @@ class Dispatcher:
                     )
                     if stream.avoid is not None:
                         decision = _spread(decision, set(stream.avoid()))
-                acquisition = await self._acquire(stream, decision, exclude, view=view)
+                if not decided:
+                    decided = True
+                    hold = _hold_for(stream, decision)
+                hold_agent = hold.agent_id if hold is not None and hold.active else None
+                candidates = decision.order
+                if hold_agent is not None and hold_agent not in candidates:
+                    # A later decision may rank it lower (or cut it): the
+                    # claim must still see the agent it holds out for.
+                    candidates = [*candidates, hold_agent]
+                acquisition = await self._acquire(
+                    stream,
+                    candidates,
+                    exclude,
+                    view=view,
+                    hold=hold_agent,
+                    new=not buffered,
+                )
                 if acquisition.outcome == "claimed":
                     assert acquisition.agent_id is not None
                     buffered = False
@@ -510,14 +597,18 @@ class Dispatcher:
                         exclude = {*exclude, acquisition.agent_id}
                         continue
                     self.view.index.claimed(agent.id, +1)
-                    if acquisition.agent_id != decision.order[0]:
-                        decision = Decision(
-                            decision.order, 0, "first free slot (preferred was full)"
-                        )
-                    return agent, decision
+                    return agent, _explained(decision, agent.id, hold)
                 if acquisition.outcome == "overflow":
                     raise InferenceFailure(503, "Buffered requests overflow")
                 buffered = True
+                if hold is not None and hold.active:
+                    if acquisition.outcome == "holding":
+                        if hold.since is None:
+                            hold.since = time.monotonic()
+                    else:
+                        # Its time is up (or its agent left, or it never
+                        # could hold out): the first free slot will do.
+                        hold.ended = time.monotonic()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise InferenceFailure(504, "Waiting for available slot timed out")
@@ -528,7 +619,12 @@ class Dispatcher:
         finally:
             if buffered:
                 # Timed out, or the client went away while waiting.
-                await registry.leave_buffer(self.redis, stream.request_id, stream.pool)
+                await registry.leave_buffer(
+                    self.redis,
+                    stream.request_id,
+                    stream.pool,
+                    held_for=hold.agent_id if hold is not None else None,
+                )
 
     async def finish(self, stream: Stream) -> None:
         """Free the stream's slot (telling the agent to stop if unfinished)

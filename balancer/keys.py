@@ -49,6 +49,12 @@ def agent_claims(agent_id: str) -> str:
     return f"{PREFIX}agent:{agent_id}:claims"
 
 
+def agent_holdouts(agent_id: str) -> str:
+    """Sorted set of the buffered requests holding out for a slot of the
+    agent, scored by arrival time; a slot it frees goes to them first."""
+    return f"{PREFIX}agent:{agent_id}:holdouts"
+
+
 def agent_metadata(agent_id: str) -> str:
     """The GGUF metadata and chat template of the agent's model (JSON)."""
     return f"{PREFIX}agent:{agent_id}:metadata"
@@ -59,6 +65,15 @@ def buffer(pool: str = DEFAULT_POOL) -> str:
     if pool == DEFAULT_POOL:
         return f"{PREFIX}buffer"
     return f"{PREFIX}pool:{pool}:buffer"
+
+
+def buffer_holdouts(pool: str = DEFAULT_POOL) -> str:
+    """Sorted set of a pool's buffered requests that hold out for the agent
+    holding their conversation's cache, scored by arrival time (see
+    ``registry``)."""
+    if pool == DEFAULT_POOL:
+        return f"{PREFIX}buffer:holdouts"
+    return f"{PREFIX}pool:{pool}:buffer:holdouts"
 
 
 def desired_state(pool: str = DEFAULT_POOL) -> str:

@@ -3,6 +3,31 @@
 Several web replicas share one Redis, so every decision that could over-commit
 an agent runs as one Lua script: Redis runs scripts one at a time, so two
 replicas can never both take an agent's last free slot.
+
+The buffer.  A request that finds no free slot waits in its pool's buffer, a
+sorted set scored by arrival time, first come first served: only as many of
+the oldest waiters as there are free slots may claim, each the first of its
+candidates with a free slot.
+
+Holdouts (cache affinity).  A buffered request whose conversation's KV cache
+is on agent A (a slot or host-tier match) gains nothing from a slot on B but
+a full prefill, and its cache on A is wasted.  So, for at most ``hold_ms``
+from its arrival (``PADDLER_ROUTING_CACHE_WAIT_MS``), it holds out for A:
+
+- it waits in the pool's holdout set (``keys.buffer_holdouts``) instead of
+  the buffer, and in A's (``keys.agent_holdouts``), both scored by arrival;
+- it claims only a slot of A; a slot freed elsewhere goes to the waiters
+  behind it, which do not count it ahead of them;
+- a slot of A goes to A's holdouts first: every younger waiter sees A's free
+  slots less the live holdouts for A older than itself.  A waiter older than
+  a holdout keeps its turn, so a stream of holdouts cannot starve it;
+- when its time is up (or A is gone), it moves back to the buffer with its
+  arrival time, and takes the first free slot of its candidates again.
+
+One script does all of it, so no slot is ever promised twice.  Holdouts count
+against ``max_buffered``; the holdouts of a replica that died age out as its
+buffered requests do (and stop holding out after ``hold_ms``); and
+``leave_buffer`` removes a request from all three sets.
 """
 
 from __future__ import annotations
@@ -115,7 +140,7 @@ async def forget_agents(redis: aioredis.Redis, agent_ids: list[str]) -> None:
     async with redis.pipeline(transaction=True) as pipe:
         pipe.srem(keys.agents_set(), *agent_ids)
         for agent_id in agent_ids:
-            pipe.delete(keys.agent_claims(agent_id))
+            pipe.delete(keys.agent_claims(agent_id), keys.agent_holdouts(agent_id))
         await pipe.execute()
 
 
@@ -188,51 +213,137 @@ async def agent_is_alive(redis: aioredis.Redis, agent_id: str) -> bool:
     return bool(await redis.exists(keys.agent_status(agent_id)))
 
 
-# KEYS[1] = buffer, then per candidate agent: slots key, claims key.
+# KEYS[1] = the pool's buffer, KEYS[2] = its holdouts, then per candidate
+#   agent: slots key, claims key, holdouts key.
 # ARGV = request id, now (ms), lease end (ms), max buffered, buffer cut-off (ms),
+#        hold (ms), the candidate to hold out for (1-based; 0: none),
 #        then the candidate agent ids, in order of preference.
-# Returns {"claimed", agent id} | {"buffered"} | {"waiting"} | {"overflow"}.
+# Returns {"claimed", agent id} | {"holding", agent id} | {"buffered"} |
+#         {"waiting"} | {"overflow"}.
 _ACQUIRE = """
 local buffer = KEYS[1]
+local holdouts = KEYS[2]
 local request_id = ARGV[1]
 local now = tonumber(ARGV[2])
 local lease_end = tonumber(ARGV[3])
 local max_buffered = tonumber(ARGV[4])
 local cutoff = tonumber(ARGV[5])
+-- A holdout that arrived at or before this has held out long enough.
+local hold_cut = now - tonumber(ARGV[6])
+local hold = tonumber(ARGV[7])
+local candidates = #ARGV - 7
+local hold_key = nil
+if hold >= 1 and hold <= candidates then
+  hold_key = KEYS[3 * hold + 2]
+else
+  hold = 0
+end
+local function forget()
+  redis.call('ZREM', buffer, request_id)
+  redis.call('ZREM', holdouts, request_id)
+  if hold_key then redis.call('ZREM', hold_key, request_id) end
+end
 -- Entries of replicas that died while buffering age out.
 redis.call('ZREMRANGEBYSCORE', buffer, '-inf', cutoff)
-local free_total = 0
-local first_free = nil
-local candidates = #ARGV - 5
+redis.call('ZREMRANGEBYSCORE', holdouts, '-inf', cutoff)
+-- Holdouts whose time is up wait as everyone does again, with their age.
+local lapsed = redis.call('ZRANGEBYSCORE', holdouts, '-inf', hold_cut, 'WITHSCORES')
+for j = 1, #lapsed, 2 do
+  redis.call('ZADD', buffer, lapsed[j + 1], lapsed[j])
+end
+redis.call('ZREMRANGEBYSCORE', holdouts, '-inf', hold_cut)
+local slots = {}
+local free = {}
 for i = 1, candidates do
-  local slots = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-  local claims = KEYS[2 * i + 1]
+  slots[i] = tonumber(redis.call('GET', KEYS[3 * i]) or '0')
+  local claims = KEYS[3 * i + 1]
   redis.call('ZREMRANGEBYSCORE', claims, '-inf', now)
+  -- Past hold_cut an agent's holdouts hold nothing (see above); whatever is
+  -- left in its set holds out now.
+  redis.call('ZREMRANGEBYSCORE', KEYS[3 * i + 2], '-inf', hold_cut)
   -- Already claimed: this is the client retrying a call whose answer was
   -- lost (a dropped connection); a second claim would hold a slot for
   -- nobody until its lease ran out.
   if redis.call('ZSCORE', claims, request_id) then
+    forget()
+    return {'claimed', ARGV[7 + i]}
+  end
+  free[i] = slots[i] - redis.call('ZCARD', claims)
+end
+-- An agent gone (or loading a model) is nothing to hold out for.
+if hold > 0 and slots[hold] <= 0 then hold = 0 end
+-- Where the request waits: a holdout, a plain waiter, or not yet at all.
+local arrived = redis.call('ZSCORE', holdouts, request_id)
+local held = arrived ~= false
+-- (Told no agent to hold out for, it cannot leave that agent's set: its entry
+-- there lapses within hold ms.)
+if held and hold == 0 then
+  redis.call('ZREM', holdouts, request_id)
+  if hold_key then redis.call('ZREM', hold_key, request_id) end
+  redis.call('ZADD', buffer, arrived, request_id)
+  held = false
+end
+local waiting = held
+if not held then
+  arrived = redis.call('ZSCORE', buffer, request_id)
+  waiting = arrived ~= false
+  -- A waiter told to hold out (its first call may have offered it fewer
+  -- agents, see Dispatcher._acquire) holds out from its arrival.
+  if waiting and hold > 0 and tonumber(arrived) > hold_cut then
     redis.call('ZREM', buffer, request_id)
-    return {'claimed', ARGV[5 + i]}
-  end
-  local free = slots - redis.call('ZCARD', claims)
-  if free > 0 then
-    free_total = free_total + free
-    if first_free == nil then first_free = i end
+    redis.call('ZADD', holdouts, arrived, request_id)
+    held = true
   end
 end
+if held then redis.call('ZADD', hold_key, arrived, request_id) end
 -- First come, first served: only as many of the oldest waiters as there are
--- free slots may claim; a newcomer counts as behind every buffered request.
-local position = redis.call('ZRANK', buffer, request_id)
-local in_buffer = position ~= false
-if not in_buffer then position = redis.call('ZCARD', buffer) end
-if first_free ~= nil and position < free_total then
-  redis.call('ZADD', KEYS[2 * first_free + 1], lease_end, request_id)
-  redis.call('ZREM', buffer, request_id)
-  return {'claimed', ARGV[5 + first_free]}
+-- free slots may claim; a newcomer counts as behind every waiter.  Plain
+-- waiters take any free slot, so each one older counts; a holdout takes
+-- only its agent's slots, so it counts only there, and only against the
+-- waiters younger than itself.  Arrival times are in milliseconds: of a
+-- holdout and a plain waiter that arrived in the same one, the holdout goes
+-- first (counted up to ``arrived``, plain waiters before it).
+local older = '+inf'
+local reserved_until = '+inf'
+if waiting then
+  older = '(' .. arrived
+  reserved_until = arrived
 end
-if in_buffer then return {'waiting'} end
-if redis.call('ZCARD', buffer) >= max_buffered then return {'overflow'} end
+local position
+if waiting and not held then
+  position = redis.call('ZRANK', buffer, request_id)
+else
+  position = redis.call('ZCOUNT', buffer, '-inf', older)
+end
+local free_total = 0
+local first_free = nil
+for i = 1, candidates do
+  local reserved
+  if held and i == hold then
+    reserved = redis.call('ZRANK', KEYS[3 * i + 2], request_id)
+  else
+    reserved = redis.call('ZCOUNT', KEYS[3 * i + 2], '-inf', reserved_until)
+  end
+  local open = free[i] - reserved
+  if open > 0 then
+    free_total = free_total + open
+    if first_free == nil and (not held or i == hold) then first_free = i end
+  end
+end
+if first_free ~= nil and position < free_total then
+  redis.call('ZADD', KEYS[3 * first_free + 1], lease_end, request_id)
+  forget()
+  return {'claimed', ARGV[7 + first_free]}
+end
+if held then return {'holding', ARGV[7 + hold]} end
+if waiting then return {'waiting'} end
+local buffered = redis.call('ZCARD', buffer) + redis.call('ZCARD', holdouts)
+if buffered >= max_buffered then return {'overflow'} end
+if hold > 0 and now > hold_cut then
+  redis.call('ZADD', holdouts, now, request_id)
+  redis.call('ZADD', hold_key, now, request_id)
+  return {'holding', ARGV[7 + hold]}
+end
 redis.call('ZADD', buffer, now, request_id)
 return {'buffered'}
 """
@@ -240,7 +351,9 @@ return {'buffered'}
 
 @dataclass(frozen=True)
 class Acquisition:
-    outcome: str  # "claimed", "buffered", "waiting" or "overflow"
+    # "claimed" (``agent_id`` the agent), "holding" (buffered, holding out
+    # for ``agent_id``), "buffered" (just now), "waiting" or "overflow".
+    outcome: str
     agent_id: str | None = None
 
 
@@ -257,14 +370,30 @@ async def acquire_slot(
     max_buffered: int,
     buffer_timeout_ms: int,
     pool: str = DEFAULT_POOL,
+    hold_for: str | None = None,
+    hold_ms: int = 0,
 ) -> Acquisition:
     """Claim a slot on the first candidate with one free, or wait in the
     pool's buffer.  Each pool has a buffer of its own: a full pool never
-    delays another pool's requests."""
+    delays another pool's requests.
+
+    ``hold_for``: one of ``candidates``, the agent that holds the request's
+    cache.  Once it has to wait, the request holds out for a slot of that
+    agent for ``hold_ms`` from its arrival (see the module's docstring); pass
+    the same agent on every call while it holds out.
+    """
     now = now_ms()
-    script_keys = [keys.buffer(pool)]
+    script_keys = [keys.buffer(pool), keys.buffer_holdouts(pool)]
     for agent_id in candidates:
-        script_keys += [keys.agent_slots(agent_id), keys.agent_claims(agent_id)]
+        script_keys += [
+            keys.agent_slots(agent_id),
+            keys.agent_claims(agent_id),
+            keys.agent_holdouts(agent_id),
+        ]
+    # The script takes the agent to hold out for by its place (1-based).
+    hold = 0
+    if hold_for is not None and hold_for in candidates:
+        hold = candidates.index(hold_for) + 1
     result = await redis.eval(
         _ACQUIRE,
         len(script_keys),
@@ -274,6 +403,8 @@ async def acquire_slot(
         now + lease_ms,
         max_buffered,
         now - buffer_timeout_ms - 5_000,
+        max(0, hold_ms),
+        hold,
         *candidates,
     )
     outcome: str = result[0].decode()
@@ -283,9 +414,20 @@ async def acquire_slot(
 
 
 async def leave_buffer(
-    redis: aioredis.Redis, request_id: str, pool: str = DEFAULT_POOL
+    redis: aioredis.Redis,
+    request_id: str,
+    pool: str = DEFAULT_POOL,
+    *,
+    held_for: str | None = None,
 ) -> None:
-    await redis.zrem(keys.buffer(pool), request_id)
+    """Take a request out of the buffer, and out of the holdouts for
+    ``held_for`` (the agent it was told to hold out for, if any)."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.buffer(pool), request_id)
+        pipe.zrem(keys.buffer_holdouts(pool), request_id)
+        if held_for is not None:
+            pipe.zrem(keys.agent_holdouts(held_for), request_id)
+        await pipe.execute()
 
 
 async def release_slot(redis: aioredis.Redis, agent_id: str, request_id: str) -> None:
@@ -308,17 +450,21 @@ async def renew_claims(
 async def buffered_count(
     redis: aioredis.Redis, buffer_timeout_ms: int, pool: str = DEFAULT_POOL
 ) -> int:
-    cutoff = now_ms() - buffer_timeout_ms - 5_000
-    return int(await redis.zcount(keys.buffer(pool), cutoff, "+inf"))
+    counts = await buffered_counts(redis, buffer_timeout_ms, [pool])
+    return counts[pool]
 
 
 async def buffered_counts(
     redis: aioredis.Redis, buffer_timeout_ms: int, pools: list[str]
 ) -> dict[str, int]:
-    """Buffered requests per pool, in one round trip."""
+    """Buffered requests per pool (holdouts included), in one round trip."""
     cutoff = now_ms() - buffer_timeout_ms - 5_000
     async with redis.pipeline(transaction=False) as pipe:
         for pool in pools:
             pipe.zcount(keys.buffer(pool), cutoff, "+inf")
+            pipe.zcount(keys.buffer_holdouts(pool), cutoff, "+inf")
         counts = await pipe.execute()
-    return {pool: int(count) for pool, count in zip(pools, counts, strict=True)}
+    return {
+        pool: int(counts[2 * n]) + int(counts[2 * n + 1])
+        for n, pool in enumerate(pools)
+    }

@@ -269,7 +269,9 @@ def pool_delete(*, name: str) -> None:
     if not deleted:
         raise PoolNotFound(name)
     client = sync_redis()
-    client.delete(keys.desired_state(name), keys.buffer(name))
+    client.delete(
+        keys.desired_state(name), keys.buffer(name), keys.buffer_holdouts(name)
+    )
 
 
 def pool_agent_names(name: str) -> list[str]:

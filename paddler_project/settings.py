@@ -298,6 +298,12 @@ PADDLER_ROUTING_POLICY = env_choice(
 PADDLER_ROUTING_MAX_LOAD_GAP = env_float(
     "PADDLER_ROUTING_MAX_LOAD_GAP", 0.5, minimum=0.0
 )
+# A buffered request whose conversation's cache is on one agent waits this
+# long for a slot there before it takes the first free slot anywhere (see
+# balancer.registry); 0: it never waits for its agent.
+PADDLER_ROUTING_CACHE_WAIT_MS = env_int(
+    "PADDLER_ROUTING_CACHE_WAIT_MS", 1_000, minimum=0
+)
 # Embedding batches are split into chunks of at most this many documents,
 # which agents embed in parallel (fewer when that spreads a batch wider).
 PADDLER_EMBEDDING_CHUNK_SIZE = env_int("PADDLER_EMBEDDING_CHUNK_SIZE", 32, minimum=1)
