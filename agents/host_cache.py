@@ -450,7 +450,14 @@ class HostCache:
                 "bytes": disk.bytes,
                 "budget_bytes": disk.budget_bytes,
                 "hits": stats.disk_hits,
+                "writes": disk.writes,
+                # What an operator acts on: files found corrupt (deleted),
+                # files of another model or runtime met (left alone: a
+                # directory shared with another agent), and states not
+                # written because the writer fell behind (a slow disk).
                 "corrupt": disk.corrupt,
+                "foreign": disk.foreign,
+                "dropped_writes": disk.dropped_writes,
             }
         return report
 

@@ -172,6 +172,44 @@ FAMILIES = {
         "counter",
         "Lookups that restored a state from the host-memory tier.",
     ),
+    # The disk tier's: typed and described, with no sample here (the agent
+    # has no disk tier; tests/test_disk_cache_panel.py checks their values).
+    "paddler_agent_disk_cache_files": (
+        "gauge",
+        "KV cache states held in the agent's disk tier.",
+    ),
+    "paddler_agent_disk_cache_bytes": (
+        "gauge",
+        "Bytes the files of the agent's disk tier hold.",
+    ),
+    "paddler_agent_disk_cache_budget_bytes": (
+        "gauge",
+        "The byte budget of the agent's disk tier (0: nothing is written).",
+    ),
+    "paddler_agent_disk_cache_hit_rate": (
+        "gauge",
+        "Share of the host tier's lookups that a file of the disk tier served.",
+    ),
+    "paddler_agent_disk_cache_hits": (
+        "counter",
+        "States read back from the agent's disk tier.",
+    ),
+    "paddler_agent_disk_cache_writes": (
+        "counter",
+        "States written to the agent's disk tier.",
+    ),
+    "paddler_agent_disk_cache_corrupt": (
+        "counter",
+        "Files of the agent's disk tier found corrupt, and deleted.",
+    ),
+    "paddler_agent_disk_cache_foreign": (
+        "counter",
+        "Files of another model, context shape or runtime met, left alone.",
+    ),
+    "paddler_agent_disk_cache_dropped_writes": (
+        "counter",
+        "States not written because the disk tier's writer fell behind.",
+    ),
     "paddler_requests": ("counter", "Finished requests by kind and outcome."),
     "paddler_tokens": ("counter", "Tokens: prompt, cached_prompt, generated."),
     # The same by model pool (tests/test_pools.py checks their values).

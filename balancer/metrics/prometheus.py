@@ -22,7 +22,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from balancer import registry
-from balancer.host_tier import host_tier
+from balancer.host_tier import DiskFigure, disk_tier, host_tier
 from balancer.metrics.counters import TIMINGS, TOKENS, Counters, read_counters
 from balancer.metrics.fleet import fleet_pools
 
@@ -77,6 +77,7 @@ class FleetCollector(Collector):
         yield processing
         yield total
         yield from self._host_tiers()
+        yield from self._disk_tiers()
         requests = CounterMetricFamily(
             "paddler_requests_total",
             "Finished requests by kind and outcome.",
@@ -189,6 +190,60 @@ class FleetCollector(Collector):
         yield from families.values()
         yield lookups
         yield hits
+
+    def _disk_tiers(self) -> Iterator[Metric]:
+        """Per agent that has one: its disk KV tier (see ``agents.disk_cache``),
+        as ``paddler_agent_disk_cache_<figure>``.  The families are there with
+        no samples when no agent has a disk tier."""
+        families: dict[DiskFigure, GaugeMetricFamily | CounterMetricFamily] = {}
+        for figure, family, text in DISK_FAMILIES:
+            families[figure] = family(
+                f"paddler_agent_disk_cache_{figure}", text, labels=["agent"]
+            )
+        for agent in self.agents:
+            tier = disk_tier(agent.report)
+            if tier is None:
+                continue
+            for figure, metric in families.items():
+                metric.add_metric([agent.name], float(tier[figure]))
+        yield from families.values()
+
+
+# The disk tier's families: the figure of ``DiskTier`` each shows, its type,
+# its help text.  The counters count since the agent started.
+DISK_FAMILIES: list[
+    tuple[DiskFigure, type[GaugeMetricFamily] | type[CounterMetricFamily], str]
+] = [
+    ("files", GaugeMetricFamily, "KV cache states held in the agent's disk tier."),
+    ("bytes", GaugeMetricFamily, "Bytes the files of the agent's disk tier hold."),
+    (
+        "budget_bytes",
+        GaugeMetricFamily,
+        "The byte budget of the agent's disk tier (0: nothing is written).",
+    ),
+    (
+        "hit_rate",
+        GaugeMetricFamily,
+        "Share of the host tier's lookups that a file of the disk tier served.",
+    ),
+    ("hits", CounterMetricFamily, "States read back from the agent's disk tier."),
+    ("writes", CounterMetricFamily, "States written to the agent's disk tier."),
+    (
+        "corrupt",
+        CounterMetricFamily,
+        "Files of the agent's disk tier found corrupt, and deleted.",
+    ),
+    (
+        "foreign",
+        CounterMetricFamily,
+        "Files of another model, context shape or runtime met, left alone.",
+    ),
+    (
+        "dropped_writes",
+        CounterMetricFamily,
+        "States not written because the disk tier's writer fell behind.",
+    ),
+]
 
 
 async def prometheus_text(redis: aioredis.Redis) -> str:

@@ -16,7 +16,7 @@ import statsd
 from django.conf import settings
 
 from balancer import keys, registry
-from balancer.host_tier import host_tier
+from balancer.host_tier import disk_tier, host_tier
 from balancer.metrics.counters import timings, token_counts
 from balancer.metrics.fleet import fleet_pools
 from balancer.request_log import RequestRecord
@@ -98,6 +98,17 @@ def send_fleet_gauges(
             per_agent.send("host_cache_hit_rate", round(tier["hit_rate"], 4))
             per_agent.send("host_cache_lookups", tier["lookups"])
             per_agent.send("host_cache_hits", tier["hits"])
+        disk = disk_tier(agent.report)
+        if disk is not None:
+            per_agent.send("disk_cache_files", disk["files"])
+            per_agent.send("disk_cache_bytes", disk["bytes"])
+            per_agent.send("disk_cache_budget_bytes", disk["budget_bytes"])
+            per_agent.send("disk_cache_hit_rate", round(disk["hit_rate"], 4))
+            per_agent.send("disk_cache_hits", disk["hits"])
+            per_agent.send("disk_cache_writes", disk["writes"])
+            per_agent.send("disk_cache_corrupt", disk["corrupt"])
+            per_agent.send("disk_cache_foreign", disk["foreign"])
+            per_agent.send("disk_cache_dropped_writes", disk["dropped_writes"])
 
 
 async def report_fleet(redis: aioredis.Redis, web_id: str) -> None:

@@ -15,7 +15,7 @@ from django.conf import settings
 
 from balancer import registry, request_log
 from balancer.dispatch import get_dispatcher
-from balancer.host_tier import host_tier
+from balancer.host_tier import disk_tier, host_tier
 from balancer.panel import stats
 from balancer.panel.words import explain_issue, explain_status
 from balancer.pools import DEFAULT_POOL
@@ -25,14 +25,15 @@ STATS_EVERY_S = 2.0
 
 
 def dashboard_agent(agent: registry.AgentRecord) -> dict[str, Any]:
-    """An agent as the management API shows it, with words for people and
-    its host-memory KV tier (entries, bytes of its budget, hit rate) and
-    whether it serves images."""
+    """An agent as the management API shows it, with words for people, its
+    host-memory KV tier (entries, bytes of its budget, hit rate), its disk
+    tier (None without one) and whether it serves images."""
     snapshot = agent.public_snapshot()
     path = snapshot.get("model_path") or ""
     return {
         **snapshot,
         "host_cache": host_tier(agent.report),
+        "disk_cache": disk_tier(agent.report),
         # A multimodal projection loaded: requests with images may come here.
         "serves_images": agent.report.get("serves_images") is True,
         "model_name": os.path.basename(path) if path else None,

@@ -74,6 +74,19 @@
     const hostTierHits = element("div", "host-tier-hits");
     hostTier.append(hostTierRow, hostTierMeter, hostTierHits);
 
+    // The disk KV tier below it (agents started with --cache-dir): the same
+    // states in files, which outlive a restart of the agent.
+    const diskTier = element("div", "disk-tier");
+    const diskTierRow = element("div", "agent-row");
+    const diskTierValue = element("span", "disk-tier-value");
+    diskTierRow.append(element("span", null, "Disk KV tier"), diskTierValue);
+    const diskTierMeter = element("div", "meter");
+    const diskTierBar = element("span");
+    diskTierMeter.append(diskTierBar);
+    const diskTierHits = element("div", "disk-tier-hits");
+    const diskTierProblems = element("div", "disk-tier-problems");
+    diskTier.append(diskTierRow, diskTierMeter, diskTierHits, diskTierProblems);
+
     const templateRow = element("div", "agent-row");
     const templateValue = element("span", "template-value");
     templateRow.append(element("span", null, "Chat template"), templateValue);
@@ -86,11 +99,14 @@
 
     const status = element("p", "agent-status");
     const issues = element("ul", "issues");
-    card.append(head, slots, download, hostTier, templateRow, imagesRow, status, issues);
+    card.append(
+      head, slots, download, hostTier, diskTier, templateRow, imagesRow, status, issues,
+    );
     const parts = {
       card, name, model, badge, slotsValue, slotsBar, download, downloadName,
       downloadValue, downloadMeter, downloadBar, templateValue, imagesValue, status, issues,
       hostTier, hostTierValue, hostTierMeter, hostTierBar, hostTierHits,
+      diskTier, diskTierValue, diskTierMeter, diskTierBar, diskTierHits, diskTierProblems,
     };
     cards.set(agent.id, parts);
     return parts;
@@ -135,6 +151,7 @@
       }
     }
     renderHostTier(parts, agent.host_cache);
+    renderDiskTier(parts, agent.disk_cache);
     parts.templateValue.textContent = agent.uses_chat_template_override
       ? "override"
       : "the model's own";
@@ -169,6 +186,51 @@
     parts.hostTierHits.textContent = tier.lookups
       ? `hit rate ${Math.round(tier.hit_rate * 100)}% (${tier.hits} of ${tier.lookups} lookups)`
       : "no lookups yet";
+  }
+
+  // "1 corrupt file", "2 corrupt files".
+  function count(value, one, many) {
+    return `${number(value)} ${value === 1 ? one : many}`;
+  }
+
+  function renderDiskTier(parts, tier) {
+    parts.diskTier.hidden = !tier;
+    if (!tier) {
+      delete parts.card.dataset.diskTier;
+      return;
+    }
+    parts.card.dataset.diskTier = tier.budget_bytes ? "on" : "off";
+    if (!tier.budget_bytes) {
+      parts.diskTierValue.textContent = "off";
+      parts.diskTierMeter.hidden = true;
+    } else {
+      parts.diskTierMeter.hidden = false;
+      parts.diskTierValue.textContent =
+        `${count(tier.files, "file", "files")} · ${megabytes(tier.bytes)} of ${megabytes(tier.budget_bytes)}`;
+      setMeter(parts.diskTierBar, tier.bytes / tier.budget_bytes);
+    }
+    const written = `${count(tier.writes, "state", "states")} written`;
+    parts.diskTierHits.textContent = tier.hits
+      ? `hit rate ${Math.round(tier.hit_rate * 100)}% (${count(tier.hits, "state", "states")} read back) · ${written}`
+      : `nothing read back yet · ${written}`;
+    // What an operator acts on: a disk that corrupts files, a directory
+    // shared with another agent, a disk too slow for the writes.
+    const problems = [];
+    if (tier.corrupt) {
+      problems.push(`${count(tier.corrupt, "corrupt file", "corrupt files")} deleted`);
+    }
+    if (tier.foreign) {
+      problems.push(
+        `${count(tier.foreign, "file", "files")} of another model or runtime left alone`,
+      );
+    }
+    if (tier.dropped_writes) {
+      problems.push(
+        `${count(tier.dropped_writes, "state", "states")} not written (the disk fell behind)`,
+      );
+    }
+    parts.diskTierProblems.textContent = problems.join(" · ");
+    parts.diskTierProblems.hidden = problems.length === 0;
   }
 
   function renderAgents(agents) {
