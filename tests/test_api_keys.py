@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from paddler_client.continue_from_raw_prompt_params import (
 )
 from paddler_client.inference_message import InferenceMessageKind
 
-from inference.access import inference_access_allowed
+from inference.access import KEYS_CACHE_S, forget_keys, inference_access_allowed
 from inference.api_keys import (
     bearer_token,
     digest_matches,
@@ -73,6 +75,12 @@ def test_matches_any_compares_whole_keys() -> None:
 
 
 # ----------------------------------------------------------------- database
+@pytest.fixture(autouse=True)
+def fresh_keys() -> None:
+    """Each test reads the keys of its own database."""
+    forget_keys()
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_without_any_key_configured_everyone_may_call() -> None:
     assert await inference_access_allowed(token=None)
@@ -108,6 +116,52 @@ async def test_environment_keys_are_accepted_besides_database_keys() -> None:
         assert await inference_access_allowed(token=plaintext)
         assert not await inference_access_allowed(token="third-env-key")
         assert not await inference_access_allowed(token=None)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_burst_of_checks_reads_the_keys_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each request reading the keys for itself held a database connection
+    per request in flight: 256 at once took more than PostgreSQL has."""
+    from asgiref.sync import sync_to_async
+
+    from inference import access
+
+    _, plaintext = await sync_to_async(inference_api_key_create)(name="burst")
+    reads: list[float] = []
+    read = access._read_active_keys
+
+    def counted() -> access.ActiveKeys:
+        reads.append(time.monotonic())
+        return read()
+
+    monkeypatch.setattr(access, "_read_active_keys", counted)
+    monkeypatch.setattr(access, "KEYS_CACHE_S", 60.0)
+    checks = [inference_access_allowed(token=plaintext) for _ in range(200)]
+    checks += [inference_access_allowed(token=None) for _ in range(56)]
+    assert await asyncio.gather(*checks) == [True] * 200 + [False] * 56
+    assert len(reads) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_key_revoked_by_another_process_is_refused_within_the_cache_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asgiref.sync import sync_to_async
+    from django.utils import timezone
+
+    from inference import access
+
+    monkeypatch.setattr(access, "KEYS_CACHE_S", 0.3)
+    key, plaintext = await sync_to_async(inference_api_key_create)(name="elsewhere")
+    _, other = await sync_to_async(inference_api_key_create)(name="kept")
+    assert await inference_access_allowed(token=plaintext)
+    # As another process revokes it: a row update this process is not told of.
+    await InferenceApiKey.objects.filter(pk=key.pk).aupdate(revoked_at=timezone.now())
+    await asyncio.sleep(0.35)
+    assert not await inference_access_allowed(token=plaintext)
+    assert await inference_access_allowed(token=other)
 
 
 # ----------------------------------------------------------------- end to end
@@ -240,6 +294,16 @@ def manage(web: WebServer, *args: str) -> str:
     return result.stdout.strip()
 
 
+def statuses_become(web: WebServer, path: str, key: str | None, status: int) -> None:
+    """A request with ``key`` gets ``status`` within twice the keys' cache
+    time, and keeps getting it."""
+    deadline = time.monotonic() + 2 * KEYS_CACHE_S + 1
+    while call(web, "POST", path, RAW_PROMPT, key).status_code != status:
+        assert time.monotonic() < deadline, f"still not {status}"
+        time.sleep(0.05)
+    assert call(web, "POST", path, RAW_PROMPT, key).status_code == status
+
+
 def test_a_database_key_closes_the_api_until_it_is_revoked(
     api_platform: WebServer, api_redis: RedisServer, tmp_path: Path
 ) -> None:
@@ -247,12 +311,14 @@ def test_a_database_key_closes_the_api_until_it_is_revoked(
     try:
         path = "/api/v1/continue_from_raw_prompt"
         assert call(web, "POST", path, RAW_PROMPT, None).status_code == 200
+        # Another process makes and revokes the key: the web process sees it
+        # within access.KEYS_CACHE_S.
         key = manage(web, "create_api_key", "ci pipeline")
         assert key.startswith("pdl_")
-        assert call(web, "POST", path, RAW_PROMPT, None).status_code == 401
+        statuses_become(web, path, None, 401)
         assert call(web, "POST", path, RAW_PROMPT, key).status_code == 200
         assert "revoked" in manage(web, "revoke_api_key", key_prefix(key) or "")
+        statuses_become(web, path, None, 200)
         assert call(web, "POST", path, RAW_PROMPT, key).status_code == 200
-        assert call(web, "POST", path, RAW_PROMPT, None).status_code == 200
     finally:
         web.stop()

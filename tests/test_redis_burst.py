@@ -4,7 +4,10 @@
 redis-py's asyncio pools fail a command at once when all their connections
 are in use (100 by default): before ``PADDLER_REDIS_MAX_CONNECTIONS`` and the
 blocking pool of ``balancer.redis_connection``, 156 of 256 requests sent at
-once to one web process got ``503 The balancer cannot reach Redis``.
+once to one web process got ``503 The balancer cannot reach Redis``.  And on
+PostgreSQL (CI's database) 161 of 256 got 500 while each request read the
+inference keys for itself: each held a database connection for its whole
+stream, more than PostgreSQL's 100 (``inference.access`` reads them once).
 """
 
 from __future__ import annotations
