@@ -25,7 +25,6 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from asgiref.sync import sync_to_async
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -66,6 +65,7 @@ from balancer.routing import (
     request_prefix,
     serving_images,
 )
+from balancer.shared_read import SharedRead
 from balancer.stream import (
     GenerationRefused,
     InferenceFailure,
@@ -188,8 +188,7 @@ class Dispatcher:
         self._agents_read_at = 0.0
         # Pool -> (context size, when read).
         self._context_sizes: dict[str, tuple[int, float]] = {}
-        self._pool_routes: dict[str, list[str]] = {DEFAULT_POOL: []}
-        self._pool_routes_read_at = -POOLS_CACHE_S
+        self._pool_routes = SharedRead(services.pool_routes, POOLS_CACHE_S)
         # Finished requests' records waiting for ``_write_records``.
         self._records: list[tuple[RequestRecord, asyncio.Future[None]]] = []
         self._records_writer: asyncio.Task[None] | None = None
@@ -219,12 +218,8 @@ class Dispatcher:
 
     async def pool_routes(self) -> dict[str, list[str]]:
         """Every pool's name and aliases, from the database at most every
-        ``POOLS_CACHE_S`` (not once per request)."""
-        now = time.monotonic()
-        if now - self._pool_routes_read_at >= POOLS_CACHE_S:
-            self._pool_routes = await sync_to_async(services.pool_routes)()
-            self._pool_routes_read_at = now
-        return self._pool_routes
+        ``POOLS_CACHE_S``, one read for all the requests meanwhile."""
+        return await self._pool_routes.get()
 
     async def pool_named(self, name: str | None) -> str:
         """The pool a Paddler request names (the default when it names

@@ -5,28 +5,23 @@ socket is let in by ``inference_access_allowed``; the HTTP views through
 ``api_key_required``, the socket through ``inference.socket_admission``.
 
 The database keys are read once for all the requests of a moment, not once
-per request: a burst of requests each holding a database connection for the
-whole of its stream took more connections than PostgreSQL has (500s).  A
-process reads the active keys at most every ``KEYS_CACHE_S``, in one query
-that every request arriving meanwhile waits on, so a key made or revoked by
-another process (the panel of another replica, ``manage.py revoke_api_key``)
-counts within that time; in the process that made or revoked it, at once.
+per request (``balancer.shared_read``): at most every ``KEYS_CACHE_S``, so a
+key made or revoked by another process (another replica's panel,
+``manage.py revoke_api_key``) counts within that time; in the process that
+made or revoked it, at once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
 from django.http import HttpRequest, HttpResponseBase
 
+from balancer.shared_read import SharedRead
 from inference.api_keys import bearer_token, digest_matches, key_prefix, matches_any
 from inference.models import InferenceApiKey
 
@@ -39,7 +34,6 @@ class ActiveKeys:
     """The active database keys: prefix -> (salt, digest)."""
 
     by_prefix: dict[str, tuple[str, str]]
-    read_at: float
 
     def matches(self, token: str) -> bool:
         prefix = key_prefix(token)
@@ -48,51 +42,16 @@ class ActiveKeys:
 
 
 def _read_active_keys() -> ActiveKeys:
-    """One query; the connection goes back at once, not at the end of the
-    request whose thread ran it (that may be a stream of minutes)."""
-    try:
-        rows = InferenceApiKey.objects.active().values_list("prefix", "salt", "digest")
-        by_prefix = {prefix: (salt, digest) for prefix, salt, digest in rows}
-    finally:
-        if not connection.in_atomic_block:
-            connection.close()
-    return ActiveKeys(by_prefix, time.monotonic())
+    rows = InferenceApiKey.objects.active().values_list("prefix", "salt", "digest")
+    return ActiveKeys({prefix: (salt, digest) for prefix, salt, digest in rows})
 
 
-class _KeysCache:
-    """The last read of the active keys, and the read in flight, per event
-    loop (a task belongs to the loop that made it)."""
-
-    def __init__(self) -> None:
-        self.task: asyncio.Task[ActiveKeys] | None = None
-        self.stale = False
-
-    async def get(self) -> ActiveKeys:
-        task = self.task
-        if (
-            task is None
-            or self.stale
-            or task.get_loop() is not asyncio.get_running_loop()
-            or (
-                task.done()
-                and (
-                    task.exception() is not None
-                    or time.monotonic() - task.result().read_at >= KEYS_CACHE_S
-                )
-            )
-        ):
-            self.stale = False
-            task = asyncio.ensure_future(sync_to_async(_read_active_keys)())
-            self.task = task
-        return await asyncio.shield(task)
-
-
-_keys = _KeysCache()
+_keys = SharedRead(_read_active_keys, KEYS_CACHE_S)
 
 
 def forget_keys() -> None:
     """The next check reads the keys again (a key was made or revoked)."""
-    _keys.stale = True
+    _keys.forget()
 
 
 View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]

@@ -130,14 +130,14 @@ async def test_a_burst_of_checks_reads_the_keys_once(
 
     _, plaintext = await sync_to_async(inference_api_key_create)(name="burst")
     reads: list[float] = []
-    read = access._read_active_keys
+    read = access._keys.read
 
     def counted() -> access.ActiveKeys:
         reads.append(time.monotonic())
         return read()
 
-    monkeypatch.setattr(access, "_read_active_keys", counted)
-    monkeypatch.setattr(access, "KEYS_CACHE_S", 60.0)
+    monkeypatch.setattr(access._keys, "read", counted)
+    monkeypatch.setattr(access._keys, "max_age_s", 60.0)
     checks = [inference_access_allowed(token=plaintext) for _ in range(200)]
     checks += [inference_access_allowed(token=None) for _ in range(56)]
     assert await asyncio.gather(*checks) == [True] * 200 + [False] * 56
@@ -153,7 +153,7 @@ async def test_a_key_revoked_by_another_process_is_refused_within_the_cache_time
 
     from inference import access
 
-    monkeypatch.setattr(access, "KEYS_CACHE_S", 0.3)
+    monkeypatch.setattr(access._keys, "max_age_s", 0.3)
     key, plaintext = await sync_to_async(inference_api_key_create)(name="elsewhere")
     _, other = await sync_to_async(inference_api_key_create)(name="kept")
     assert await inference_access_allowed(token=plaintext)
