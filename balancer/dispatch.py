@@ -601,8 +601,8 @@ class Dispatcher:
                         if hold.since is None:
                             hold.since = time.monotonic()
                     else:
-                        # Its time is up (or its agent left, or it never
-                        # could hold out): the first free slot will do.
+                        # Its agent left (or it never could hold out): the
+                        # first free slot will do.
                         hold.ended = time.monotonic()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

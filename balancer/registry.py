@@ -11,23 +11,29 @@ candidates with a free slot.
 
 Holdouts (cache affinity).  A buffered request whose conversation's KV cache
 is on agent A (a slot or host-tier match) gains nothing from a slot on B but
-a full prefill, and its cache on A is wasted.  So, for at most ``hold_ms``
-from its arrival (``PADDLER_ROUTING_CACHE_WAIT_MS``), it holds out for A:
+a full prefill, and its cache on A is wasted.  So it holds out for A:
 
 - it waits in the pool's holdout set (``keys.buffer_holdouts``) instead of
   the buffer, and in A's (``keys.agent_holdouts``), both scored by arrival;
-- it claims only a slot of A; a slot freed elsewhere goes to the waiters
-  behind it, which do not count it ahead of them;
+- it claims a slot of A; a slot freed elsewhere goes to the waiters behind
+  it, which do not count it ahead of them;
 - a slot of A goes to A's holdouts first: every younger waiter sees A's free
   slots less the live holdouts for A older than itself.  A waiter older than
   a holdout keeps its turn, so a stream of holdouts cannot starve it;
-- when its time is up (or A is gone), it moves back to the buffer with its
-  arrival time, and takes the first free slot of its candidates again.
+- once it has held out ``hold_ms`` (``PADDLER_ROUTING_CACHE_WAIT_MS``) it
+  also takes a spare slot of another candidate: one that no plain waiter
+  and none of that agent's own holdouts wants, which would otherwise stay
+  idle (the oldest such holdouts first).  So no slot idles while requests
+  wait, and under load, when every freed slot is wanted, a conversation
+  keeps going to the agent that holds it for as long as it waits;
+- when A is gone (or the caller stops naming it), it moves back to the
+  buffer with its arrival time, and takes the first free slot of its
+  candidates.
 
 One script does all of it, so no slot is ever promised twice.  Holdouts count
 against ``max_buffered``; the holdouts of a replica that died age out as its
-buffered requests do (and stop holding out after ``hold_ms``); and
-``leave_buffer`` removes a request from all three sets.
+buffered requests do; and ``leave_buffer`` removes a request from all three
+sets.
 """
 
 from __future__ import annotations
@@ -228,7 +234,7 @@ local now = tonumber(ARGV[2])
 local lease_end = tonumber(ARGV[3])
 local max_buffered = tonumber(ARGV[4])
 local cutoff = tonumber(ARGV[5])
--- A holdout that arrived at or before this has held out long enough.
+-- A holdout that arrived at or before this may take a spare slot elsewhere.
 local hold_cut = now - tonumber(ARGV[6])
 local hold = tonumber(ARGV[7])
 local candidates = #ARGV - 7
@@ -243,24 +249,21 @@ local function forget()
   redis.call('ZREM', holdouts, request_id)
   if hold_key then redis.call('ZREM', hold_key, request_id) end
 end
+local function claim(i)
+  redis.call('ZADD', KEYS[3 * i + 1], lease_end, request_id)
+  forget()
+  return {'claimed', ARGV[7 + i]}
+end
 -- Entries of replicas that died while buffering age out.
 redis.call('ZREMRANGEBYSCORE', buffer, '-inf', cutoff)
 redis.call('ZREMRANGEBYSCORE', holdouts, '-inf', cutoff)
--- Holdouts whose time is up wait as everyone does again, with their age.
-local lapsed = redis.call('ZRANGEBYSCORE', holdouts, '-inf', hold_cut, 'WITHSCORES')
-for j = 1, #lapsed, 2 do
-  redis.call('ZADD', buffer, lapsed[j + 1], lapsed[j])
-end
-redis.call('ZREMRANGEBYSCORE', holdouts, '-inf', hold_cut)
 local slots = {}
 local free = {}
 for i = 1, candidates do
   slots[i] = tonumber(redis.call('GET', KEYS[3 * i]) or '0')
   local claims = KEYS[3 * i + 1]
   redis.call('ZREMRANGEBYSCORE', claims, '-inf', now)
-  -- Past hold_cut an agent's holdouts hold nothing (see above); whatever is
-  -- left in its set holds out now.
-  redis.call('ZREMRANGEBYSCORE', KEYS[3 * i + 2], '-inf', hold_cut)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3 * i + 2], '-inf', cutoff)
   -- Already claimed: this is the client retrying a call whose answer was
   -- lost (a dropped connection); a second claim would hold a slot for
   -- nobody until its lease ran out.
@@ -275,8 +278,8 @@ if hold > 0 and slots[hold] <= 0 then hold = 0 end
 -- Where the request waits: a holdout, a plain waiter, or not yet at all.
 local arrived = redis.call('ZSCORE', holdouts, request_id)
 local held = arrived ~= false
--- (Told no agent to hold out for, it cannot leave that agent's set: its entry
--- there lapses within hold ms.)
+-- (Told no agent to hold out for, it leaves the holdouts; an entry it left
+-- in an agent's set ages out with the buffer's cut-off.)
 if held and hold == 0 then
   redis.call('ZREM', holdouts, request_id)
   if hold_key then redis.call('ZREM', hold_key, request_id) end
@@ -289,7 +292,7 @@ if not held then
   waiting = arrived ~= false
   -- A waiter told to hold out (its first call may have offered it fewer
   -- agents, see Dispatcher._acquire) holds out from its arrival.
-  if waiting and hold > 0 and tonumber(arrived) > hold_cut then
+  if waiting and hold > 0 then
     redis.call('ZREM', buffer, request_id)
     redis.call('ZADD', holdouts, arrived, request_id)
     held = true
@@ -299,10 +302,10 @@ if held then redis.call('ZADD', hold_key, arrived, request_id) end
 -- First come, first served: only as many of the oldest waiters as there are
 -- free slots may claim; a newcomer counts as behind every waiter.  Plain
 -- waiters take any free slot, so each one older counts; a holdout takes
--- only its agent's slots, so it counts only there, and only against the
--- waiters younger than itself.  Arrival times are in milliseconds: of a
--- holdout and a plain waiter that arrived in the same one, the holdout goes
--- first (counted up to ``arrived``, plain waiters before it).
+-- its agent's slots, so it counts only there, and only against the waiters
+-- younger than itself.  Arrival times are in milliseconds: of a holdout and
+-- a plain waiter that arrived in the same one, the holdout goes first
+-- (counted up to ``arrived``, plain waiters before it).
 local older = '+inf'
 local reserved_until = '+inf'
 if waiting then
@@ -330,16 +333,34 @@ for i = 1, candidates do
     if first_free == nil and (not held or i == hold) then first_free = i end
   end
 end
-if first_free ~= nil and position < free_total then
-  redis.call('ZADD', KEYS[3 * first_free + 1], lease_end, request_id)
-  forget()
-  return {'claimed', ARGV[7 + first_free]}
+if first_free ~= nil and position < free_total then return claim(first_free) end
+-- A holdout that has held out long enough takes a spare slot elsewhere: free,
+-- and wanted neither by a plain waiter (each takes any slot) nor by a
+-- holdout for that agent.  The older of such holdouts go first.
+if held and tonumber(arrived) <= hold_cut then
+  local spare_total = -redis.call('ZCARD', buffer)
+  local first_spare = nil
+  local ahead = redis.call('ZCOUNT', holdouts, '-inf', older)
+  for i = 1, candidates do
+    if i ~= hold then
+      local wanting = redis.call('ZCARD', KEYS[3 * i + 2])
+      local spare = free[i] - wanting
+      -- Holdouts older than this one that want this agent were counted
+      -- in ``wanting``: not twice.
+      ahead = ahead - redis.call('ZCOUNT', KEYS[3 * i + 2], '-inf', older)
+      if spare > 0 then
+        spare_total = spare_total + spare
+        if first_spare == nil then first_spare = i end
+      end
+    end
+  end
+  if first_spare ~= nil and ahead < spare_total then return claim(first_spare) end
 end
 if held then return {'holding', ARGV[7 + hold]} end
 if waiting then return {'waiting'} end
 local buffered = redis.call('ZCARD', buffer) + redis.call('ZCARD', holdouts)
 if buffered >= max_buffered then return {'overflow'} end
-if hold > 0 and now > hold_cut then
+if hold > 0 then
   redis.call('ZADD', holdouts, now, request_id)
   redis.call('ZADD', hold_key, now, request_id)
   return {'holding', ARGV[7 + hold]}
@@ -379,8 +400,9 @@ async def acquire_slot(
 
     ``hold_for``: one of ``candidates``, the agent that holds the request's
     cache.  Once it has to wait, the request holds out for a slot of that
-    agent for ``hold_ms`` from its arrival (see the module's docstring); pass
-    the same agent on every call while it holds out.
+    agent, and from ``hold_ms`` after its arrival also takes a spare slot of
+    another candidate (see the module's docstring); pass the same agent on
+    every call while it holds out.  ``hold_ms`` 0: it never holds out.
     """
     now = now_ms()
     script_keys = [keys.buffer(pool), keys.buffer_holdouts(pool)]
@@ -392,7 +414,7 @@ async def acquire_slot(
         ]
     # The script takes the agent to hold out for by its place (1-based).
     hold = 0
-    if hold_for is not None and hold_for in candidates:
+    if hold_for is not None and hold_for in candidates and hold_ms > 0:
         hold = candidates.index(hold_for) + 1
     result = await redis.eval(
         _ACQUIRE,
@@ -403,7 +425,7 @@ async def acquire_slot(
         now + lease_ms,
         max_buffered,
         now - buffer_timeout_ms - 5_000,
-        max(0, hold_ms),
+        hold_ms,
         hold,
         *candidates,
     )

@@ -298,9 +298,9 @@ PADDLER_ROUTING_POLICY = env_choice(
 PADDLER_ROUTING_MAX_LOAD_GAP = env_float(
     "PADDLER_ROUTING_MAX_LOAD_GAP", 0.5, minimum=0.0
 )
-# A buffered request whose conversation's cache is on one agent waits this
-# long for a slot there before it takes the first free slot anywhere (see
-# balancer.registry); 0: it never waits for its agent.
+# A buffered request whose conversation's cache is on one agent waits for a
+# slot there; after this long it also takes a spare slot elsewhere, one no
+# other waiter wants (see balancer.registry); 0: it never waits for its agent.
 PADDLER_ROUTING_CACHE_WAIT_MS = env_int(
     "PADDLER_ROUTING_CACHE_WAIT_MS", 1_000, minimum=0
 )

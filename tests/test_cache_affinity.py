@@ -1,6 +1,6 @@
 """Cache affinity in the buffer (``balancer.registry``'s holdouts): a buffered
-request whose conversation's cache is on one agent waits a while for a slot
-there, on a real Redis.
+request whose conversation's cache is on one agent waits for a slot there,
+taking a slot elsewhere only when nobody else wants it, on a real Redis.
 
 The agents are records in Redis (a slots key, a status report), their slots
 taken and freed by hand, so each test decides exactly which slot frees when.
@@ -170,9 +170,34 @@ async def test_two_holdouts_for_one_agent_take_its_slots_in_arrival_order(
     assert await claim(redis, "r1", ["a", "b"], hold_for="a") == ("claimed", "a")
 
 
-async def test_after_its_wait_a_holdout_takes_the_first_free_slot_with_its_age(
+async def test_after_its_wait_a_holdout_takes_a_spare_slot_elsewhere(
     redis: aioredis.Redis,
 ) -> None:
+    # B's slot is free and nobody else wants it: after hold_ms r1 takes it
+    # rather than leave it idle.
+    await full_agents(redis, "a", "b")
+    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=300) == (
+        "holding",
+        "a",
+    )
+    await free(redis, "b")
+    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=300) == (
+        "holding",
+        "a",
+    )
+    await asyncio.sleep(0.35)
+    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=300) == (
+        "claimed",
+        "b",
+    )
+    assert await left_behind(redis, "a", "b") == 0
+
+
+async def test_after_its_wait_a_holdout_leaves_a_wanted_slot_and_keeps_holding(
+    redis: aioredis.Redis,
+) -> None:
+    # Under load every freed slot is wanted: r1 leaves B's slot to r2, a
+    # plain waiter, however long it has held out, and A's next slot is its.
     await full_agents(redis, "a", "b")
     assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=300) == (
         "holding",
@@ -180,20 +205,66 @@ async def test_after_its_wait_a_holdout_takes_the_first_free_slot_with_its_age(
     )
     await asyncio.sleep(0.005)
     assert await claim(redis, "r2", ["a", "b"], hold_ms=300) == ("buffered", None)
+    await asyncio.sleep(0.35)
     await free(redis, "b")
     assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=300) == (
         "holding",
         "a",
     )
-    await asyncio.sleep(0.35)
-    # Its time is up: it waits as a plain waiter again, ahead of r2 (which
-    # asks first), as it arrived first.
-    assert await claim(redis, "r2", ["a", "b"], hold_ms=300) == ("waiting", None)
+    assert await claim(redis, "r2", ["a", "b"], hold_ms=300) == ("claimed", "b")
+    await free(redis, "a")
     assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=300) == (
+        "claimed",
+        "a",
+    )
+    assert await left_behind(redis, "a", "b") == 0
+
+
+async def test_a_slot_is_spare_only_when_its_own_holdouts_do_not_want_it(
+    redis: aioredis.Redis,
+) -> None:
+    # r1 holds out for A, r2 (younger) for B: B's freed slot is r2's.
+    await full_agents(redis, "a", "b")
+    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=200) == (
+        "holding",
+        "a",
+    )
+    await asyncio.sleep(0.005)
+    assert await claim(redis, "r2", ["b", "a"], hold_for="b", hold_ms=200) == (
+        "holding",
+        "b",
+    )
+    await asyncio.sleep(0.25)
+    await free(redis, "b")
+    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=200) == (
+        "holding",
+        "a",
+    )
+    assert await claim(redis, "r2", ["b", "a"], hold_for="b", hold_ms=200) == (
         "claimed",
         "b",
     )
-    assert await left_behind(redis, "a", "b") == 1  # r2
+
+
+async def test_the_oldest_holdout_takes_a_spare_slot_first(
+    redis: aioredis.Redis,
+) -> None:
+    await full_agents(redis, "a", "b")
+    for request_id in ("r1", "r2"):
+        assert await claim(
+            redis, request_id, ["a", "b"], hold_for="a", hold_ms=200
+        ) == ("holding", "a")
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.25)
+    await free(redis, "b")
+    assert await claim(redis, "r2", ["a", "b"], hold_for="a", hold_ms=200) == (
+        "holding",
+        "a",
+    )
+    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=200) == (
+        "claimed",
+        "b",
+    )
 
 
 async def test_a_holdout_whose_agent_is_gone_waits_for_any_slot(
@@ -231,24 +302,31 @@ async def test_leaving_the_buffer_takes_a_holdout_out_of_every_set(
     assert await claim(redis, "r2", ["a", "b"]) == ("claimed", "a")
 
 
-async def test_holdouts_of_a_replica_that_died_stop_holding_out(
+async def test_holdouts_of_a_replica_that_died_age_out_with_the_buffer(
     redis: aioredis.Redis,
 ) -> None:
-    # r1's replica died: nobody asks for r1 again.  After the hold its entry
-    # keeps A's slots from nobody: it waits in the buffer with its age, as a
-    # buffered request of a dead replica does until it ages out.
+    # r1's replica died: nobody asks for r1 again.  Its entries go when the
+    # buffer's cut-off passes them, as a dead replica's plain waiters' do.
     await full_agents(redis, "a", "b")
     assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=200) == (
         "holding",
         "a",
     )
-    arrived = await redis.zscore(keys.buffer_holdouts(), "r1")
-    await asyncio.sleep(0.25)
-    assert await claim(redis, "r2", ["a", "b"], hold_ms=200) == ("buffered", None)
-    assert await redis.zcard(keys.buffer_holdouts()) == 0
-    assert await redis.zcard(keys.agent_holdouts("a")) == 0
-    assert await redis.zscore(keys.buffer(), "r1") == arrived
-    assert await registry.buffered_count(redis, 10_000) == 2
+    await free(redis, "a")
+    # A's free slot is r1's while r1 holds out...
+    assert await claim(redis, "r2", ["a", "b"]) == ("buffered", None)
+    await registry.leave_buffer(redis, "r2")
+    # ... until the buffer's cut-off passes r1's arrival.
+    acquisition = await registry.acquire_slot(
+        redis,
+        request_id="r3",
+        candidates=["a", "b"],
+        lease_ms=60_000,
+        max_buffered=30,
+        buffer_timeout_ms=-5_000,  # the cut-off is now: r1 is past it
+    )
+    assert (acquisition.outcome, acquisition.agent_id) == ("claimed", "a")
+    assert await left_behind(redis, "a", "b") == 0
 
 
 async def test_with_no_hold_a_request_takes_the_first_free_slot_as_before(
