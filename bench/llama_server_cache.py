@@ -6,7 +6,9 @@ people pausing between turns, greedy answers of a few tokens) against:
 - ours, 2 agents of 4 slots, the host-memory tier on (1 llama.cpp thread each);
 - ours, 1 agent of 8 slots, the tier on (2 threads);
 - ``llama-server --parallel 8`` with its host-memory prompt cache
-  (``--cache-ram``), 2 threads, the same context per slot and cache types.
+  (``--cache-ram``), 2 threads, the same context per slot and cache types,
+  and, as our agents, a full-size cache for the sliding-window layers
+  (``--swa-full``).
 
 Figures: the share of the prompt tokens of turns 2.. served from cache
 (ours: ``usage.cached_prompt_tokens``; llama-server: its ``timings.cache_n``
@@ -51,12 +53,14 @@ CACHE_RAM_MB = 1024
 THREADS = 2
 DEFAULT_SCENARIOS = ["16x6", "32x6"]
 # Paddler's sampling defaults that shape a greedy answer, as our agents
-# apply them (the desired state below sets only the temperature).
+# apply them (the desired state below sets only the temperature).  Our -1
+# for repeat_last_n (the whole context) is the slot's context for
+# llama-server, whose newer builds refuse -1 with a 400.
 SAMPLING = {
     "temperature": 0.0,
     "repeat_penalty": 1.1,
     "presence_penalty": 0.8,
-    "repeat_last_n": -1,
+    "repeat_last_n": CONTEXT_PER_SLOT,
 }
 TEMPLATE = ChatTemplate(GEMMA_CHAT_TEMPLATE)  # the server adds the BOS token
 
@@ -178,6 +182,11 @@ def run_server(
         "-ctv",
         "q8_0",
         "--log-disable",
+        # Gemma 3 attends to a sliding window: without a full-size cache for
+        # those layers llama-server cannot reuse a cached prefix longer than
+        # the window and evaluates the whole prompt again.  Our agents keep
+        # the full size too (agents/engine.py, swa_full).
+        "--swa-full",
     ]
     if cache_ram:
         command += ["--cache-ram", str(CACHE_RAM_MB)]
