@@ -18,6 +18,10 @@ download must not become a way to reach what the agent can reach:
   changes between check and connect (rebinding) is never used. Proxies from
   the environment are not used, since a proxy would connect on our behalf to
   an address we never checked.
+- A credential (``Authorization``) goes to the first URL's origin only.
+- The rules above are ``balancer.safe_http``'s, which the web tier's image
+  fetcher holds to as well; this module turns its failures into
+  ``DownloadFailed``, with the messages an agent's issues have always had.
 - The body is capped at ``PADDLER_MODEL_MAX_BYTES``, by Content-Length before
   any of it is read and by counting while streaming (a missing or lying
   length), and must start with the GGUF magic, so an internal page that
@@ -33,11 +37,9 @@ download must not become a way to reach what the agent can reach:
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,12 +48,20 @@ from typing import Protocol
 import httpx
 from django.conf import settings
 
-# Shared with the web tier's image fetcher; re-exported for this module's callers.
-from balancer.safe_http import is_public_address
+# The checked connect and redirect walk, shared with the web tier's image
+# fetcher.
+from balancer.safe_http import (
+    MAX_REDIRECTS,
+    BadUrl,
+    BadUrlKind,
+    TooManyRedirects,
+    Unreachable,
+    open_checked,
+    parse_url,
+)
 
 logger = logging.getLogger(__name__)
 
-MAX_REDIRECTS = 5
 # Per step (resolve, connect, each read); a module constant so tests can
 # shorten it.
 TIMEOUT_S = 30.0
@@ -60,8 +70,8 @@ UNREACHABLE = (
     "the address cannot be reached or is not allowed (the agent's log says why)"
 )
 MALFORMED = "DownloadUrlIsMalformed"
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+# The allow-list that the log's detail names when an address is refused.
+SETTING = "PADDLER_MODEL_SOURCE_ALLOWED_HOSTS"
 
 
 class DownloadProgress(Protocol):
@@ -291,88 +301,44 @@ async def _open(
     headers: dict[str, str],
     rules: DownloadRules,
 ) -> httpx.Response:
-    """GET ``url``, following redirects, each hop checked; the final answer."""
-    first_origin: tuple[str, str, int] | None = None
-    for _ in range(MAX_REDIRECTS + 1):
-        parsed = _parse(url)
-        origin = (parsed.scheme, parsed.host, _port(parsed))
-        if first_origin is None:
-            first_origin = origin
-        elif origin != first_origin:
-            # A credential for the first host must not reach another one.
-            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-        response = await _send_to_checked_address(client, parsed, headers, rules)
-        location = response.headers.get("location")
-        if response.status_code not in _REDIRECT_STATUSES or location is None:
-            return response
-        await response.aclose()
-        try:
-            url = str(parsed.join(location))
-        except httpx.InvalidURL:
+    """GET ``url``, following redirects, each hop checked (``safe_http``); the
+    final answer.  safe_http's failures become this module's, so an issue
+    reads as it always has."""
+    _parse(url)  # the first URL's faults, in this module's words
+    try:
+        return await open_checked(
+            client,
+            url,
+            trusts=rules.trusts,
+            timeout_s=TIMEOUT_S,
+            setting=SETTING,
+            headers=headers,
+        )
+    except BadUrl as error:
+        # Only a redirect can be bad here: the first URL was checked above.
+        if error.kind == "malformed_redirect":
             raise DownloadFailed(
-                "the server sent a malformed redirect", detail=f"to {location!r}"
+                "the server sent a malformed redirect", detail=str(error)
             ) from None
-    raise DownloadFailed(f"more than {MAX_REDIRECTS} redirects", detail=f"at {url}")
+        raise _bad_url(str(error), error.kind, f"a redirect {error}") from None
+    except TooManyRedirects as error:
+        raise DownloadFailed(
+            f"more than {MAX_REDIRECTS} redirects", detail=str(error)
+        ) from None
+    except Unreachable as error:
+        raise _unreachable(error.detail) from None
 
 
 def _parse(url: str) -> httpx.URL:
     try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL as error:
-        raise DownloadFailed(
-            "the URL is malformed", detail=str(error), variant=MALFORMED
-        ) from None
-    if parsed.scheme not in _DEFAULT_PORTS:
-        raise DownloadFailed(
-            "only http and https URLs can be downloaded",
-            detail=f"scheme {parsed.scheme!r} in {url}",
-            variant=MALFORMED,
-        )
-    if not parsed.raw_host:
-        raise DownloadFailed("the URL has no host", detail=url, variant=MALFORMED)
-    return parsed
+        return parse_url(url)
+    except BadUrl as error:
+        raise _bad_url(str(error), error.kind, url) from None
 
 
-def _port(url: httpx.URL) -> int:
-    return url.port or _DEFAULT_PORTS[url.scheme]
-
-
-async def _send_to_checked_address(
-    client: httpx.AsyncClient,
-    url: httpx.URL,
-    headers: dict[str, str],
-    rules: DownloadRules,
-) -> httpx.Response:
-    name = url.raw_host.decode("ascii")  # IDNA-encoded, as DNS wants it
-    port = _port(url)
-    try:
-        infos = await asyncio.wait_for(
-            asyncio.get_running_loop().getaddrinfo(name, port, type=socket.SOCK_STREAM),
-            TIMEOUT_S,
-        )
-    except (OSError, TimeoutError) as error:
-        raise _unreachable(f"cannot resolve {name}: {error!r}") from None
-    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
-    if not rules.trusts(url.host, port) and not rules.trusts(name, port):
-        refused = [address for address in addresses if not is_public_address(address)]
-        if refused:
-            # One bad address refuses the name: a name that mixes public and
-            # internal addresses is someone steering us.
-            raise _unreachable(
-                f"{name}:{port} resolves to {', '.join(refused)}, which is not "
-                "public and not in PADDLER_MODEL_SOURCE_ALLOWED_HOSTS"
-            )
-    extensions = {"sni_hostname": name} if url.scheme == "https" else {}
-    failures: list[str] = []
-    for address in addresses:
-        request = client.build_request(
-            "GET",
-            url.copy_with(host=address),
-            headers={**headers, "Host": url.netloc.decode("ascii")},
-            extensions=extensions,
-        )
-        try:
-            return await client.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-            failures.append(f"{address}: {error!r}")  # try the next address
-    raise _unreachable(f"cannot connect to {name}:{port}: {'; '.join(failures)}")
+def _bad_url(reason: str, kind: BadUrlKind, detail: str) -> DownloadFailed:
+    message = {
+        "scheme": "only http and https URLs can be downloaded",
+        "no_host": "the URL has no host",
+    }.get(kind, "the URL is malformed")
+    return DownloadFailed(message, detail=f"{detail}: {reason}", variant=MALFORMED)

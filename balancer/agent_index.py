@@ -9,6 +9,9 @@ same facts arranged so that a decision costs the same at 10 agents as at
 - per pool, the usable agents (``slots_total > 0``) in ``routing``'s
   least-busy order, kept sorted as reports come in (one ``bisect`` per
   change), so the least busy agents are the first entries;
+- per pool, a second such order of only the agents that serve images
+  (their report's ``serves_images`` is True; one that reports nothing
+  serves none), so a request with images is decided the same way over them;
 - per pool, which agents' idle slots and host tiers hold each prefix hash,
   so the longest cache match is found by looking the request's own hashes
   up, deepest first, instead of scanning every slot.
@@ -38,7 +41,7 @@ from dataclasses import dataclass
 
 from balancer.host_tier import host_prefixes
 from balancer.registry import AgentRecord
-from balancer.routing import Decision
+from balancer.routing import Decision, NoAgentServesImages
 
 # (load, -free slots, -empty slots, agent id): routing._least_busy's key.
 SortKey = tuple[float, int, int, str]
@@ -50,6 +53,7 @@ class _Entry:
     seq: int
     heard_at: float
     key: SortKey | None  # None: not usable (no slots), so not in the order
+    serves_images: bool
     slot_hashes: frozenset[str]
     host_hashes: frozenset[str]
 
@@ -68,6 +72,11 @@ def _sort_key(record: AgentRecord, own_claims: int) -> SortKey | None:
     )
 
 
+def _serves_images(record: AgentRecord) -> bool:
+    # Agents from before images report nothing: they serve none.
+    return record.report.get("serves_images") is True
+
+
 def _idle_hashes(record: AgentRecord) -> frozenset[str]:
     return frozenset(
         str(value)
@@ -78,22 +87,41 @@ def _idle_hashes(record: AgentRecord) -> frozenset[str]:
 
 
 class _Pool:
-    """One pool's agents in least-busy order, and its prefix indexes."""
+    """One pool's agents in least-busy order (all of them, and those that
+    serve images), and its prefix indexes."""
 
     def __init__(self) -> None:
         self.order: list[SortKey] = []
+        # The entries of ``order`` whose agent serves images, in that order.
+        self.images: list[SortKey] = []
         self.in_slots: dict[str, set[str]] = {}
         self.in_host: dict[str, set[str]] = {}
 
-    def place(self, old: SortKey | None, new: SortKey | None) -> None:
+    def place(
+        self,
+        old: SortKey | None,
+        new: SortKey | None,
+        *,
+        old_images: bool,
+        new_images: bool,
+    ) -> None:
+        """Move an agent from ``old`` to ``new`` in the orders; ``None`` is
+        out of them, and only agents serving images are in ``images``."""
+        self._move(self.order, old, new)
+        self._move(
+            self.images, old if old_images else None, new if new_images else None
+        )
+
+    @staticmethod
+    def _move(order: list[SortKey], old: SortKey | None, new: SortKey | None) -> None:
         if old == new:
             return
         if old is not None:
-            index = bisect.bisect_left(self.order, old)
-            if index < len(self.order) and self.order[index] == old:
-                del self.order[index]
+            index = bisect.bisect_left(order, old)
+            if index < len(order) and order[index] == old:
+                del order[index]
         if new is not None:
-            bisect.insort(self.order, new)
+            bisect.insort(order, new)
 
     @staticmethod
     def reindex(
@@ -155,15 +183,17 @@ class AgentIndex:
             entry = None
         pool = self._pools.setdefault(record.pool, _Pool())
         key = _sort_key(record, self._own.get(record.id, 0))
+        images = _serves_images(record)
         slot_hashes = _idle_hashes(record)
         host_hashes = host_prefixes(record.report)
         if entry is None:
-            entry = _Entry(record, seq, now, None, frozenset(), frozenset())
+            entry = _Entry(record, seq, now, None, False, frozenset(), frozenset())
             self._entries[record.id] = entry
-        pool.place(entry.key, key)
+        pool.place(entry.key, key, old_images=entry.serves_images, new_images=images)
         pool.reindex(pool.in_slots, record.id, entry.slot_hashes, slot_hashes)
         pool.reindex(pool.in_host, record.id, entry.host_hashes, host_hashes)
         entry.record, entry.seq, entry.heard_at, entry.key = record, seq, now, key
+        entry.serves_images = images
         entry.slot_hashes, entry.host_hashes = slot_hashes, host_hashes
         return True
 
@@ -181,8 +211,11 @@ class AgentIndex:
         entry = self._entries.pop(agent_id, None)
         if entry is None:
             return
-        pool = self._pools[entry.record.pool]
-        pool.place(entry.key, None)
+        pool = self._pools.get(entry.record.pool)
+        if pool is None:
+            # Its pool's index is gone already: nothing left to unplace.
+            return
+        pool.place(entry.key, None, old_images=entry.serves_images, new_images=False)
         pool.reindex(pool.in_slots, agent_id, entry.slot_hashes, frozenset())
         pool.reindex(pool.in_host, agent_id, entry.host_hashes, frozenset())
         if pool.empty():
@@ -207,7 +240,14 @@ class AgentIndex:
         entry = self._entries.get(agent_id)
         if entry is not None:
             key = _sort_key(entry.record, count)
-            self._pools[entry.record.pool].place(entry.key, key)
+            pool = self._pools.get(entry.record.pool)
+            if pool is not None:
+                pool.place(
+                    entry.key,
+                    key,
+                    old_images=entry.serves_images,
+                    new_images=entry.serves_images,
+                )
             entry.key = key
 
     def busy(self, agent_id: str) -> int:
@@ -222,15 +262,17 @@ class AgentIndex:
         found = self._pools.get(pool)
         return len(found.order) if found is not None else 0
 
-    def with_free_slots(self, pool: str, exclude: Collection[str] = ()) -> list[str]:
+    def with_free_slots(
+        self, pool: str, exclude: Collection[str] = (), *, images: bool = False
+    ) -> list[str]:
         """``pool``'s agents that have a free slot as far as this process
-        knows, least busy first."""
+        knows, least busy first; with ``images``, only those serving images."""
         found = self._pools.get(pool)
         if found is None:
             return []
         return [
             key[3]
-            for key in found.order
+            for key in (found.images if images else found.order)
             if key[1] < 0 and key[3] not in exclude  # key[1] = -free slots
         ]
 
@@ -245,33 +287,44 @@ class AgentIndex:
         exclude: Collection[str] = (),
         avoid: Collection[str] = (),
         limit: int = 8,
+        images: bool = False,
     ) -> Decision:
         """``routing.decide`` over ``pool``'s agents but those in ``exclude``,
         cut to ``limit`` agents; agents in ``avoid`` come after the others.
+
+        With ``images``, over those of them that serve images only, as
+        ``routing.serving_images`` has it: ``NoAgentServesImages`` when agents
+        with slots are there and none of them does (waiting would not help),
+        no agent at all when none has slots (the request waits).
         """
         found = self._pools.get(pool)
-        if found is None or not any(
-            key[3] not in exclude for key in found.order[: len(exclude) + 1]
-        ):
+        if found is None:
+            return Decision([], 0, "no agent has slots")
+        order = found.images if images else found.order
+        if not any(key[3] not in exclude for key in order[: len(exclude) + 1]):
+            if images and any(
+                key[3] not in exclude for key in found.order[: len(exclude) + 1]
+            ):
+                raise NoAgentServesImages
             return Decision([], 0, "no agent has slots")
         if policy == "round_robin":
-            ring = sorted(key[3] for key in found.order if key[3] not in exclude)
+            ring = sorted(key[3] for key in order if key[3] not in exclude)
             start = turn % len(ring)
             rotated = ring[start:] + ring[:start]
             return Decision(
                 self._cut(iter(rotated), (), avoid, limit), 0, "round robin"
             )
-        by_load = (key[3] for key in found.order)
+        by_load = (key[3] for key in order)
         if policy == "least_busy" or not prefix:
             return Decision(self._cut(by_load, exclude, avoid, limit), 0, "least busy")
-        best, length, in_slot = self._best_match(found, prefix, exclude)
+        best, length, in_slot = self._best_match(found, prefix, exclude, images)
         if best is None:
             return Decision(
                 self._cut(by_load, exclude, avoid, limit),
                 0,
                 "least busy (no cache match)",
             )
-        least = next(key for key in found.order if key[3] not in exclude)
+        least = next(key for key in order if key[3] not in exclude)
         best_key = self._entries[best].key
         assert best_key is not None
         if best_key[0] - least[0] > max_load_gap:
@@ -288,19 +341,21 @@ class AgentIndex:
         )
 
     def _best_match(
-        self, pool: _Pool, prefix: list[str], exclude: Collection[str]
+        self, pool: _Pool, prefix: list[str], exclude: Collection[str], images: bool
     ) -> tuple[str | None, int, bool]:
         """The agent with the longest match for ``prefix`` (a slot's before
         a host tier's of the same length, then the least busy), its length,
-        and whether it is a slot's."""
+        and whether it is a slot's; with ``images``, among those serving
+        images only."""
         for depth in range(len(prefix) - 1, -1, -1):
             value = prefix[depth]
             for index, in_slot in ((pool.in_slots, True), (pool.in_host, False)):
                 keys = [
-                    key
+                    entry.key
                     for agent_id in index.get(value, ())
                     if agent_id not in exclude
-                    and (key := self._entries[agent_id].key) is not None
+                    and (entry := self._entries[agent_id]).key is not None
+                    and (entry.serves_images or not images)
                 ]
                 if keys:
                     return min(keys)[3], depth + 1, in_slot

@@ -92,6 +92,17 @@ CONTEXT_SIZE_CACHE_S = 1.0
 POOLS_CACHE_S = 1.0
 
 
+def _images_refused() -> GenerationRefused:
+    """A request with images, and agents ready, none of which serves
+    images: waiting would not help (``routing.serving_images``)."""
+    return GenerationRefused(
+        400,
+        "MultimodalNotSupported",
+        "the request holds images, and no agent serving this pool "
+        "has a multimodal projection loaded",
+    )
+
+
 def _spread(decision: Decision, avoid: set[str]) -> Decision:
     """The same order, but with the agents in ``avoid`` last.
 
@@ -442,12 +453,7 @@ class Dispatcher:
             try:
                 candidates = serving_images(candidates)
             except NoAgentServesImages:
-                raise GenerationRefused(
-                    400,
-                    "MultimodalNotSupported",
-                    "the request holds images, and no agent serving this pool "
-                    "has a multimodal projection loaded",
-                ) from None
+                raise _images_refused() from None
         self._turn += 1
         return decide(
             candidates,
@@ -458,21 +464,25 @@ class Dispatcher:
         )
 
     def _decide_from_view(
-        self, stream: Stream, prefix: list[str], exclude: set[str]
+        self, stream: Stream, prefix: list[str], exclude: set[str], *, images: bool
     ) -> Decision:
         """``_decide`` from the registry view, cut to ``CLAIM_CANDIDATES``:
         its cost does not grow with the fleet (``agent_index``)."""
         self._turn += 1
-        return self.view.index.decide(
-            stream.pool,
-            prefix,
-            policy=settings.PADDLER_ROUTING_POLICY,
-            max_load_gap=settings.PADDLER_ROUTING_MAX_LOAD_GAP,
-            turn=self._turn,
-            exclude=exclude,
-            avoid=set(stream.avoid()) if stream.avoid is not None else (),
-            limit=CLAIM_CANDIDATES,
-        )
+        try:
+            return self.view.index.decide(
+                stream.pool,
+                prefix,
+                policy=settings.PADDLER_ROUTING_POLICY,
+                max_load_gap=settings.PADDLER_ROUTING_MAX_LOAD_GAP,
+                turn=self._turn,
+                exclude=exclude,
+                avoid=set(stream.avoid()) if stream.avoid is not None else (),
+                limit=CLAIM_CANDIDATES,
+                images=images,
+            )
+        except NoAgentServesImages:
+            raise _images_refused() from None
 
     async def _acquire(
         self,
@@ -483,6 +493,7 @@ class Dispatcher:
         view: bool,
         hold: str | None,
         new: bool,
+        images: bool,
     ) -> registry.Acquisition:
         """Claim a slot of the first agent in ``candidates`` with one free,
         or wait (holding out for ``hold``, see ``registry``).
@@ -517,7 +528,9 @@ class Dispatcher:
         offered = set(candidates)
         wider = [
             agent_id
-            for agent_id in self.view.index.with_free_slots(stream.pool, exclude)
+            for agent_id in self.view.index.with_free_slots(
+                stream.pool, exclude, images=images
+            )
             if agent_id not in offered
         ]
         if not wider and not (new and hold is not None):
@@ -539,12 +552,12 @@ class Dispatcher:
         decided = False
         try:
             while True:
-                # The view's index does not know which agents serve images:
-                # a request with images is decided over the full registry.
-                view = self.view.fresh() and not images
+                view = self.view.fresh()
                 agents: dict[str, registry.AgentRecord] = {}
                 if view:
-                    decision = self._decide_from_view(stream, prefix, exclude)
+                    decision = self._decide_from_view(
+                        stream, prefix, exclude, images=images
+                    )
                 else:
                     agents = {
                         a.id: a
@@ -572,6 +585,7 @@ class Dispatcher:
                     view=view,
                     hold=hold_agent,
                     new=not buffered,
+                    images=images,
                 )
                 if acquisition.outcome == "claimed":
                     assert acquisition.agent_id is not None

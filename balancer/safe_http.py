@@ -18,6 +18,9 @@ rules:
   changes between check and connect (rebinding) is never used.  The client
   must not use proxies from the environment (``trust_env=False``): a proxy
   would connect on our behalf to an address we never checked.
+- Credentials go to the first URL's origin only: an ``Authorization`` header
+  is dropped at the first redirect to another scheme, host or port (Hugging
+  Face sends its files from a CDN, which must not see the user's token).
 - Every failure to get an answer (a refused or unresolvable address, a closed
   port, a port that does not speak HTTP) raises ``Unreachable``, whose detail
   is for the log only: what a client reads must not map the network.
@@ -29,6 +32,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Callable
+from typing import Literal
 
 import httpx
 
@@ -48,8 +52,17 @@ class Unreachable(Exception):
         self.detail = detail
 
 
+BadUrlKind = Literal["malformed", "scheme", "no_host", "malformed_redirect"]
+
+
 class BadUrl(ValueError):
-    """A URL that is not one we fetch; the message is safe to show."""
+    """A URL that is not one we fetch; the message is safe to show, and
+    ``kind`` says which rule it broke (for callers with messages of their
+    own)."""
+
+    def __init__(self, message: str, kind: BadUrlKind) -> None:
+        super().__init__(message)
+        self.kind: BadUrlKind = kind
 
 
 class TooManyRedirects(Exception):
@@ -75,16 +88,20 @@ def parse_url(url: str) -> httpx.URL:
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL:
-        raise BadUrl("is a malformed URL") from None
+        raise BadUrl("is a malformed URL", "malformed") from None
     if parsed.scheme not in DEFAULT_PORTS:
-        raise BadUrl("must be an http or https URL")
+        raise BadUrl("must be an http or https URL", "scheme")
     if not parsed.raw_host:
-        raise BadUrl("has no host")
+        raise BadUrl("has no host", "no_host")
     return parsed
 
 
 def url_port(url: httpx.URL) -> int:
     return url.port or DEFAULT_PORTS[url.scheme]
+
+
+def url_origin(url: httpx.URL) -> tuple[str, str, int]:
+    return (url.scheme, url.host, url_port(url))
 
 
 async def checked_addresses(
@@ -159,10 +176,18 @@ async def open_checked(
 ) -> httpx.Response:
     """GET ``url``, following redirects, each hop checked; the final answer,
     streamed.  ``BadUrl`` for a URL (or a redirect) that is not http(s),
-    ``Unreachable``, or ``TooManyRedirects``."""
+    ``Unreachable``, or ``TooManyRedirects``.  ``headers`` go with every hop
+    but an ``Authorization``, which goes to ``url``'s origin only."""
     headers = dict(headers or {})
+    first_origin: tuple[str, str, int] | None = None
     for _ in range(MAX_REDIRECTS + 1):
         parsed = parse_url(url)
+        origin = url_origin(parsed)
+        if first_origin is None:
+            first_origin = origin
+        elif origin != first_origin:
+            # A credential for the first origin must not reach another one.
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         response = await send_to_checked_address(
             client, parsed, headers, trusts=trusts, timeout_s=timeout_s, setting=setting
         )
@@ -173,5 +198,5 @@ async def open_checked(
         try:
             url = str(parsed.join(location))
         except httpx.InvalidURL:
-            raise BadUrl("redirects to a malformed URL") from None
+            raise BadUrl("redirects to a malformed URL", "malformed_redirect") from None
     raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects, at {url}")
