@@ -39,6 +39,14 @@ def redis_server() -> Iterator[RedisServer]:
     stop_process(server.process)
 
 
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, for tests that count or clear its keys."""
+    server = start_redis()
+    yield server
+    stop_process(server.process)
+
+
 @pytest.fixture(scope="session")
 def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("platform")

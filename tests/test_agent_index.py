@@ -11,40 +11,10 @@ from hypothesis import strategies as st
 from balancer.agent_index import AgentIndex
 from balancer.host_tier import host_prefixes
 from balancer.registry import AgentRecord
-from balancer.routing import Candidate, Decision, conversation_prefix, decide
+from balancer.routing import Candidate, Decision, decide
+from tests.support.agent_records import chain, record
 
 WORDS = ["hi", "hello", "how", "are", "you"]
-
-
-def chain(words: list[str]) -> list[str]:
-    return conversation_prefix([{"role": "user", "content": w} for w in words])
-
-
-def record(
-    agent_id: str,
-    *,
-    slots_total: int = 4,
-    processing: int = 0,
-    idle: list[list[str]] | None = None,
-    host: list[str] | None = None,
-    pool: str = "default",
-    seq: int = 1,
-) -> AgentRecord:
-    idle = idle or []
-    slots = [{"busy": True, "prefix": []} for _ in range(processing)]
-    slots += [{"busy": False, "prefix": prefix} for prefix in idle]
-    report: dict[str, Any] = {
-        "name": agent_id,
-        "channel": f"channel-{agent_id}",
-        "pool": pool,
-        "slots_total": slots_total,
-        "slots_processing": processing,
-        "slots": slots,
-        "seq": seq,
-    }
-    if host is not None:
-        report["host_cache"] = {"prefixes": host}
-    return AgentRecord.from_report(agent_id, report)
 
 
 def old_decision(

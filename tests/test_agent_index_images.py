@@ -4,45 +4,12 @@ and ``routing.decide`` decide it over the whole fleet."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from balancer.agent_index import AgentIndex
 from balancer.registry import AgentRecord
-from balancer.routing import NoAgentServesImages, conversation_prefix
-
-
-def chain(words: list[str]) -> list[str]:
-    return conversation_prefix([{"role": "user", "content": w} for w in words])
-
-
-def record(
-    agent_id: str,
-    *,
-    images: bool | None,
-    slots_total: int = 4,
-    processing: int = 0,
-    idle: list[list[str]] | None = None,
-    pool: str = "default",
-) -> AgentRecord:
-    """An agent's record; ``images=None`` reports nothing about images, as
-    agents from before images do."""
-    slots: list[dict[str, Any]] = [
-        {"busy": True, "prefix": []} for _ in range(processing)
-    ]
-    slots += [{"busy": False, "prefix": prefix} for prefix in idle or []]
-    report: dict[str, Any] = {
-        "name": agent_id,
-        "channel": f"channel-{agent_id}",
-        "pool": pool,
-        "slots_total": slots_total,
-        "slots_processing": processing,
-        "slots": slots,
-    }
-    if images is not None:
-        report["serves_images"] = images
-    return AgentRecord.from_report(agent_id, report)
+from balancer.routing import NoAgentServesImages
+from tests.support.agent_records import chain, record
 
 
 def index_of(*records: AgentRecord) -> AgentIndex:

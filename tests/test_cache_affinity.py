@@ -13,7 +13,7 @@ import contextlib
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -25,18 +25,10 @@ from balancer.contract import ConversationParams, Message
 from balancer.dispatch import Dispatcher
 from balancer.routing import Decision, conversation_prefix
 from balancer.stream import Stream
-from tests.support.processes import stop_process
-from tests.support.redis_server import RedisServer, start_redis
+from tests.support.redis_server import RedisServer
 
 HOLD_MS = 1_000
 TTL_MS = 30_000
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = start_redis()
-    yield server
-    stop_process(server.process)
 
 
 @pytest.fixture
@@ -66,6 +58,15 @@ async def claim(
         hold_ms=hold_ms,
     )
     return acquisition.outcome, acquisition.agent_id
+
+
+async def hold(
+    redis: aioredis.Redis, request_id: str, candidates: list[str], hold_ms: int
+) -> tuple[str, str | None]:
+    """``claim``, holding out for the first candidate for ``hold_ms``."""
+    return await claim(
+        redis, request_id, candidates, hold_for=candidates[0], hold_ms=hold_ms
+    )
 
 
 async def full_agents(redis: aioredis.Redis, *agents: str) -> None:
@@ -176,20 +177,11 @@ async def test_after_its_wait_a_holdout_takes_a_spare_slot_elsewhere(
     # B's slot is free and nobody else wants it: after hold_ms r1 takes it
     # rather than leave it idle.
     await full_agents(redis, "a", "b")
-    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=300) == (
-        "holding",
-        "a",
-    )
+    assert await hold(redis, "r1", ["a", "b"], 300) == ("holding", "a")
     await free(redis, "b")
-    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=300) == (
-        "holding",
-        "a",
-    )
+    assert await hold(redis, "r1", ["a", "b"], 300) == ("holding", "a")
     await asyncio.sleep(0.35)
-    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=300) == (
-        "claimed",
-        "b",
-    )
+    assert await hold(redis, "r1", ["a", "b"], 300) == ("claimed", "b")
     assert await left_behind(redis, "a", "b") == 0
 
 
@@ -199,24 +191,15 @@ async def test_after_its_wait_a_holdout_leaves_a_wanted_slot_and_keeps_holding(
     # Under load every freed slot is wanted: r1 leaves B's slot to r2, a
     # plain waiter, however long it has held out, and A's next slot is its.
     await full_agents(redis, "a", "b")
-    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=300) == (
-        "holding",
-        "a",
-    )
+    assert await hold(redis, "r1", ["a", "b"], 300) == ("holding", "a")
     await asyncio.sleep(0.005)
     assert await claim(redis, "r2", ["a", "b"], hold_ms=300) == ("buffered", None)
     await asyncio.sleep(0.35)
     await free(redis, "b")
-    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=300) == (
-        "holding",
-        "a",
-    )
+    assert await hold(redis, "r1", ["a", "b"], 300) == ("holding", "a")
     assert await claim(redis, "r2", ["a", "b"], hold_ms=300) == ("claimed", "b")
     await free(redis, "a")
-    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=300) == (
-        "claimed",
-        "a",
-    )
+    assert await hold(redis, "r1", ["a", "b"], 300) == ("claimed", "a")
     assert await left_behind(redis, "a", "b") == 0
 
 
@@ -225,25 +208,13 @@ async def test_a_slot_is_spare_only_when_its_own_holdouts_do_not_want_it(
 ) -> None:
     # r1 holds out for A, r2 (younger) for B: B's freed slot is r2's.
     await full_agents(redis, "a", "b")
-    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=200) == (
-        "holding",
-        "a",
-    )
+    assert await hold(redis, "r1", ["a", "b"], 200) == ("holding", "a")
     await asyncio.sleep(0.005)
-    assert await claim(redis, "r2", ["b", "a"], hold_for="b", hold_ms=200) == (
-        "holding",
-        "b",
-    )
+    assert await hold(redis, "r2", ["b", "a"], 200) == ("holding", "b")
     await asyncio.sleep(0.25)
     await free(redis, "b")
-    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=200) == (
-        "holding",
-        "a",
-    )
-    assert await claim(redis, "r2", ["b", "a"], hold_for="b", hold_ms=200) == (
-        "claimed",
-        "b",
-    )
+    assert await hold(redis, "r1", ["a", "b"], 200) == ("holding", "a")
+    assert await hold(redis, "r2", ["b", "a"], 200) == ("claimed", "b")
 
 
 async def test_the_oldest_holdout_takes_a_spare_slot_first(
@@ -251,20 +222,12 @@ async def test_the_oldest_holdout_takes_a_spare_slot_first(
 ) -> None:
     await full_agents(redis, "a", "b")
     for request_id in ("r1", "r2"):
-        assert await claim(
-            redis, request_id, ["a", "b"], hold_for="a", hold_ms=200
-        ) == ("holding", "a")
+        assert await hold(redis, request_id, ["a", "b"], 200) == ("holding", "a")
         await asyncio.sleep(0.005)
     await asyncio.sleep(0.25)
     await free(redis, "b")
-    assert await claim(redis, "r2", ["a", "b"], hold_for="a", hold_ms=200) == (
-        "holding",
-        "a",
-    )
-    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=200) == (
-        "claimed",
-        "b",
-    )
+    assert await hold(redis, "r2", ["a", "b"], 200) == ("holding", "a")
+    assert await hold(redis, "r1", ["a", "b"], 200) == ("claimed", "b")
 
 
 async def test_a_holdout_whose_agent_is_gone_waits_for_any_slot(
@@ -308,10 +271,7 @@ async def test_holdouts_of_a_replica_that_died_age_out_with_the_buffer(
     # r1's replica died: nobody asks for r1 again.  Its entries go when the
     # buffer's cut-off passes them, as a dead replica's plain waiters' do.
     await full_agents(redis, "a", "b")
-    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=200) == (
-        "holding",
-        "a",
-    )
+    assert await hold(redis, "r1", ["a", "b"], 200) == ("holding", "a")
     await free(redis, "a")
     # A's free slot is r1's while r1 holds out...
     assert await claim(redis, "r2", ["a", "b"]) == ("buffered", None)
@@ -333,15 +293,9 @@ async def test_with_no_hold_a_request_takes_the_first_free_slot_as_before(
     redis: aioredis.Redis,
 ) -> None:
     await full_agents(redis, "a", "b")
-    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=0) == (
-        "buffered",
-        None,
-    )
+    assert await hold(redis, "r1", ["a", "b"], 0) == ("buffered", None)
     await free(redis, "b")
-    assert await claim(redis, "r1", ["a", "b"], hold_for="a", hold_ms=0) == (
-        "claimed",
-        "b",
-    )
+    assert await hold(redis, "r1", ["a", "b"], 0) == ("claimed", "b")
     assert await left_behind(redis, "a", "b") == 0
 
 

@@ -17,19 +17,11 @@ from balancer.dispatch import Dispatcher
 from balancer.images import data_url
 from balancer.registry import AgentRecord
 from balancer.stream import GenerationRefused, InferenceFailure, Stream
-from tests.support.processes import stop_process
-from tests.support.redis_server import RedisServer, start_redis
+from tests.support.redis_server import RedisServer
 from tests.test_registry_view import until
 
 TTL_MS = 3_000
 PICTURE = data_url("image/png", b"\x89PNG\r\n\x1a\n picture")
-
-
-@pytest.fixture
-def own_redis() -> Any:
-    server = start_redis()
-    yield server
-    stop_process(server.process)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ goes to the first URL's origin only."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -14,17 +13,9 @@ import pytest
 
 from agents.model_download import DownloadFailed, DownloadRules, download_file
 from balancer.safe_http import open_checked
-from tests.support.model_server import ModelServer
+from tests.support.model_server import ModelServer, Progress
 
 SECRET = "Bearer hf_secret"
-
-
-@dataclass
-class Progress:
-    current: int = 0
-    total: int = 0
-    filename: str | None = None
-    indeterminate: bool = False
 
 
 @pytest.fixture

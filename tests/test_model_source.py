@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +26,7 @@ from agents.model_source import ModelSourceError, resolve_model_path
 from balancer.desired_state import ModelSource
 from paddler_project.env import env_hosts
 from tests.support.constants import ROOT
-from tests.support.model_server import ModelServer, self_signed_tls
+from tests.support.model_server import ModelServer, Progress, self_signed_tls
 from tests.support.processes import free_port, stop_process
 from tests.support.redis_server import start_redis
 
@@ -36,14 +35,6 @@ UNREACHABLE = (
     "the address cannot be reached or is not allowed (the agent's log says why)"
 )
 SMALL_CAP = 1 << 20
-
-
-@dataclass
-class Progress:
-    current: int = 0
-    total: int = 0
-    filename: str | None = None
-    indeterminate: bool = False
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from balancer.dispatch import Dispatcher
 from balancer.registry_view import RegistryView
 from balancer.stream import InferenceFailure, Stream
 from tests.support.fleet import start_agent
-from tests.support.processes import stop_process
-from tests.support.redis_server import RedisServer, start_redis
+from tests.support.redis_server import RedisServer
 
 TTL_MS = 3_000
 
@@ -46,13 +45,6 @@ async def until(predicate: Callable[[], bool], timeout: float, what: str) -> Non
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
-
-
-@pytest.fixture
-def own_redis() -> Any:
-    server = start_redis()
-    yield server
-    stop_process(server.process)
 
 
 @contextlib.asynccontextmanager

@@ -22,9 +22,21 @@ import re
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Progress:
+    """What a model download reports, as the agent's status holds it."""
+
+    current: int = 0
+    total: int = 0
+    filename: str | None = None
+    indeterminate: bool = False
+
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 STREAM_LIMIT = 64 << 20
