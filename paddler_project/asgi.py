@@ -51,9 +51,10 @@ if not settings.PADDLER_SECRET_KEY_IS_SET:
 application = GuardedConnections(
     ProtocolTypeRouter(
         {
-            # At shutdown, event streams end their responses instead of being
-            # cut off.  Inference requests skip the panel's middleware.
-            "http": EndStreamsOnCancel(ByPath(InferenceHandler(), django_asgi_app)),
+            # Inference requests skip the panel's middleware.  At shutdown,
+            # the management API's event streams end their responses instead
+            # of being cut off (the inference endpoints have none).
+            "http": ByPath(InferenceHandler(), EndStreamsOnCancel(django_asgi_app)),
             "websocket": SessionMiddlewareStack(
                 URLRouter(
                     [path("api/v1/inference_socket", InferenceSocketConsumer.as_asgi())]
