@@ -221,3 +221,22 @@ def test_a_socket_message_over_our_limit_gets_413_and_the_socket_goes_on(
     assert closing.opcode == OP_CLOSE
     assert closing.close_code == 1009, closing.close_reason
     ws.close()
+
+
+@pytest.mark.parametrize("path", [PATHS[0], PATHS[4]])
+def test_a_body_labelled_as_a_form_reaches_the_application(
+    small_web: WebServer, path: str
+) -> None:
+    """A body whose Content-Type says it is a form is the application's to
+    judge: Twisted used to parse it for nothing, and answered one it could
+    not parse with a bare 400 page of its own."""
+    response = httpx.post(
+        f"{small_web.url}{path}",
+        content=b'{"raw_prompt": 1}',
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+        timeout=10,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    message = error["message"] if path.startswith("/v1/") else error["description"]
+    assert message
