@@ -19,7 +19,9 @@ receivers have nothing to do for it: it runs them on the event loop, where no
 connection can be open (Django refuses to open one there), and starts no
 thread.  With 8 clients posting short requests, that was about a fifth of the
 web process's CPU per request (py-spy: starting and joining the thread, the
-trips there and back).
+trips there and back).  Unless a middleware of the inference stack is
+synchronous only (django-statsd's, when StatsD is on): then each request has
+its thread again, as under Django's handler.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
@@ -36,6 +39,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import HttpResponseBase
 from django.test.utils import override_settings
 from django.urls import set_script_prefix
+from django.utils.module_loading import import_string
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
@@ -62,11 +66,24 @@ class InferenceHandler(ASGIHandler):
         # Django builds the chain from settings.MIDDLEWARE, once, here.
         with override_settings(MIDDLEWARE=settings.INFERENCE_MIDDLEWARE):
             super().load_middleware(is_async=is_async)
+        # A middleware that cannot run on the event loop (django-statsd's,
+        # when StatsD is on) runs on a worker thread, and the view under it
+        # is called from there and waits, in the buffer if need be: such a
+        # request needs a thread of its own, or every other request of the
+        # process would queue behind it for the one shared thread.
+        self.on_loop = all(
+            getattr(import_string(path), "async_capable", False)
+            for path in settings.INFERENCE_MIDDLEWARE
+        )
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        # Only HTTP comes here (``ByPath``); no ThreadSensitiveContext, so no
-        # thread of the request's own (see the module's docstring).
-        await self.handle(scope, receive, send)
+        # Only HTTP comes here (``ByPath``).
+        if self.on_loop:
+            # No thread of the request's own (see the module's docstring).
+            await self.handle(scope, receive, send)
+        else:
+            async with ThreadSensitiveContext():
+                await self.handle(scope, receive, send)
 
     async def handle(self, scope: Scope, receive: Any, send: Any) -> None:
         """Django's ``ASGIHandler.handle`` with the signals and the response's

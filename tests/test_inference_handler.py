@@ -152,3 +152,17 @@ async def test_a_client_that_goes_away_cancels_its_stream(
     await asyncio.sleep(0.1)
     assert streamed["lines"] == lines  # nothing streams for nobody
     assert signals_sent == ["started", "finished"]
+
+
+def test_a_synchronous_middleware_gives_each_request_its_thread_again(
+    settings: Any,
+) -> None:
+    """django-statsd's middleware (StatsD on) runs on a worker thread and
+    waits there for the view: on one shared thread, a request waiting in the
+    buffer would hold up every other (tests/test_metrics.py)."""
+    assert InferenceHandler().on_loop
+    settings.INFERENCE_MIDDLEWARE = [
+        "django_statsd.middleware.StatsdMiddleware",
+        *settings.INFERENCE_MIDDLEWARE,
+    ]
+    assert not InferenceHandler().on_loop
