@@ -725,9 +725,8 @@ class Dispatcher:
 
         One write at a time per process: the records of requests that end
         while a write is in flight go together in the next one, whose
-        counter increments are merged (``metrics.count_requests``).  A
-        request's record costs Redis some fifty commands alone; under load
-        a batch of many costs about the same.
+        counter increments are merged (``metrics.store_requests``, one
+        command for the batch).
         """
         record = stream.record()
         request_log.log_line(record)
@@ -745,13 +744,11 @@ class Dispatcher:
         while self._records:
             batch, self._records = self._records, []
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    records = [record for record, _ in batch]
-                    metrics.count_requests(pipe, records)
-                    request_log.write_many(
-                        pipe, records, size=settings.PADDLER_REQUEST_LOG_SIZE
-                    )
-                    await pipe.execute()
+                await metrics.store_requests(
+                    self.redis,
+                    [record for record, _ in batch],
+                    log_size=settings.PADDLER_REQUEST_LOG_SIZE,
+                )
             except Exception:
                 logger.warning(
                     "could not record %d requests", len(batch), exc_info=True

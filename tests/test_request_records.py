@@ -20,8 +20,9 @@ from balancer.metrics.counters import (
     count_request,
     count_requests,
     read_counters,
+    store_requests,
 )
-from balancer.request_log import RequestRecord
+from balancer.request_log import RequestRecord, write_many
 from balancer.stream import Stream
 from tests.support.processes import stop_process
 from tests.support.redis_server import start_redis
@@ -136,3 +137,29 @@ async def test_requests_ending_together_are_recorded_in_few_writes(
     assert ids == [f"r{n}" for n in reversed(range(50))]
     counters = await read_counters(redis)
     assert counters.requests == {("raw_prompt", "cancelled"): 50}
+
+
+async def test_one_command_stores_what_the_pipeline_did(
+    redis: aioredis.Redis,
+) -> None:
+    """``store_requests`` (the dispatcher's one script) writes the counters
+    and the log as ``count_requests`` and ``request_log.write_many`` do."""
+    async with redis.pipeline(transaction=False) as pipe:
+        count_requests(pipe, RECORDS)
+        write_many(pipe, RECORDS, size=7)
+        await pipe.execute()
+    counters = await read_counters(redis)
+    log = await redis.lrange(keys.request_log(), 0, -1)
+    await redis.delete(keys.metrics_counters(), keys.request_log())
+    calls = (await redis.info("commandstats")).get("cmdstat_eval", {"calls": 0})
+
+    await store_requests(redis, RECORDS, log_size=7)
+
+    assert await read_counters(redis) == counters
+    assert await redis.lrange(keys.request_log(), 0, -1) == log
+    assert len(log) == 7
+    eval_calls = (await redis.info("commandstats"))["cmdstat_eval"]["calls"]
+    assert eval_calls - calls["calls"] == 1
+    # A log of size 0 keeps nothing; the counters still count.
+    await store_requests(redis, RECORDS[:1], log_size=0)
+    assert await redis.llen(keys.request_log()) == 7

@@ -13,7 +13,7 @@ Redis, which ``/metrics`` reads, so any replica answers for the whole tier.
 
 from __future__ import annotations
 
-from balancer.metrics.counters import count_request, count_requests
+from balancer.metrics.counters import count_request, count_requests, store_requests
 from balancer.metrics.prometheus import prometheus_text
 from balancer.metrics.statsd_reporting import report_fleet, send_request, statsd_client
 
@@ -24,4 +24,5 @@ __all__ = [
     "report_fleet",
     "send_request",
     "statsd_client",
+    "store_requests",
 ]
