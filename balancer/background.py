@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 # The most batches one read of the inbox takes.
 INBOX_READ_COUNT = 256
+# A read of the inbox blocks for at most a second in Redis; one that has not
+# come back long after that is a lost connection.
+INBOX_READ_TIMEOUT_S = 30.0
 # A claim outlives a silent web replica by at most this long.
 CLAIM_LEASE_MS = 15_000
 # A stream whose consumer has not read for this long is cancelled.
@@ -49,20 +52,26 @@ async def read_inbox(dispatcher: Dispatcher) -> None:
     process's CPU per token.  A read that fails drops the connection; the
     next read takes a new one.
     """
-    client = redis_connection.async_client()
+    # No socket timeout for the client's own use: redis-py would send each
+    # command from a task of its own, to time it out; the read below has its
+    # timeout, and a write of a few bytes on a live connection does not wait.
+    client = redis_connection.async_client(socket_timeout=None)
     pool = client.connection_pool
     connection: Any = None
+    read: Any = None
     while True:
         try:
             if connection is None:
                 connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-            # Every batch waiting, up to INBOX_READ_COUNT, in one round trip:
-            # when the agents push faster than this process reads, it reads
-            # them in fewer commands, not one command a batch.
-            await connection.send_command(
-                "BLMPOP", 1, 1, dispatcher.inbox, "LEFT", "COUNT", INBOX_READ_COUNT
-            )
-            popped = await connection.read_response()
+                # Every batch waiting, up to INBOX_READ_COUNT, in one round
+                # trip: when the agents push faster than this process reads,
+                # it reads them in fewer commands, not one command a batch.
+                # The same command every time: packed once.
+                read = connection.pack_command(
+                    "BLMPOP", 1, 1, dispatcher.inbox, "LEFT", "COUNT", INBOX_READ_COUNT
+                )
+            await connection.send_packed_command(read, check_health=False)
+            popped = await connection.read_response(timeout=INBOX_READ_TIMEOUT_S)
         except asyncio.CancelledError:
             raise
         except Exception:

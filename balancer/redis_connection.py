@@ -21,14 +21,14 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 
-def async_client(*, retries: bool = True) -> aioredis.Redis:
-    """An asyncio client with ``settings.REDIS_OPTIONS``.
+def async_client(*, retries: bool = True, **overrides: Any) -> aioredis.Redis:
+    """An asyncio client with ``settings.REDIS_OPTIONS`` and ``overrides``.
 
     ``retries=False``: a command that loses its connection fails instead of
     being sent again on a new one, for a caller that must know (a
     subscription: the messages published while it reconnected are gone).
     """
-    options: dict[str, Any] = dict(settings.REDIS_OPTIONS)
+    options: dict[str, Any] = dict(settings.REDIS_OPTIONS) | overrides
     if not retries:
         options |= {"retry": AsyncRetry(NoBackoff(), 0), "retry_on_error": []}
     if settings.PADDLER_REDIS_SENTINELS:

@@ -12,11 +12,13 @@ while an agent's slot keeps generating for nobody.  The dispatcher cannot see
 it: it reads the stream as fast as ever; only the socket does not drain.
 
 So before a message of a streamed response (NDJSON, SSE) or of a WebSocket
-goes out, the wrapper measures the connection's backlog: what Twisted still
-holds unsent, plus what the kernel's send queue holds that the client has not
-acknowledged (Linux's ``SIOCOUTQ``).  Above ``PADDLER_MAX_CLIENT_BUFFER_BYTES``
-it aborts the connection (a TCP reset: a client that is not reading could not
-read an error line queued behind that backlog anyway).  daphne then tells the
+goes out, once an eighth of the limit has gone out since it last did, the
+wrapper measures the connection's backlog: what Twisted still holds unsent,
+plus what the kernel's send queue holds that the client has not acknowledged
+(Linux's ``SIOCOUTQ``; measuring before every message was a system call per
+token).  Above ``PADDLER_MAX_CLIENT_BUFFER_BYTES`` it aborts the connection
+(a TCP reset: a client that is not reading could not read an error line
+queued behind that backlog anyway).  daphne then tells the
 application, with ``http.disconnect`` or ``websocket.disconnect``, as for any
 client that hangs up: its requests are cancelled on their agents, their slots
 are freed, and the request log says ``cancelled``.
@@ -201,7 +203,7 @@ class GuardedConnections:
 
 
 class _BoundedSend:
-    """The ``send`` of one connection, checking its backlog before each message."""
+    """The ``send`` of one connection, checking its backlog as it writes."""
 
     def __init__(self, send: Send, transport: Any, limit: int, scope: Scope) -> None:
         self.send = send
@@ -213,6 +215,12 @@ class _BoundedSend:
         self.aborted = False
         # An HTTP response started and not yet ended.
         self.mid_response = False
+        # Bytes handed to daphne since the backlog was last measured.  The
+        # kernel's queue is asked (a system call) once they reach an eighth
+        # of the limit, not before each message (each token, at one stream):
+        # a client is cut off at most that much past the limit.
+        self.unmeasured = 0
+        self.measure_every = max(1, limit // 8)
 
     async def __call__(self, message: Message) -> None:
         kind = message["type"]
@@ -227,6 +235,11 @@ class _BoundedSend:
         if self.bounded and kind in ("http.response.body", "websocket.send"):
             if self.aborted:
                 return  # daphne reports the disconnect on the next turn
+            self.unmeasured += _size(message)
+            if self.unmeasured < self.measure_every:
+                await self.send(message)
+                return
+            self.unmeasured = 0
             backlog = backlog_bytes(self.transport)
             if backlog > self.limit:
                 client = self.scope.get("client")
@@ -250,6 +263,12 @@ class _BoundedSend:
         """
         self.aborted = True
         self.transport.abortConnection()
+
+
+def _size(message: Message) -> int:
+    """The size of an ASGI message's payload (a text message's in characters)."""
+    payload = message.get("body") or message.get("bytes") or message.get("text")
+    return len(payload) if payload else 0
 
 
 def _warn_unguarded(send: Send) -> None:

@@ -11,12 +11,15 @@ import json
 import re
 import socket
 import time
+from collections.abc import MutableMapping
+from typing import Any
 
 import pytest
 from twisted.internet import protocol, reactor, tcp
 from twisted.internet.error import ConnectionDone
 from twisted.python import failure
 
+from paddler_project import connections
 from paddler_project.connections import backlog_bytes
 from tests.support.constants import AUTH, ENDLESS_PROMPT
 from tests.support.fleet import Fleet, request_log
@@ -171,3 +174,53 @@ def test_a_connection_already_lost_has_no_backlog() -> None:
         connection.getHandle()  # what Twisted does once a connection is lost
     assert backlog_bytes(connection) == 0
     theirs.close()
+
+
+async def test_the_backlog_is_measured_once_per_eighth_of_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Measuring the kernel's queue is a system call: before every message
+    it was one per token.  Measured once an eighth of the limit has gone out,
+    a client that does not read is still cut off, at most that much late."""
+    ours, theirs = socket.socketpair()
+    connection = tcp.Server(
+        ours,
+        protocol.Protocol(),  # type: ignore[arg-type]
+        ("127.0.0.1", 1),
+        None,  # type: ignore[arg-type]
+        1,
+        reactor,
+    )
+    measured: list[int] = []
+    real = connections._kernel_unacked
+
+    def counted(transport: object) -> int:
+        measured.append(1)
+        return real(transport)
+
+    monkeypatch.setattr(connections, "_kernel_unacked", counted)
+    aborted: list[bool] = []
+    monkeypatch.setattr(connection, "abortConnection", lambda: aborted.append(True))
+
+    async def daphne_send(message: MutableMapping[str, Any]) -> None:
+        # What daphne does with a body: into Twisted's buffer, sent on a later
+        # turn of the reactor (which never turns here: the client reads
+        # nothing).
+        connection.write(message.get("body", b""))  # type: ignore[no-untyped-call]
+
+    limit = 64 * 1024
+    send = connections._BoundedSend(daphne_send, connection, limit, {"type": "http"})
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    sent = 0
+    while not aborted and sent < 10_000:
+        await send(
+            {"type": "http.response.body", "body": b"t" * 100, "more_body": True}
+        )
+        sent += 1
+    assert aborted
+    # Cut off at most an eighth of the limit (and a message) past it ...
+    assert limit < sent * 100 <= limit + limit // 8 + 100
+    # ... after a handful of measurements, not one per message.
+    assert len(measured) <= 10
+    theirs.close()
+    ours.close()
