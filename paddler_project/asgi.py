@@ -18,6 +18,7 @@ from django.urls import path  # noqa: E402
 
 from balancer.sse import EndStreamsOnCancel  # noqa: E402
 from inference.consumers import InferenceSocketConsumer  # noqa: E402
+from paddler_project import eager_writes  # noqa: E402
 from paddler_project.connections import GuardedConnections  # noqa: E402
 from paddler_project.handlers import ByPath, InferenceHandler  # noqa: E402
 from paddler_project.request_limits import install  # noqa: E402
@@ -28,6 +29,9 @@ install(
     max_body_bytes=settings.PADDLER_MAX_REQUEST_BYTES,
     read_timeout_s=settings.PADDLER_REQUEST_READ_TIMEOUT_MS / 1000,
 )
+# Responses and socket messages go to the kernel as they are written, not on
+# the event loop's next turn (eager_writes.py).
+eager_writes.install()
 
 # Here, not in the settings: every manage.py command and agent reads those, and
 # only the web tier (daphne, runserver) signs sessions.

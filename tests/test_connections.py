@@ -15,7 +15,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
-from twisted.internet import protocol, reactor, tcp
+from twisted.internet import abstract, protocol, reactor, tcp
 from twisted.internet.error import ConnectionDone
 from twisted.python import failure
 
@@ -203,10 +203,10 @@ async def test_the_backlog_is_measured_once_per_eighth_of_the_limit(
     monkeypatch.setattr(connection, "abortConnection", lambda: aborted.append(True))
 
     async def daphne_send(message: MutableMapping[str, Any]) -> None:
-        # What daphne does with a body: into Twisted's buffer, sent on a later
-        # turn of the reactor (which never turns here: the client reads
-        # nothing).
-        connection.write(message.get("body", b""))  # type: ignore[no-untyped-call]
+        # What daphne does with a body once the kernel takes no more of it:
+        # into Twisted's buffer, sent on a later turn of the reactor (which
+        # never turns here).
+        abstract.FileDescriptor.write(connection, message.get("body", b""))
 
     limit = 64 * 1024
     send = connections._BoundedSend(daphne_send, connection, limit, {"type": "http"})
