@@ -18,9 +18,9 @@ import queue
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
-import redis
 import redis.asyncio as aioredis
 from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
@@ -36,6 +36,7 @@ from agents.model_source import (
     resolve_model_path,
 )
 from agents.multimodal import ProjectionLoadFailed
+from agents.push_connection import PushConnection
 from agents.status import AgentStatus, engine_issue
 from agents.synthetic import SyntheticEngine, step_seconds_from_env
 from balancer import keys, redis_connection, registry
@@ -63,6 +64,16 @@ WEB_GONE_AFTER_S = 3.0
 INBOX_TTL_S = 60
 INBOX_TTL_RENEW_S = 10.0
 
+# The relay reads Redis's replies to a push before it writes the next one
+# (``_settle``); when no push follows for this long, it reads them anyway, so
+# that a push Redis refused stops its requests within moments.
+REPLY_READ_IDLE_S = 0.05
+
+# How long the relay drops the output of a request whose loss it told the
+# web tier of: the engine stops it at its next step, and what it made until
+# then is in the relay's queue.
+TOLD_LOST_KEEP_S = 60.0
+
 # After applying a desired state failed unexpectedly (status
 # AttemptedAndRetrying), the pause before the next attempt; a module
 # constant so that tests can shorten it.
@@ -79,6 +90,19 @@ def name_os_thread(name: str) -> None:
 
 
 PR_SET_NAME = 15
+
+
+@dataclass
+class WrittenPush:
+    """A push written to Redis whose replies are not read yet, and what
+    ``_settle`` makes of them: the push's output lost, or taken."""
+
+    outputs: list[Output]
+    # The requests whose error item it carries (``_undelivered``).
+    lost: list[str]
+    # The inboxes whose TTL it sets, and when it was written (monotonic).
+    expiring: list[str]
+    written_at: float
 
 
 class AgentWorker:
@@ -141,6 +165,10 @@ class AgentWorker:
         self._webs_missing_since: dict[str, float] = {}
         # Requests whose output Redis did not take: request id -> inbox.
         self._undelivered: dict[str, str] = {}
+        # Requests whose loss the web tier has been told of -> when
+        # (monotonic).  Their output still queued for the relay, made before
+        # the engine stopped them, is dropped, not pushed after their error.
+        self._told_lost: dict[str, float] = {}
         # Inbox -> when its TTL is next due to be set (monotonic).
         self._inbox_expires: dict[str, float] = {}
         self._system_prompt = ""
@@ -154,10 +182,14 @@ class AgentWorker:
         # the event loop answers requests with.  None is the sentinel that
         # ends the relay at shutdown.
         self._outputs: queue.SimpleQueue[list[Output] | None] = queue.SimpleQueue()
-        # One push at a time: the relay thread's, or ``send_outputs``'s.
+        # One push at a time, the relay thread's or ``send_outputs``'s, and
+        # the reading of the replies owed for the last one: the two share
+        # the connection, and read its replies in the order they are owed.
         self._push_lock = threading.Lock()
-        # The relay's own, blocking, Redis client (see ``output_loop``).
-        self._push_redis: redis.Redis | None = None
+        # The relay's own connection, of a blocking client (``output_loop``).
+        self._pushes: PushConnection | None = None
+        # The last push, until its replies are read (``_settle``).
+        self._unsettled: WrittenPush | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._redis: aioredis.Redis | None = None
         self._layer: BaseChannelLayer | None = None
@@ -210,9 +242,8 @@ class AgentWorker:
         assert self._redis is not None
         await self._deregister()
         await self._redis.aclose()
-        if self._push_redis is not None:
-            self._push_redis.close()
-            self._push_redis = None
+        if self._pushes is not None:
+            await asyncio.to_thread(self._close_pushes)
 
     async def shutdown(self) -> None:
         """Stop taking work, let in-flight requests finish, fail the rest."""
@@ -491,13 +522,14 @@ class AgentWorker:
     async def output_loop(self) -> None:
         """Relay the engine's output to Redis until the ``None`` sentinel.
 
-        The relay is a thread of its own with a blocking Redis client, not a
-        task of the event loop: a push is one ``RPUSH`` written and its reply
-        read, where the event loop took a wake-up from the engine thread, a
-        few turns of the loop and the asyncio client's own machinery for
-        each step (and a heartbeat or a request being taken could hold the
-        step's output back).  Cancelling this coroutine ends the thread once
-        it has pushed what it holds.
+        The relay is a thread of its own with a blocking Redis connection,
+        not a task of the event loop: a push is one write, where the event
+        loop took a wake-up from the engine thread, a few turns of the loop
+        and the asyncio client's own machinery for each step (and a
+        heartbeat or a request being taken could hold the step's output
+        back).  It does not wait for Redis's reply: it reads it before the
+        next push (``_settle``).  Cancelling this coroutine ends the thread
+        once it has pushed what it holds and read every reply owed.
         """
         loop = asyncio.get_running_loop()
         ended = loop.create_future()
@@ -514,9 +546,7 @@ class AgentWorker:
                 with contextlib.suppress(RuntimeError):  # the loop closed
                     loop.call_soon_threadsafe(end)
 
-        self._push_redis = self._push_redis or redis_connection.sync_client(
-            settings.REDIS_URL
-        )
+        self._open_pushes()
         threading.Thread(target=relay, name="paddler-relay", daemon=True).start()
         try:
             await asyncio.shield(ended)
@@ -524,10 +554,24 @@ class AgentWorker:
             self._outputs.put(None)
             raise
 
+    def _open_pushes(self) -> None:
+        if self._pushes is None:
+            self._pushes = PushConnection(
+                redis_connection.sync_client(settings.REDIS_URL)
+            )
+
     def _relay(self) -> None:
         finished = False
         while not finished:
-            first = self._outputs.get()
+            # ``_unsettled`` is read without the lock: should ``send_outputs``
+            # settle it meanwhile, the read below finds nothing owed.
+            idle_s = REPLY_READ_IDLE_S if self._unsettled is not None else None
+            try:
+                first = self._outputs.get(timeout=idle_s)
+            except queue.Empty:
+                with self._push_lock:
+                    self._settle()
+                continue
             if first is None:
                 break
             outputs = list(first)
@@ -543,26 +587,39 @@ class AgentWorker:
                     break
                 outputs.extend(more)
             self._push(outputs)
+        # Nothing pushed is left unread: a refusal still stops its requests.
+        with self._push_lock:
+            self._settle()
 
     async def send_outputs(self, outputs: list[Output]) -> None:
-        """Push ``outputs`` to Redis now, from the event loop (the relay
-        thread pushes the engine's; see ``_push``)."""
-        if self._push_redis is None:
-            self._push_redis = redis_connection.sync_client(settings.REDIS_URL)
-        await asyncio.to_thread(self._push, outputs)
+        """Push ``outputs`` to Redis now, from the event loop, and read the
+        reply (the relay thread pushes the engine's; see ``_push``): once
+        this returns, ``_undelivered`` says whether Redis took them."""
+        self._open_pushes()
+        await asyncio.to_thread(self._push, outputs, settle=True)
 
-    def _push(self, outputs: list[Output]) -> None:
+    def _push(self, outputs: list[Output], *, settle: bool = False) -> None:
         """Push ``outputs`` to Redis, one batch per inbox.  Should Redis not
         take them, their requests stop and end with an error at the next
-        delivery (see ``_lose``)."""
-        assert self._push_redis is not None
+        delivery (see ``_lose``); the relay learns it when it reads the
+        reply, before its next push, or right away with ``settle``."""
         with self._push_lock:
-            any_final = self._push_locked(self._push_redis, outputs)
+            any_final = self._push_locked(outputs)
+            if settle:
+                self._settle()
+        # As soon as written: Redis taking the push or not, the request
+        # ended (with an error when it did not) and its slot is free.
         if any_final and self._loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop closed
                 self._loop.call_soon_threadsafe(self._mark_changed)
 
-    def _push_locked(self, client: redis.Redis, outputs: list[Output]) -> bool:
+    def _push_locked(self, outputs: list[Output]) -> bool:
+        assert self._pushes is not None
+        # The last push's replies first: the requests it lost end with an
+        # error in this one, and a refused EXPIRE is sent again.
+        self._settle()
+        if self._told_lost:
+            outputs = self._without_told_lost(outputs)
         lost = dict(self._undelivered)
         batches = output_batches(
             outputs, agent_id=self.agent_id, agent_name=self.name, lost=lost
@@ -578,28 +635,70 @@ class AgentWorker:
             if destination in missing
             or self._inbox_expires.get(destination, 0.0) <= now
         ]
+        # Once per decode step as a rule: one destination, one RPUSH.
+        commands: list[tuple[Any, ...]] = [
+            ("RPUSH", destination, json.dumps(batch))
+            for destination, batch in batches.items()
+        ]
+        commands += [("EXPIRE", destination, INBOX_TTL_S) for destination in expiring]
+        if not commands:
+            return any_final
         try:
-            if len(batches) == 1 and not expiring:
-                # The common case, once per decode step: one destination, one
-                # command, without a pipeline's own cost.
-                [(destination, batch)] = batches.items()
-                client.rpush(destination, json.dumps(batch))
-            else:
-                with client.pipeline(transaction=False) as pipe:
-                    for destination, batch in batches.items():
-                        pipe.rpush(destination, json.dumps(batch))
-                    for destination in expiring:
-                        pipe.expire(destination, INBOX_TTL_S)
-                    pipe.execute()
+            self._pushes.write(commands)
         except Exception:
             logger.warning("could not deliver output", exc_info=True)
             self._lose(outputs)
         else:
-            for request_id in lost:
-                self._undelivered.pop(request_id, None)
-            for destination in expiring:
-                self._inbox_expires[destination] = now + INBOX_TTL_RENEW_S
+            self._unsettled = WrittenPush(outputs, list(lost), expiring, now)
         return any_final
+
+    def _settle(self) -> None:
+        """Read Redis's replies to the last push, under ``_push_lock``.
+
+        Redis refused a command of it, or the connection failed before all
+        its replies came: its output may not have reached the inboxes, and
+        its requests stop as if the write had failed (``_lose``).  Only a
+        push that Redis took ends the loss of the requests whose error it
+        carried, and renews the TTLs it set: were they renewed when written,
+        an EXPIRE that was refused would not be sent again for
+        INBOX_TTL_RENEW_S.
+        """
+        push, self._unsettled = self._unsettled, None
+        if push is None:
+            return
+        assert self._pushes is not None
+        try:
+            self._pushes.read_owed()
+        except Exception:
+            logger.warning("could not deliver output", exc_info=True)
+            self._lose(push.outputs)
+            return
+        for request_id in push.lost:
+            self._undelivered.pop(request_id, None)
+            self._told_lost[request_id] = push.written_at
+        for destination in push.expiring:
+            self._inbox_expires[destination] = push.written_at + INBOX_TTL_RENEW_S
+
+    def _without_told_lost(self, outputs: list[Output]) -> list[Output]:
+        """``outputs`` but those of requests whose loss was told (and past
+        TOLD_LOST_KEEP_S, the requests are forgotten)."""
+        since = time.monotonic() - TOLD_LOST_KEEP_S
+        self._told_lost = {
+            request_id: told
+            for request_id, told in self._told_lost.items()
+            if told > since
+        }
+        return [
+            output for output in outputs if output.request_id not in self._told_lost
+        ]
+
+    def _close_pushes(self) -> None:
+        """Read what Redis owes, give the connection back, close its client."""
+        with self._push_lock:
+            self._settle()
+            if self._pushes is not None:
+                self._pushes.close()
+                self._pushes = None
 
     def _lose(self, outputs: list[Output]) -> None:
         """Stop the requests whose output could not be delivered; their error
