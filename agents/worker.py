@@ -94,8 +94,8 @@ PR_SET_NAME = 15
 
 @dataclass
 class WrittenPush:
-    """A push written to Redis whose replies are not read yet, and what it
-    stands for: taken (``_settle``) once they are read without an error."""
+    """A push written to Redis whose replies are not read yet, and what
+    ``_settle`` makes of them: the push's output lost, or taken."""
 
     outputs: list[Output]
     # The requests whose error item it carries (``_undelivered``).
