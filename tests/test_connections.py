@@ -15,7 +15,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
-from twisted.internet import abstract, protocol, reactor, tcp
+from twisted.internet import abstract
 from twisted.internet.error import ConnectionDone
 from twisted.python import failure
 
@@ -34,6 +34,7 @@ from tests.support.raw_clients import (
 )
 from tests.support.slots import claimed_slots
 from tests.support.streams import raw_prompt_stream, read_ndjson, stream_text
+from tests.support.twisted_connections import server_connection
 from tests.support.web import WebServer
 
 # The smallest limit allowed: a stalled reader passes it after a few dozen
@@ -160,14 +161,7 @@ def test_a_connection_already_lost_has_no_backlog() -> None:
     # dropped its socket.  The backlog check must not raise there (it did,
     # and daphne logged "Exception inside application" for the request).
     ours, theirs = socket.socketpair()
-    connection = tcp.Server(
-        ours,
-        protocol.Protocol(),  # type: ignore[arg-type]
-        ("127.0.0.1", 1),
-        None,  # type: ignore[arg-type]
-        1,
-        reactor,
-    )
+    connection = server_connection(ours)
     assert backlog_bytes(connection) == 0
     connection.connectionLost(failure.Failure(ConnectionDone()))  # type: ignore[no-untyped-call]
     with pytest.raises(AttributeError):
@@ -183,14 +177,7 @@ async def test_the_backlog_is_measured_once_per_eighth_of_the_limit(
     it was one per token.  Measured once an eighth of the limit has gone out,
     a client that does not read is still cut off, at most that much late."""
     ours, theirs = socket.socketpair()
-    connection = tcp.Server(
-        ours,
-        protocol.Protocol(),  # type: ignore[arg-type]
-        ("127.0.0.1", 1),
-        None,  # type: ignore[arg-type]
-        1,
-        reactor,
-    )
+    connection = server_connection(ours)
     measured: list[int] = []
     real = connections._kernel_unacked
 

@@ -8,12 +8,13 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from twisted.internet import protocol, reactor, tcp
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.python import failure
 
 from paddler_project import eager_writes
 from paddler_project.connections import backlog_bytes
+from tests.support.twisted_connections import server_connection
 
 
 @pytest.fixture
@@ -22,14 +23,7 @@ def connection() -> Iterator[tuple[tcp.Server, socket.socket]]:
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     theirs.setblocking(False)
-    server = tcp.Server(
-        ours,
-        protocol.Protocol(),  # type: ignore[arg-type]
-        ("127.0.0.1", 1),
-        None,  # type: ignore[arg-type]
-        1,
-        reactor,
-    )
+    server = server_connection(ours)
     yield server, theirs
     # Out of the reactor's watch lists before its socket closes.
     server.connectionLost(failure.Failure(ConnectionDone()))  # type: ignore[no-untyped-call]

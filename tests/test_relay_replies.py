@@ -6,6 +6,7 @@ whose connection died before the reply, still stops its requests."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -70,6 +71,17 @@ def replies_owed(worker: AgentWorker) -> int:
     return worker._pushes.owed + (worker._unsettled is not None)
 
 
+@contextlib.asynccontextmanager
+async def relay_running(worker: AgentWorker) -> AsyncIterator[None]:
+    """The relay thread, for the block; ended (its replies read) after it."""
+    relay = asyncio.create_task(worker.output_loop())
+    try:
+        yield
+    finally:
+        worker._outputs.put(None)
+        await asyncio.wait_for(relay, 10)
+
+
 async def test_a_push_goes_out_without_waiting_for_the_reply(
     worker: AgentWorker, admin: redis.Redis
 ) -> None:
@@ -120,16 +132,12 @@ async def test_a_refused_push_loses_its_request_when_the_relay_goes_idle(
     # The inbox is no list: Redis answers RPUSH with WRONGTYPE.  No push
     # follows; the relay reads the reply once idle.
     admin.set(INBOX, "not a list")
-    relay = asyncio.create_task(worker.output_loop())
-    try:
+    async with relay_running(worker):
         worker._outputs.put([token("idle", " t0")])
         await asyncio.to_thread(
             wait_until, lambda: "idle" in worker._undelivered, 2, "the loss"
         )
         assert replies_owed(worker) == 0
-    finally:
-        worker._outputs.put(None)
-        await asyncio.wait_for(relay, 10)
 
 
 async def test_a_refused_push_stops_its_running_request_and_it_ends_with_502(
@@ -140,8 +148,7 @@ async def test_a_refused_push_stops_its_running_request_and_it_ends_with_502(
     )
     engine = worker.engine
     assert engine is not None
-    relay = asyncio.create_task(worker.output_loop())
-    try:
+    async with relay_running(worker):
         engine.submit(
             Generation(request_id="endless", max_tokens=10**9, destination=INBOX)
         )
@@ -166,9 +173,6 @@ async def test_a_refused_push_stops_its_running_request_and_it_ends_with_502(
             "code": 502,
             "description": "Output was lost while Redis was unreachable",
         }
-    finally:
-        worker._outputs.put(None)
-        await asyncio.wait_for(relay, 10)
 
 
 async def test_a_connection_killed_before_the_reply_loses_that_push_and_reconnects(
