@@ -31,11 +31,13 @@ from balancer.contract import (
     content_token_item,
     content_token_text,
     done_item,
+    error_item,
 )
 from balancer.dispatch import Dispatcher
 from balancer.events import OutputBatch, compact_item, expand_item
 from balancer.stream import Stream
 from inference.envelopes import paddler_envelope, socket_message
+from inference.openai.output import TextPiece, answer_text, read_generation_item
 from inference.openai.responses import Reply, TextEvents, sse
 from tests.support.constants import GREEDY_PARAMETERS
 from tests.support.fleet import running_platform
@@ -425,6 +427,26 @@ def test_pre_encoded_sse_text_events_are_the_chunks_bytes(
             else reply.completion_chunk(text, with_usage=with_usage)
         )
         assert events.event(text) == sse(chunk)
+
+
+def test_answer_text_reads_a_piece_of_the_answer_as_the_full_reading_does() -> None:
+    """The SSE stream reads a plain piece of the answer without
+    ``read_generation_item``; every other item still goes through it."""
+    for text in AWKWARD:
+        item = content_token_item("r", text, slot=0)
+        assert answer_text(item) == text
+        assert read_generation_item(item) == TextPiece(text)
+    piece = content_token_item("r", "x")
+    others: list[Any] = [
+        {**piece, "response": {"GeneratedToken": {"ReasoningToken": "thought"}}},
+        {**piece, "response": {"GeneratedToken": {"ToolCallToken": "{"}}},
+        {**piece, "response": {"GeneratedToken": {"ContentToken": 7}}},
+        done_item("r", {"prompt_tokens": 1}, slot=0),
+        error_item("r", 502, "lost"),
+    ]
+    for item in others:
+        # The full reading takes them (a number as text, leniently).
+        assert answer_text(item) is None
 
 
 def test_pre_encoded_socket_messages_are_the_envelopes_json() -> None:

@@ -41,6 +41,7 @@ from inference.openai.output import (
     ToolCalls,
     ToolCallsFailed,
     ToolCallText,
+    answer_text,
     generation_failed_error,
     read_generation_item,
     tool_call_deltas,
@@ -205,9 +206,15 @@ async def _events(
                 )
             )
         async for batch in stream.batches():
-            written = b"".join(line for item in batch for line in events(item))
-            if written:
-                yield written
+            lines: list[bytes] = []
+            for item in batch:
+                text = answer_text(item)
+                if text:
+                    lines.append(text_events.event(text))  # one a token
+                else:
+                    lines += events(item)
+            if lines:
+                yield b"".join(lines)
         yield SSE_DONE
     finally:
         await stream.close()
