@@ -37,7 +37,7 @@ from balancer.dispatch import Dispatcher
 from balancer.events import OutputBatch, compact_item, expand_item
 from balancer.stream import Stream
 from inference.envelopes import paddler_envelope, socket_message
-from inference.openai.output import TextPiece, answer_text, read_generation_item
+from inference.openai.output import TextPiece, read_generation_item
 from inference.openai.responses import Reply, TextEvents, sse
 from tests.support.constants import GREEDY_PARAMETERS
 from tests.support.fleet import running_platform
@@ -429,12 +429,13 @@ def test_pre_encoded_sse_text_events_are_the_chunks_bytes(
         assert events.event(text) == sse(chunk)
 
 
-def test_answer_text_reads_a_piece_of_the_answer_as_the_full_reading_does() -> None:
-    """The SSE stream reads a plain piece of the answer without
-    ``read_generation_item``; every other item still goes through it."""
+def test_a_piece_of_the_answer_reads_as_the_full_reading_does() -> None:
+    """The SSE stream reads a plain piece of the answer with
+    ``content_token_text``, without ``read_generation_item``; every other
+    item still goes through it."""
     for text in AWKWARD:
         item = content_token_item("r", text, slot=0)
-        assert answer_text(item) == text
+        assert content_token_text(item) == text
         assert read_generation_item(item) == TextPiece(text)
     piece = content_token_item("r", "x")
     others: list[Any] = [
@@ -446,7 +447,7 @@ def test_answer_text_reads_a_piece_of_the_answer_as_the_full_reading_does() -> N
     ]
     for item in others:
         # The full reading takes them (a number as text, leniently).
-        assert answer_text(item) is None
+        assert content_token_text(item) is None
 
 
 def test_pre_encoded_socket_messages_are_the_envelopes_json() -> None:

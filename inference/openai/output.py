@@ -154,20 +154,6 @@ GenerationEvent = (
 )
 
 
-def answer_text(item: OutputItem) -> str | None:
-    """The text of an item that is a piece of the answer and nothing else,
-    else None: the one kind of item a stream carries per token, read without
-    ``read_generation_item``'s objects (which read it the same way)."""
-    response = item["response"]
-    if item["error"] is None and type(response) is dict and len(response) == 1:
-        generated = response.get("GeneratedToken")
-        if type(generated) is dict and len(generated) == 1:
-            text = generated.get("ContentToken")
-            if type(text) is str:
-                return text
-    return None
-
-
 def read_generation_item(item: OutputItem) -> GenerationEvent:
     """What one output item means to an OpenAI client; None: nothing."""
     output = read_output(item)

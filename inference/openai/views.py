@@ -19,7 +19,12 @@ from django.http import (
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from balancer.contract import GenerationKind, GenerationParams, OutputItem
+from balancer.contract import (
+    GenerationKind,
+    GenerationParams,
+    OutputItem,
+    content_token_text,
+)
 from balancer.dispatch import get_dispatcher
 from balancer.sse import event_stream_response
 from balancer.stream import GenerationRefused, InferenceFailure, Stream
@@ -41,7 +46,6 @@ from inference.openai.output import (
     ToolCalls,
     ToolCallsFailed,
     ToolCallText,
-    answer_text,
     generation_failed_error,
     read_generation_item,
     tool_call_deltas,
@@ -208,7 +212,7 @@ async def _events(
         async for batch in stream.batches():
             lines: list[bytes] = []
             for item in batch:
-                text = answer_text(item)
+                text = content_token_text(item)
                 if text:
                     lines.append(text_events.event(text))  # one a token
                 else:
