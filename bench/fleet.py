@@ -3,7 +3,10 @@
 100 agents of 8 slots (``--agents``), run many to a process
 (``bench/fleet_agents.py``) but each with its own Redis connection, channel
 and heartbeat; 2 and 4 web replicas (daphne); clients posting short requests
-(a few tokens each) for a fixed time, on loopback.  For each replica count:
+(a few tokens each) for a fixed time, on loopback, at each load of
+``--rates``: as fast as answers come (the most the stack places) and at a
+fixed number of requests/s (the latency of that load).  For each replica
+count and load:
 
 - placement latency, p50 and p99: routing and the slot claim, from the
   request's arrival in the web process to its claim (the request log's
@@ -11,7 +14,8 @@ and heartbeat; 2 and 4 web replicas (daphne); clients posting short requests
 - placements/s the web tier sustained (each request is one placement);
 - Redis: CPU (``INFO cpu``), commands/s, and the Lua claim's mean cost
   (``INFO commandstats``), under load and idle (the heartbeats alone);
-- the web processes' CPU (``/proc``).
+- the CPU of the web processes, the agents' processes and the client
+  (``/proc``): they all share the machine's cores.
 
 And, in this process, the routing step alone against fleets of 10 to 1,000
 agents: ``routing.decide`` over every agent's report (what each request paid
@@ -46,7 +50,7 @@ from typing import Any
 import httpx
 import redis
 
-from bench.common import ROOT, goal, percentile, report
+from bench.common import ROOT, goal, percentile, read_chunked, report
 from tests.support.constants import AUTH
 from tests.support.processes import free_port, service_env, stop_process, wait_until
 from tests.support.redis_server import start_redis
@@ -153,44 +157,93 @@ def redis_figures(client: redis.Redis) -> dict[str, float]:
     }
 
 
-def load(urls: list[str], clients: int, seconds: float, result: Any) -> None:
-    """Runs in its own process: short requests from ``clients`` loops."""
+def load(
+    urls: list[str], clients: int, seconds: float, rate: float, result: Any
+) -> None:
+    """Runs in its own process: short requests from ``clients`` loops.
 
-    async def one(http: httpx.AsyncClient, url: str, stop: float) -> tuple[int, int]:
+    Each loop keeps one HTTP/1.1 connection open and posts on it, with a
+    bare client on asyncio streams: httpx spent about 9 ms of CPU per
+    request here, more than the web tier it was loading, on the same two
+    cores.
+
+    With ``rate`` 0, each loop posts again as soon as its answer is in (the
+    most the stack sustains: every queue full).  Otherwise the loops
+    together post ``rate`` requests/s, each at its own evenly spaced times
+    (a loop whose answer comes late posts at once): the latency of a given
+    load, below saturation.
+    """
+
+    async def one(url: str, stop: float, offset: float) -> tuple[int, int]:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
         done = failed = 0
-        while time.monotonic() < stop:
-            response = await http.post(
-                f"{url}/api/v1/continue_from_raw_prompt",
-                json={"raw_prompt": f"x{random.random()}", "max_tokens": 2},
-            )
-            if response.status_code == 200 and "Done" in response.text:
-                done += 1
-            else:
-                failed += 1
+        interval = clients / rate if rate else 0.0
+        due = time.monotonic() + offset * interval
+        try:
+            while time.monotonic() < stop:
+                if interval:
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
+                    due += interval
+                body = json.dumps(
+                    {"raw_prompt": f"x{random.random()}", "max_tokens": 2}
+                ).encode()
+                writer.write(
+                    b"POST /api/v1/continue_from_raw_prompt HTTP/1.1\r\n"
+                    b"Host: %s:%s\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s"
+                    % (host.encode(), port.encode(), len(body), body)
+                )
+                head = await reader.readuntil(b"\r\n\r\n")
+                if b"chunked" in head.lower():
+                    answer = await read_chunked(reader)
+                else:
+                    length = int(
+                        head.lower().split(b"content-length:")[1].split(b"\r\n")[0]
+                    )
+                    answer = await reader.readexactly(length)
+                if head.startswith(b"HTTP/1.1 200") and b'"Done"' in answer:
+                    done += 1
+                else:
+                    failed += 1
+        finally:
+            writer.close()
         return done, failed
 
     async def main() -> tuple[int, int, float]:
-        limits = httpx.Limits(max_connections=clients * 2)
-        async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-            started = time.monotonic()
-            stop = started + seconds
-            counts = await asyncio.gather(
-                *(one(http, urls[i % len(urls)], stop) for i in range(clients))
-            )
-            return (
-                sum(c[0] for c in counts),
-                sum(c[1] for c in counts),
-                time.monotonic() - started,
-            )
+        started = time.monotonic()
+        stop = started + seconds
+        counts = await asyncio.gather(
+            *(one(urls[i % len(urls)], stop, i / clients) for i in range(clients))
+        )
+        return (
+            sum(c[0] for c in counts),
+            sum(c[1] for c in counts),
+            time.monotonic() - started,
+        )
 
+    cpu = time.process_time()
     done, failed, elapsed = asyncio.run(main())
-    result.update(done=done, failed=failed, seconds=elapsed)
+    result.update(
+        done=done,
+        failed=failed,
+        seconds=elapsed,
+        client_cpu=(time.process_time() - cpu) / elapsed,
+    )
 
 
 def measure(
-    webs: list[Web], client: redis.Redis, clients: int, seconds: float, idle_s: float
+    webs: list[Web],
+    client: redis.Redis,
+    clients: int,
+    seconds: float,
+    idle_s: float,
+    *,
+    agents: list[subprocess.Popen[bytes]],
+    rate: float = 0.0,
 ) -> dict[str, Any]:
     pids = [web.process.pid for web in webs]
+    agent_pids = [process.pid for process in agents]
     # Idle: heartbeats only.
     before_idle = redis_figures(client)
     web_before_idle = sum(cpu_seconds(pid) for pid in pids)
@@ -203,13 +256,15 @@ def measure(
     started_wall = time.time()
     before = redis_figures(client)
     web_before = sum(cpu_seconds(pid) for pid in pids)
+    agents_before = sum(cpu_seconds(pid) for pid in agent_pids)
     process = multiprocessing.Process(
-        target=load, args=([w.url for w in webs], clients, seconds, result)
+        target=load, args=([w.url for w in webs], clients, seconds, rate, result)
     )
     process.start()
     process.join()
     after = redis_figures(client)
     web_after = sum(cpu_seconds(pid) for pid in pids)
+    agents_after = sum(cpu_seconds(pid) for pid in agent_pids)
     elapsed = float(result["seconds"])
     records = [json.loads(raw) for raw in client.lrange("paddler:requests", 0, -1)]
     window = [r for r in records if r["finished_at"] >= started_wall]
@@ -217,6 +272,7 @@ def measure(
     calls = after["eval_calls"] - before["eval_calls"]
     return {
         "replicas": len(webs),
+        "rate": rate,
         "requests": int(result["done"]),
         "failed": int(result["failed"]),
         "placements_per_s": result["done"] / elapsed,
@@ -227,6 +283,11 @@ def measure(
         "redis_ops_per_s": (after["commands"] - before["commands"]) / elapsed,
         "claim_us": (after["eval_usec"] - before["eval_usec"]) / calls if calls else 0,
         "web_cpu": (web_after - web_before) / elapsed,
+        "web_cpu_ms_per_placement": (web_after - web_before) * 1000 / result["done"]
+        if result["done"]
+        else 0.0,
+        "agents_cpu": (agents_after - agents_before) / elapsed,
+        "client_cpu": float(result["client_cpu"]),
         "idle_redis_cpu": (after_idle["cpu"] - before_idle["cpu"]) / idle_s,
         "idle_redis_ops_per_s": (after_idle["commands"] - before_idle["commands"])
         / idle_s,
@@ -275,15 +336,24 @@ def run_fleet(args: argparse.Namespace, agents: int) -> list[dict[str, Any]]:
                 webs = start_webs(args.root, tmp, server.url, template, replicas)
                 try:
                     # Warm-up: every replica's dispatcher starts and settles.
-                    measure(webs, client, args.clients, 2.0, 0.5)
-                    client.delete("paddler:requests")
-                    row = {
-                        "label": args.label,
-                        "agents": agents,
-                        **measure(webs, client, args.clients, args.seconds, args.idle),
-                    }
-                    print(row, flush=True)
-                    rows.append(row)
+                    measure(webs, client, args.clients, 2.0, 0.5, agents=fleet)
+                    for rate in (float(r) for r in args.rates.split(",")):
+                        client.delete("paddler:requests")
+                        row = {
+                            "label": args.label,
+                            "agents": agents,
+                            **measure(
+                                webs,
+                                client,
+                                args.clients,
+                                args.seconds,
+                                args.idle,
+                                agents=fleet,
+                                rate=rate,
+                            ),
+                        }
+                        print(row, flush=True)
+                        rows.append(row)
                 finally:
                     for web in webs:
                         stop_process(web.process)
@@ -293,6 +363,11 @@ def run_fleet(args: argparse.Namespace, agents: int) -> list[dict[str, Any]]:
             client.close()
             stop_process(server.process)
     return rows
+
+
+def _figure(row: dict[str, Any], key: str, form: str) -> str:
+    """A column that rows of an earlier harness (``--compare``) lack."""
+    return form.format(row[key]) if key in row else "-"
 
 
 def chain(length: int) -> list[str]:
@@ -384,6 +459,12 @@ def main() -> None:
     parser.add_argument("--per-process", type=int, default=25)
     parser.add_argument("--replicas", default="2,4")
     parser.add_argument("--clients", type=int, default=48)
+    parser.add_argument(
+        "--rates",
+        default="0,100",
+        help="requests/s the clients post, comma-separated; 0: as fast as "
+        "their answers come (saturation)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--routing-sizes", default="10,100,1000")
@@ -408,7 +489,8 @@ def main() -> None:
         f"{args.clients} clients post short requests (2 tokens, synthetic "
         f"agents) for {args.seconds:.0f} s, on loopback; agents run "
         f"{args.per_process} to a process, each with its own Redis connection "
-        "and heartbeat.  Client, web processes, Redis and agents share the "
+        "and heartbeat.  Client (a bare HTTP/1.1 client, one kept-alive "
+        "connection per loop), web processes, Redis and agents share the "
         "machine's cores.",
         "Placement: from the request's arrival in the web process to its slot "
         "claim (routing and the Lua claim; the request log's queue_wait_ms).  "
@@ -424,7 +506,9 @@ def main() -> None:
             for r in routing
         ),
     ]
-    at_100 = [r for r in rows if r["agents"] == 100]
+    # Latency is judged at a given load below saturation; at saturation
+    # (rate 0) every queue is full by construction.
+    at_100 = [r for r in rows if r["agents"] == 100 and r.get("rate")]
     goals = []
     if at_100:
         worst = max(r["placement_p99_ms"] for r in at_100)
@@ -434,7 +518,8 @@ def main() -> None:
                 f"({args.label})",
                 worst < PLACEMENT_P99_GOAL_MS,
                 ", ".join(
-                    f"{r['placement_p99_ms']:.1f} ms with {r['replicas']} replicas"
+                    f"{r['placement_p99_ms']:.1f} ms with {r['replicas']} replicas "
+                    f"at {r['rate']:.0f} requests/s"
                     for r in at_100
                 ),
             )
@@ -460,6 +545,7 @@ def main() -> None:
             "code",
             "agents",
             "web replicas",
+            "load (requests/s)",
             "placements/s",
             "placement p50 (ms)",
             "placement p99 (ms)",
@@ -467,6 +553,9 @@ def main() -> None:
             "Redis cmds/s",
             "claim in Redis (us)",
             "web CPU",
+            "web CPU per placement (ms)",
+            "agents CPU",
+            "client CPU",
             "idle Redis CPU",
             "idle Redis cmds/s",
             "idle web CPU",
@@ -476,6 +565,7 @@ def main() -> None:
                 r["label"],
                 r["agents"],
                 r["replicas"],
+                f"{r['rate']:.0f}" if r.get("rate") else "as fast as answered",
                 f"{r['placements_per_s']:.0f}",
                 f"{r['placement_p50_ms']:.1f}",
                 f"{r['placement_p99_ms']:.1f}",
@@ -483,6 +573,9 @@ def main() -> None:
                 f"{r['redis_ops_per_s']:.0f}",
                 f"{r['claim_us']:.0f}",
                 f"{r['web_cpu']:.2f}",
+                _figure(r, "web_cpu_ms_per_placement", "{:.1f}"),
+                _figure(r, "agents_cpu", "{:.2f}"),
+                _figure(r, "client_cpu", "{:.2f}"),
                 f"{r['idle_redis_cpu']:.3f}",
                 f"{r['idle_redis_ops_per_s']:.0f}",
                 f"{r['idle_web_cpu']:.3f}",

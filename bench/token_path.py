@@ -50,7 +50,7 @@ import httpx
 import redis
 from websockets.asyncio.client import connect
 
-from bench.common import MODEL, ROOT, goal, median, percentile, report
+from bench.common import MODEL, ROOT, goal, median, percentile, read_chunked, report
 from bench.overhead import (
     Direct,
     Timing,
@@ -484,11 +484,7 @@ def drive(url: str, streams: int, tokens: int, result: Any) -> None:
         writer.write(head + request)
         try:
             await reader.readuntil(b"\r\n\r\n")  # the status line, headers
-            body = bytearray()
-            # Chunked: a marker may straddle two chunks, so join them first.
-            while size := int((await reader.readuntil(b"\r\n"))[:-2], 16):
-                body += await reader.readexactly(size + 2)
-                del body[-2:]
+            body = await read_chunked(reader)
         finally:
             writer.close()
         return body.count(b"ContentToken")
