@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 from channels.exceptions import ChannelFull
-from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import RedisError
 
@@ -40,6 +39,7 @@ from balancer import (
     request_log,
     services,
 )
+from balancer.agent_channel import send_to_agent
 from balancer.background import CLAIM_LEASE_MS
 from balancer.contract import (
     EmbeddingDocument,
@@ -419,10 +419,8 @@ class Dispatcher:
             "kind": stream.kind,
             "params": stream.params,
         }
-        layer = get_channel_layer()
-        assert layer is not None
         try:
-            await layer.send(agent.channel, dict(event))
+            await send_to_agent(agent.channel, dict(event))
         except ChannelFull:
             await self.finish(stream)
             raise InferenceFailure(
@@ -674,8 +672,6 @@ class Dispatcher:
             "type": "inference.cancel",
             "request_id": stream.request_id,
         }
-        layer = get_channel_layer()
-        assert layer is not None
         agent = self.view.index.get(stream.agent_id) if self.view.fresh() else None
         if agent is None:
             agents = {a.id: a for a in await self.agents()}
@@ -684,7 +680,7 @@ class Dispatcher:
             # If this message is lost, the agent generates up to max_tokens for
             # nobody; its slot comes back then, and the claim is already free.
             try:
-                await layer.send(agent.channel, dict(cancel))
+                await send_to_agent(agent.channel, dict(cancel))
             except ChannelFull:
                 logger.warning(
                     "request %s: agent %s reads no requests; could not cancel",
