@@ -13,6 +13,7 @@ import os
 import platform
 import statistics
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -77,16 +78,7 @@ def report(
     figures (``data``), so that ``bench.report`` can build the results page
     from the JSON files alone.
     """
-    RESULTS.mkdir(parents=True, exist_ok=True)
     goals = goals or []
-    markdown = (
-        f"## {title}\n\n{context_line()}\n\n"
-        + table(columns, rows)
-        + "\n"
-        + "".join(f"- {line}\n" for line in [*map(goal_line, goals), *notes])
-    )
-    print(markdown)
-    (RESULTS / f"{name}.md").write_text(markdown)
     document = {
         "name": name,
         "title": title,
@@ -98,8 +90,21 @@ def report(
         "rows": [[str(cell) for cell in row] for row in rows],
         "notes": notes,
         "goals": goals,
-        **data,
     }
+    # A figure under one of the document's own keys would replace it: raw
+    # medians under "rows" once replaced the dispatch table's cells.
+    if clash := sorted(document.keys() & data.keys()):
+        raise ValueError(f"data would replace the document's {', '.join(clash)}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    markdown = (
+        f"## {title}\n\n{context_line()}\n\n"
+        + table(columns, rows)
+        + "\n"
+        + "".join(f"- {line}\n" for line in [*map(goal_line, goals), *notes])
+    )
+    print(markdown)
+    (RESULTS / f"{name}.md").write_text(markdown)
+    document.update(data)
     (RESULTS / f"{name}.json").write_text(json.dumps(document, indent=2) + "\n")
 
 
@@ -115,6 +120,11 @@ def context_line() -> str:
 
 
 def table(columns: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table: one cell per column in each row, in their order."""
+    for row in rows:
+        # A dict would give its keys as the cells.
+        if isinstance(row, Mapping) or len(row) != len(columns):
+            raise ValueError(f"not a row of {len(columns)} cells: {row!r}")
     header = f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}\n"
     return header + "".join(
         f"| {' | '.join(str(cell) for cell in row)} |\n" for row in rows
