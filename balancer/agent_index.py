@@ -230,6 +230,10 @@ class AgentIndex:
             self.remove(agent_id)
         return stale
 
+    def oldest_heard_at(self) -> float | None:
+        """When the agent heard from longest ago was last heard from."""
+        return min((e.heard_at for e in self._entries.values()), default=None)
+
     def claimed(self, agent_id: str, delta: int) -> None:
         """This process took (+1) or gave back (-1) a slot on ``agent_id``."""
         count = max(0, self._own.get(agent_id, 0) + delta)

@@ -28,8 +28,10 @@ logger = logging.getLogger(__name__)
 
 # The most batches one read of the inbox takes.
 INBOX_READ_COUNT = 256
-# A read of the inbox blocks for at most a second in Redis; one that has not
-# come back long after that is a lost connection.
+# How long a read of the inbox blocks in Redis when nothing comes: an idle
+# process wakes this often for it (every second, before).
+INBOX_BLOCK_S = 10
+# A read that has not come back long after that is a lost connection.
 INBOX_READ_TIMEOUT_S = 30.0
 # A claim outlives a silent web replica by at most this long.
 CLAIM_LEASE_MS = 15_000
@@ -68,7 +70,13 @@ async def read_inbox(dispatcher: Dispatcher) -> None:
                 # it reads them in fewer commands, not one command a batch.
                 # The same command every time: packed once.
                 read = connection.pack_command(
-                    "BLMPOP", 1, 1, dispatcher.inbox, "LEFT", "COUNT", INBOX_READ_COUNT
+                    "BLMPOP",
+                    INBOX_BLOCK_S,
+                    1,
+                    dispatcher.inbox,
+                    "LEFT",
+                    "COUNT",
+                    INBOX_READ_COUNT,
                 )
             await connection.send_packed_command(read, check_health=False)
             popped = await connection.read_response(timeout=INBOX_READ_TIMEOUT_S)
@@ -137,6 +145,10 @@ async def reap(dispatcher: Dispatcher) -> None:
     reader that comes back finds an error at the end of its stream.
     """
     while True:
+        if not dispatcher.streams:
+            # Nothing to reap until a stream is placed: no wake-up a second.
+            dispatcher.stream_placed.clear()
+            await dispatcher.stream_placed.wait()
         await asyncio.sleep(1.0)
         now = time.monotonic()
         for stream in list(dispatcher.streams.values()):

@@ -190,6 +190,9 @@ class Dispatcher:
             on_redis_replaced=self._redis_replaced,
         )
         self.streams: dict[str, Stream] = {}
+        # Set when a stream is placed: the reaper waits on it while there is
+        # none (``background.reap``).
+        self.stream_placed = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._cleanups: set[asyncio.Future[None]] = set()
@@ -412,6 +415,7 @@ class Dispatcher:
         # ABANDONED_S would be cancelled before its reader could start.
         stream.last_read_at = stream.claimed_at
         self.streams[stream.request_id] = stream
+        self.stream_placed.set()
         event: InferenceRequestEvent = {
             "type": "inference.request",
             "request_id": stream.request_id,

@@ -24,9 +24,16 @@ lock after each.
 ``work``: the agent's per-token work between decode steps (``token_work``),
 per checkout.
 
+``idle``: one synthetic agent of 8 slots behind one daphne per checkout, both
+stacks up at once: the CPU each process spends per second with nothing to do
+(its timers and the fleet's heartbeats), then per token of one stream paced
+like the demo model on this machine (``--step-ms``, 25 by default), where
+that idle work is spread over few tokens.
+
     .venv/bin/python -m bench.token_path model --base ../tokpath-base
     .venv/bin/python -m bench.token_path synthetic --base ../tokpath-base
     .venv/bin/python -m bench.token_path work --base ../tokpath-base
+    .venv/bin/python -m bench.token_path idle --base ../tokpath-base
 """
 
 from __future__ import annotations
@@ -759,9 +766,112 @@ def run_work(args: argparse.Namespace) -> None:
     )
 
 
+# ------------------------------------------------ idle: CPU with nothing to do
+IDLE_PARTS = ("web", "agent_relay", "agent_engine", "redis")
+
+
+def idle_block(stacks: list[Stack], seconds: float) -> dict[str, dict[str, float]]:
+    """Each stack's CPU per second, by part, over the same ``seconds``."""
+    before = [stack.cpu() for stack in stacks]
+    time.sleep(seconds)
+    after = [stack.cpu() for stack in stacks]
+    return {
+        stack.label: {
+            part: (end[part] - start[part]) * 1e6 / seconds for part in IDLE_PARTS
+        }
+        for stack, start, end in zip(stacks, before, after, strict=True)
+    }
+
+
+def run_idle(args: argparse.Namespace) -> None:
+    state = {"model": "None", "inference_parameters": dict(GREEDY_PARAMETERS)}
+    step_ms = args.step_ms or 25.0
+    tokens = max(int(10_000 / step_ms), 100)  # about 10 s of one stream
+    idle: dict[str, list[dict[str, float]]] = {}
+    paced: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        stacks: list[Stack] = []
+        try:
+            for label, root in checkouts(Path(args.base)):
+                stacks.append(
+                    start_stack(
+                        label,
+                        root,
+                        Path(tmp),
+                        state,
+                        slots=8,
+                        agent_args=("--backend", "synthetic"),
+                        agent_env={"PADDLER_SYNTHETIC_STEP_MS": str(step_ms)},
+                    )
+                )
+            for stack in stacks:  # every background task started
+                synthetic_block(stack, 1, 16)
+            for number in range(args.rounds):
+                time.sleep(2)  # past the warm-up's own tail
+                for label, figures in idle_block(stacks, args.idle_s).items():
+                    idle.setdefault(label, []).append(figures)
+                    print(
+                        f"round {number + 1} {label} idle us/s: "
+                        + " ".join(f"{p} {figures[p]:.0f}" for p in IDLE_PARTS),
+                        flush=True,
+                    )
+                order = stacks if number % 2 == 0 else stacks[::-1]
+                for stack in order:
+                    entry = synthetic_block(stack, 1, tokens)
+                    paced.setdefault(stack.label, []).append(entry)
+                    print(
+                        f"round {number + 1} {stack.label} one stream us/token: "
+                        + " ".join(
+                            f"{p} {entry['cpu_us_per_token'][p]:.0f}" for p in PARTS
+                        ),
+                        flush=True,
+                    )
+        finally:
+            for stack in stacks:
+                stack.stop()
+
+    def idle_median(label: str, part: str) -> float:
+        return median([figures[part] for figures in idle[label]])
+
+    def paced_median(label: str, part: str) -> float:
+        return median([e["cpu_us_per_token"][part] for e in paced[label]])
+
+    rows = [
+        [
+            "base" if label == "base" else "this checkout",
+            *[f"{idle_median(label, part):,.0f}" for part in IDLE_PARTS],
+            f"{sum(idle_median(label, part) for part in OURS):,.0f}",
+            f"{sum(paced_median(label, part) for part in OURS):,.0f}",
+        ]
+        for label in ("base", "this")
+    ]
+    report(
+        "token_path_idle",
+        title="CPU with nothing to do, and per token of one paced stream",
+        columns=[
+            "code",
+            *[f"{p.replace('_', ' ')} idle (us/s)" for p in IDLE_PARTS],
+            "ours idle (us/s)",
+            f"ours per token, 1 stream at {step_ms:g} ms/step (us)",
+        ],
+        rows=rows,
+        notes=[
+            "One synthetic agent of 8 slots behind one daphne and one Redis per "
+            "checkout, both stacks up at once. Idle: each process's CPU time "
+            f"(schedstat) over {args.idle_s:g} s with no request, per second. "
+            f"Per token: one stream of {tokens} tokens, the synthetic engine "
+            f"pacing its steps at {step_ms:g} ms (about the demo model's decode "
+            "here); 'ours' is web + agent relay (event loop and relay thread) + "
+            f"Redis. Medians of {args.rounds} rounds; the streams alternate "
+            "their order between rounds.",
+        ],
+        data={"args": vars(args), "idle": idle, "paced": paced},
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("part", choices=("model", "synthetic", "work"))
+    parser.add_argument("part", choices=("model", "synthetic", "work", "idle"))
     parser.add_argument("--base", required=True, help="a checkout of the baseline")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=3, help="model: per block")
@@ -770,9 +880,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="model")
     parser.add_argument("--slots", default="64,128,256", help="synthetic")
     parser.add_argument(
-        "--step-ms", type=float, default=0.0, help="synthetic: paced steps too"
+        "--step-ms",
+        type=float,
+        default=0.0,
+        help="synthetic: paced steps too; idle: the paced stream's (25)",
     )
     parser.add_argument("--work-slots", type=int, default=64, help="work")
+    parser.add_argument("--idle-s", type=float, default=10.0, help="idle")
     args = parser.parse_args()
     # A benchmark stopped with SIGTERM stops the stacks it started too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -782,6 +896,8 @@ def main() -> None:
     elif args.part == "synthetic":
         args.tokens = args.tokens or "128,512"
         run_synthetic(args)
+    elif args.part == "idle":
+        run_idle(args)
     else:
         run_work(args)
 
