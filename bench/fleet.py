@@ -21,6 +21,12 @@ And, in this process, the routing step alone against fleets of 10 to 1,000
 agents: ``routing.decide`` over every agent's report (what each request paid
 before the registry view) against ``agent_index.AgentIndex.decide``.
 
+``--web-cpus 0`` gives the web processes CPU 0 to themselves and runs the
+rest (Redis, the agents' processes, the client) on the other CPUs: in a
+deployment the fleet runs on its own hosts, and the web tier's placement
+latency should not wait for a simulated agent's time slice.  Without it all
+share every core.
+
 ``--root`` runs the fleet from another checkout of the code (the same
 harness), so that one invocation compares two versions side by side:
 
@@ -65,6 +71,25 @@ class Web:
     process: subprocess.Popen[bytes]
 
 
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Keeps process ``pid``, its threads and those it starts on ``cpus``."""
+    if not cpus:
+        return
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+def split_cpus(web_cpus: str) -> tuple[set[int] | None, set[int] | None]:
+    """The web processes' CPUs and everyone else's, from ``--web-cpus``."""
+    if not web_cpus:
+        return None, None
+    web = {int(cpu) for cpu in web_cpus.split(",")}
+    rest = os.sched_getaffinity(0) - web
+    if not rest:
+        raise SystemExit(f"--web-cpus {web_cpus} leaves no CPU for the rest")
+    return web, rest
+
+
 def cpu_seconds(pid: int) -> float:
     """User and system CPU a process has used (``/proc/<pid>/stat``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -81,7 +106,13 @@ def migrated_database(root: Path, tmp: Path, redis_url: str) -> Path:
 
 
 def start_webs(
-    root: Path, tmp: Path, redis_url: str, template: Path, count: int
+    root: Path,
+    tmp: Path,
+    redis_url: str,
+    template: Path,
+    count: int,
+    *,
+    cpus: set[int] | None = None,
 ) -> list[Web]:
     webs = []
     for _ in range(count):
@@ -105,6 +136,7 @@ def start_webs(
             stdout=(tmp / f"web-{port}.log").open("wb"),
             stderr=subprocess.STDOUT,
         )
+        pin(process.pid, cpus)
         webs.append(Web(f"http://127.0.0.1:{port}", process))
     for web in webs:
         wait_until(
@@ -116,7 +148,14 @@ def start_webs(
 
 
 def start_agents(
-    root: Path, tmp: Path, redis_url: str, *, agents: int, slots: int, per_process: int
+    root: Path,
+    tmp: Path,
+    redis_url: str,
+    *,
+    agents: int,
+    slots: int,
+    per_process: int,
+    cpus: set[int] | None = None,
 ) -> list[subprocess.Popen[bytes]]:
     processes = []
     for first in range(0, agents, per_process):
@@ -135,6 +174,7 @@ def start_agents(
                 stderr=subprocess.STDOUT,
             )
         )
+        pin(processes[-1].pid, cpus)
     return processes
 
 
@@ -241,6 +281,7 @@ def measure(
     *,
     agents: list[subprocess.Popen[bytes]],
     rate: float = 0.0,
+    client_cpus: set[int] | None = None,
 ) -> dict[str, Any]:
     pids = [web.process.pid for web in webs]
     agent_pids = [process.pid for process in agents]
@@ -261,6 +302,8 @@ def measure(
         target=load, args=([w.url for w in webs], clients, seconds, rate, result)
     )
     process.start()
+    assert process.pid is not None
+    pin(process.pid, client_cpus)
     process.join()
     after = redis_figures(client)
     web_after = sum(cpu_seconds(pid) for pid in pids)
@@ -301,9 +344,11 @@ def measure(
 
 def run_fleet(args: argparse.Namespace, agents: int) -> list[dict[str, Any]]:
     rows = []
+    web_cpus, rest_cpus = split_cpus(args.web_cpus)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         server = start_redis()
+        pin(server.process.pid, rest_cpus)
         client = redis.Redis(port=server.port)
         fleet: list[subprocess.Popen[bytes]] = []
         try:
@@ -325,6 +370,7 @@ def run_fleet(args: argparse.Namespace, agents: int) -> list[dict[str, Any]]:
                 agents=agents,
                 slots=args.slots,
                 per_process=args.per_process,
+                cpus=rest_cpus,
             )
             started = time.monotonic()
             wait_until(lambda: ready_agents(client) >= agents, 300, "agents")
@@ -333,10 +379,20 @@ def run_fleet(args: argparse.Namespace, agents: int) -> list[dict[str, Any]]:
                 flush=True,
             )
             for replicas in (int(r) for r in args.replicas.split(",")):
-                webs = start_webs(args.root, tmp, server.url, template, replicas)
+                webs = start_webs(
+                    args.root, tmp, server.url, template, replicas, cpus=web_cpus
+                )
                 try:
                     # Warm-up: every replica's dispatcher starts and settles.
-                    measure(webs, client, args.clients, 2.0, 0.5, agents=fleet)
+                    measure(
+                        webs,
+                        client,
+                        args.clients,
+                        2.0,
+                        0.5,
+                        agents=fleet,
+                        client_cpus=rest_cpus,
+                    )
                     for rate in (float(r) for r in args.rates.split(",")):
                         client.delete("paddler:requests")
                         row = {
@@ -350,7 +406,9 @@ def run_fleet(args: argparse.Namespace, agents: int) -> list[dict[str, Any]]:
                                 args.idle,
                                 agents=fleet,
                                 rate=rate,
+                                client_cpus=rest_cpus,
                             ),
+                            "web_cpus": args.web_cpus,
                         }
                         print(row, flush=True)
                         rows.append(row)
@@ -465,6 +523,12 @@ def main() -> None:
         help="requests/s the clients post, comma-separated; 0: as fast as "
         "their answers come (saturation)",
     )
+    parser.add_argument(
+        "--web-cpus",
+        default="",
+        help="CPUs the web processes get to themselves (comma-separated); "
+        "Redis, the agents and the client run on the others",
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--routing-sizes", default="10,100,1000")
@@ -490,8 +554,13 @@ def main() -> None:
         f"agents) for {args.seconds:.0f} s, on loopback; agents run "
         f"{args.per_process} to a process, each with its own Redis connection "
         "and heartbeat.  Client (a bare HTTP/1.1 client, one kept-alive "
-        "connection per loop), web processes, Redis and agents share the "
-        "machine's cores.",
+        "connection per loop), web processes, Redis and agents "
+        + (
+            f"share the machine's cores, but for CPU {args.web_cpus}, the web "
+            "processes' own."
+            if args.web_cpus
+            else "share the machine's cores."
+        ),
         "Placement: from the request's arrival in the web process to its slot "
         "claim (routing and the Lua claim; the request log's queue_wait_ms).  "
         "Idle: the heartbeats alone (no requests) over "
