@@ -155,7 +155,6 @@ def start_agents(
     agents: int,
     slots: int,
     per_process: int,
-    cpus: set[int] | None = None,
 ) -> list[subprocess.Popen[bytes]]:
     processes = []
     for first in range(0, agents, per_process):
@@ -174,7 +173,6 @@ def start_agents(
                 stderr=subprocess.STDOUT,
             )
         )
-        pin(processes[-1].pid, cpus)
     return processes
 
 
@@ -281,7 +279,6 @@ def measure(
     *,
     agents: list[subprocess.Popen[bytes]],
     rate: float = 0.0,
-    client_cpus: set[int] | None = None,
 ) -> dict[str, Any]:
     pids = [web.process.pid for web in webs]
     agent_pids = [process.pid for process in agents]
@@ -302,8 +299,6 @@ def measure(
         target=load, args=([w.url for w in webs], clients, seconds, rate, result)
     )
     process.start()
-    assert process.pid is not None
-    pin(process.pid, client_cpus)
     process.join()
     after = redis_figures(client)
     web_after = sum(cpu_seconds(pid) for pid in pids)
@@ -345,10 +340,12 @@ def measure(
 def run_fleet(args: argparse.Namespace, agents: int) -> list[dict[str, Any]]:
     rows = []
     web_cpus, rest_cpus = split_cpus(args.web_cpus)
+    # This process and all it starts (Redis, the agents, the client) run on
+    # the rest; the web processes are moved to theirs as they start.
+    pin(os.getpid(), rest_cpus)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         server = start_redis()
-        pin(server.process.pid, rest_cpus)
         client = redis.Redis(port=server.port)
         fleet: list[subprocess.Popen[bytes]] = []
         try:
@@ -370,7 +367,6 @@ def run_fleet(args: argparse.Namespace, agents: int) -> list[dict[str, Any]]:
                 agents=agents,
                 slots=args.slots,
                 per_process=args.per_process,
-                cpus=rest_cpus,
             )
             started = time.monotonic()
             wait_until(lambda: ready_agents(client) >= agents, 300, "agents")
@@ -384,15 +380,7 @@ def run_fleet(args: argparse.Namespace, agents: int) -> list[dict[str, Any]]:
                 )
                 try:
                     # Warm-up: every replica's dispatcher starts and settles.
-                    measure(
-                        webs,
-                        client,
-                        args.clients,
-                        2.0,
-                        0.5,
-                        agents=fleet,
-                        client_cpus=rest_cpus,
-                    )
+                    measure(webs, client, args.clients, 2.0, 0.5, agents=fleet)
                     for rate in (float(r) for r in args.rates.split(",")):
                         client.delete("paddler:requests")
                         row = {
@@ -406,7 +394,6 @@ def run_fleet(args: argparse.Namespace, agents: int) -> list[dict[str, Any]]:
                                 args.idle,
                                 agents=fleet,
                                 rate=rate,
-                                client_cpus=rest_cpus,
                             ),
                             "web_cpus": args.web_cpus,
                         }
