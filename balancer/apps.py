@@ -8,5 +8,10 @@ class BalancerConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from balancer import redis_writes
+
         # The schema's description of our authentication classes.
         from balancer.api import schema  # noqa: F401
+
+        # Every Redis command of every process: no task per write.
+        redis_writes.install()

@@ -27,6 +27,13 @@ deployment the fleet runs on its own hosts, and the web tier's placement
 latency should not wait for a simulated agent's time slice.  Without it all
 share every core.
 
+``--agents-nice 19`` models the same on one machine differently: the
+agents' processes run at that nice value, so they take the CPU the web
+processes and Redis leave (their heartbeats and notifications still reach
+Redis and every web process, as in a deployment).  With 2 web replicas on a
+2-core machine, ``--web-cpus 0`` crowds both replicas onto one core; this
+keeps both cores for them.
+
 ``--root`` runs the fleet from another checkout of the code (the same
 harness), so that one invocation compares two versions side by side:
 
@@ -155,6 +162,7 @@ def start_agents(
     agents: int,
     slots: int,
     per_process: int,
+    nice: int = 0,
 ) -> list[subprocess.Popen[bytes]]:
     processes = []
     for first in range(0, agents, per_process):
@@ -163,6 +171,8 @@ def start_agents(
         processes.append(
             subprocess.Popen(
                 [
+                    # Set before the program starts: its every thread has it.
+                    *(("nice", "-n", str(nice)) if nice else ()),
                     *(sys.executable, str(ROOT / "bench" / "fleet_agents.py")),
                     *("--count", str(count), "--slots", str(slots)),
                     *("--prefix", f"sim{first}"),
@@ -367,6 +377,7 @@ def run_fleet(args: argparse.Namespace, agents: int) -> list[dict[str, Any]]:
                 agents=agents,
                 slots=args.slots,
                 per_process=args.per_process,
+                nice=args.agents_nice,
             )
             started = time.monotonic()
             wait_until(lambda: ready_agents(client) >= agents, 300, "agents")
@@ -396,6 +407,7 @@ def run_fleet(args: argparse.Namespace, agents: int) -> list[dict[str, Any]]:
                                 rate=rate,
                             ),
                             "web_cpus": args.web_cpus,
+                            "agents_nice": args.agents_nice,
                         }
                         print(row, flush=True)
                         rows.append(row)
@@ -516,6 +528,13 @@ def main() -> None:
         help="CPUs the web processes get to themselves (comma-separated); "
         "Redis, the agents and the client run on the others",
     )
+    parser.add_argument(
+        "--agents-nice",
+        type=int,
+        default=0,
+        help="the nice value of the agents' processes (19: they get the CPU "
+        "that the web processes, Redis and the client leave)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--idle", type=float, default=3.0)
     parser.add_argument("--routing-sizes", default="10,100,1000")
@@ -547,6 +566,11 @@ def main() -> None:
             "processes' own."
             if args.web_cpus
             else "share the machine's cores."
+        )
+        + (
+            f"  The agents' processes run at nice {args.agents_nice}."
+            if args.agents_nice
+            else ""
         ),
         "Placement: from the request's arrival in the web process to its slot "
         "claim (routing and the Lua claim; the request log's queue_wait_ms).  "
