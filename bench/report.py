@@ -50,6 +50,9 @@ python3 -m venv var/bench-venv && LLAMA_CPP_BUILD_JOBS=2 \\
 git archive <base> | tar -x -C /tmp/before && ln -s $PWD/.venv /tmp/before/.venv
 .venv/bin/python -m bench.fleet --root /tmp/before --label before --name fleet-before
 .venv/bin/python -m bench.fleet --compare docs/benchmarks/fleet-before.json
+# the simulated agents off the web tier's CPU (as on hosts of their own):
+.venv/bin/python -m bench.fleet --replicas 2,4 --rates 100 --agents-nice 19
+.venv/bin/python -m bench.redis_writes   # one Redis command's cost
 # the token path, against a checkout of the base (see bench/token_path.py):
 git worktree add --detach ../tokpath-base <base>
 .venv/bin/python -m bench.token_path model --base ../tokpath-base --rounds 3
