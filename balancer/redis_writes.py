@@ -32,7 +32,9 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-_redis_send = AbstractConnection.send_packed_command
+# redis-py's own write: still taken by a connection not yet open, or without
+# a socket timeout.
+redis_py_send = AbstractConnection.send_packed_command
 
 
 async def send_packed_command(
@@ -42,7 +44,7 @@ async def send_packed_command(
     if not self.socket_timeout or not self.is_connected:
         # Nothing to gain (no timeout means no task), or a connection to
         # open first: redis-py's own path.
-        await _redis_send(self, command, check_health)
+        await redis_py_send(self, command, check_health)
         return
     if check_health:
         await self.check_health()

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from typing import Any
 
+import django
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 
+from balancer import redis_writes
 from bench.common import median, percentile, report
 from tests.support.processes import stop_process
 from tests.support.redis_server import start_redis
@@ -34,12 +37,10 @@ SCRIPT = "return redis.call('INCR', KEYS[1])"
 
 
 def use(way: str) -> None:
-    from balancer import redis_writes
-
     AbstractConnection.send_packed_command = (  # type: ignore[method-assign]
         redis_writes.send_packed_command
         if way == "at once"
-        else redis_writes._redis_send
+        else redis_writes.redis_py_send
     )
 
 
@@ -103,10 +104,6 @@ def main() -> None:
     parser.add_argument("--busy-us", type=float, default=100.0)
     parser.add_argument("--name", default="redis_writes")
     args = parser.parse_args()
-    import os
-
-    import django
-
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "paddler_project.settings")
     django.setup()
     server = start_redis()
