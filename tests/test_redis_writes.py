@@ -77,7 +77,8 @@ async def test_the_platforms_own_clients_and_the_channel_layer_still_work(
         redis = redis_connection.async_client()
         try:
             async with redis.pipeline(transaction=True) as pipe:
-                pipe.set("a", 1).incr("a")
+                pipe.set("a", 1)
+                pipe.incr("a")
                 assert await pipe.execute() == [True, 2]
         finally:
             await redis.aclose()
@@ -120,6 +121,7 @@ async def test_a_write_that_redis_does_not_read_times_out() -> None:
         try:
             assert await redis.ping()
             connection = redis.connection
+            assert connection is not None
             # More than the kernel's buffers on both sides hold.
             with pytest.raises(RedisTimeoutError, match="Timeout writing to socket"):
                 await redis.set("big", b"x" * (64 << 20))
