@@ -158,6 +158,9 @@ class AgentWorker:
         self._accepting = False
         self._applied_key: str | None = None
         self._lost_redis = False
+        # The engine whose model metadata this agent stored in Redis: the
+        # heartbeat stores it again if Redis lost it (``publish_status``).
+        self._stored_for: EngineProtocol | None = None
         # The last report Redis took, and its number (``publish_status``).
         self._last_report: dict[str, Any] | None = None
         self._report_seq = 0
@@ -325,7 +328,7 @@ class AgentWorker:
         snapshot = self.snapshot()
         changed = snapshot != self._last_report
         seq = self._report_seq + 1 if changed else self._report_seq
-        await registry.publish_status(
+        metadata_held = await registry.publish_status(
             self._redis,
             agent_id=self.agent_id,
             report={**snapshot, "seq": seq},
@@ -335,6 +338,13 @@ class AgentWorker:
         # Only once Redis took it: a report lost with a failed write goes out
         # whole at the next heartbeat.
         self._last_report, self._report_seq = snapshot, seq
+        engine = self.engine
+        if not metadata_held and engine is not None and engine is self._stored_for:
+            # Redis lost what this engine stored (the key lapsed, or Redis
+            # restarted empty behind a command the client retried, so no
+            # heartbeat failed): the model's page and the management API
+            # read it from there.
+            await self._store_metadata(engine)
 
     def _mark_changed(self) -> None:
         self._status_changed.set()
@@ -1011,6 +1021,7 @@ class AgentWorker:
             json.dumps(payload),
             px=settings.PADDLER_AGENT_TTL_MS,
         )
+        self._stored_for = engine
 
     def _set_issues(self, issues: list[Any], status: str) -> None:
         self.status.issues = issues

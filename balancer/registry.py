@@ -179,10 +179,14 @@ async def publish_status(
     report: dict[str, Any],
     changed: bool,
     ttl_ms: int,
-) -> None:
+) -> bool:
     """Write an agent's report (``report["seq"]`` numbers it) with its TTL,
     and tell the web processes: the whole report when it ``changed``, else
-    only that the agent lives."""
+    only that the agent lives.
+
+    Returns whether Redis still held the agent's model metadata (its TTL
+    renewed here): an agent whose metadata Redis lost (it lapsed, or Redis
+    restarted empty behind a command the client retried) writes it again."""
     seq = int(report.get("seq", 0))
     change: AgentChange = {
         "id": agent_id,
@@ -204,9 +208,10 @@ async def publish_status(
         results = await pipe.execute()
     if not changed and not results[0]:
         # The report expired meanwhile (or Redis restarted empty): write it.
-        await publish_status(
+        return await publish_status(
             redis, agent_id=agent_id, report=report, changed=True, ttl_ms=ttl_ms
         )
+    return bool(results[2])
 
 
 def announce_gone(pipe: Any, agent_id: str) -> None:

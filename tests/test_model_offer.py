@@ -6,6 +6,7 @@ panel's model page shows them."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,3 +208,26 @@ def test_a_running_agent_stores_what_its_model_offers(
     assert offer["chat_templates"] == []
     assert offer["tool_call_format"] == "generic"
     assert offer["reasoning_format"] == "none"
+
+
+def test_an_agent_stores_its_metadata_again_when_redis_lost_it(
+    api_platform: WebServer, api_redis: RedisServer
+) -> None:
+    """Redis can lose the key without any heartbeat failing (it lapsed after
+    a late heartbeat, or Redis restarted empty behind a command the client
+    retried): the agent's next heartbeat stores it again, as it does the
+    report."""
+    client = redis.Redis.from_url(api_redis.url, decode_responses=True)
+    try:
+        (agent_id,) = [str(member) for member in client.smembers(keys.agents_set())]
+        key = keys.agent_metadata(agent_id)
+        stored = client.get(key)
+        assert stored is not None
+        client.delete(key)
+        deadline = time.monotonic() + 10
+        while client.get(key) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.get(key) == stored
+        assert client.pttl(key) > 0
+    finally:
+        client.close()
