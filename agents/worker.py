@@ -158,9 +158,9 @@ class AgentWorker:
         self._accepting = False
         self._applied_key: str | None = None
         self._lost_redis = False
-        # The engine whose model metadata this agent stored in Redis: the
+        # Whether the running engine's model metadata is in Redis: the
         # heartbeat stores it again if Redis lost it (``publish_status``).
-        self._stored_for: EngineProtocol | None = None
+        self._metadata_stored = False
         # The last report Redis took, and its number (``publish_status``).
         self._last_report: dict[str, Any] | None = None
         self._report_seq = 0
@@ -339,7 +339,7 @@ class AgentWorker:
         # whole at the next heartbeat.
         self._last_report, self._report_seq = snapshot, seq
         engine = self.engine
-        if not metadata_held and engine is not None and engine is self._stored_for:
+        if not metadata_held and engine is not None and self._metadata_stored:
             # Redis lost what this engine stored (the key lapsed, or Redis
             # restarted empty behind a command the client retried, so no
             # heartbeat failed): the model's page and the management API
@@ -987,6 +987,7 @@ class AgentWorker:
     async def _stop_engine(self) -> None:
         engine, thread = self.engine, self._engine_thread
         self.engine = None
+        self._metadata_stored = False
         self._engine_loaded_with = None
         self._engine_thread = None
         if engine is None:
@@ -1021,7 +1022,7 @@ class AgentWorker:
             json.dumps(payload),
             px=settings.PADDLER_AGENT_TTL_MS,
         )
-        self._stored_for = engine
+        self._metadata_stored = True
 
     def _set_issues(self, issues: list[Any], status: str) -> None:
         self.status.issues = issues

@@ -202,6 +202,7 @@ async def publish_status(
             # Unchanged: only the TTLs move; the report is not sent again.
             pipe.pexpire(keys.agent_status(agent_id), ttl_ms)
             pipe.pexpire(keys.agent_slots(agent_id), ttl_ms)
+        metadata_renewed = len(pipe)  # the place of its answer
         pipe.pexpire(keys.agent_metadata(agent_id), ttl_ms)
         pipe.sadd(keys.agents_set(), agent_id)
         pipe.publish(keys.agent_changes(), json.dumps(change))
@@ -211,7 +212,7 @@ async def publish_status(
         return await publish_status(
             redis, agent_id=agent_id, report=report, changed=True, ttl_ms=ttl_ms
         )
-    return bool(results[2])
+    return bool(results[metadata_renewed])
 
 
 def announce_gone(pipe: Any, agent_id: str) -> None:

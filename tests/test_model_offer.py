@@ -6,7 +6,6 @@ panel's model page shows them."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from balancer.model_offer import (
     model_offer,
 )
 from tests.support.gguf_files import with_metadata
+from tests.support.processes import wait_until
 from tests.support.redis_server import RedisServer
 from tests.support.web import WebServer
 
@@ -224,9 +224,7 @@ def test_an_agent_stores_its_metadata_again_when_redis_lost_it(
         stored = client.get(key)
         assert stored is not None
         client.delete(key)
-        deadline = time.monotonic() + 10
-        while client.get(key) is None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: client.exists(key), 10, "the metadata stored again")
         assert client.get(key) == stored
         assert client.pttl(key) > 0
     finally:
