@@ -158,6 +158,13 @@ class AgentWorker:
         self._accepting = False
         self._applied_key: str | None = None
         self._lost_redis = False
+        # When the agent last joined its pool's group (monotonic): the channel
+        # layer drops a member older than its group expiry at the next group
+        # message, so the heartbeat joins again well before (``_keep_group``).
+        self._group_joined_at = 0.0
+        # Whether Redis has taken a report from this agent: from then on, a
+        # report that finds the agent unknown means Redis forgot it.
+        self._reported = False
         # Whether the running engine's model metadata is in Redis: the
         # heartbeat stores it again if Redis lost it (``publish_status``).
         self._metadata_stored = False
@@ -235,7 +242,7 @@ class AgentWorker:
         assert layer is not None, "CHANNEL_LAYERS is not configured"
         self._layer = layer
         self.channel = await layer.new_channel("paddler.agent.")
-        await layer.group_add(keys.agents_group(self.pool), self.channel)
+        await self._join_group()
         logger.info(
             "agent %s (%s) registered in pool %s", self.name, self.agent_id, self.pool
         )
@@ -328,7 +335,7 @@ class AgentWorker:
         snapshot = self.snapshot()
         changed = snapshot != self._last_report
         seq = self._report_seq + 1 if changed else self._report_seq
-        metadata_held = await registry.publish_status(
+        written = await registry.publish_status(
             self._redis,
             agent_id=self.agent_id,
             report={**snapshot, "seq": seq},
@@ -338,12 +345,19 @@ class AgentWorker:
         # Only once Redis took it: a report lost with a failed write goes out
         # whole at the next heartbeat.
         self._last_report, self._report_seq = snapshot, seq
+        reported, self._reported = self._reported, True
+        if reported and not written.known:
+            # Redis forgot the agent without a command failing (it restarted
+            # empty behind a command the client retried, or the report lapsed
+            # after a late heartbeat): its group membership may be gone too,
+            # and with it the desired state's changes.
+            await self._rejoin()
+            self._lost_redis = False
+            return
         engine = self.engine
-        if not metadata_held and engine is not None and self._metadata_stored:
-            # Redis lost what this engine stored (the key lapsed, or Redis
-            # restarted empty behind a command the client retried, so no
-            # heartbeat failed): the model's page and the management API
-            # read it from there.
+        if not written.metadata_held and engine is not None and self._metadata_stored:
+            # Redis lost what this engine stored (the key lapsed): the model's
+            # page and the management API read it from there.
             await self._store_metadata(engine)
 
     def _mark_changed(self) -> None:
@@ -359,6 +373,8 @@ class AgentWorker:
                     # Redis came back (maybe empty): join the group again.
                     await self._rejoin()
                     self._lost_redis = False
+                else:
+                    await self._keep_group()
                 await self._deliver_lost()
                 backoff = 0.1
             except Exception:
@@ -445,10 +461,23 @@ class AgentWorker:
             logger.error("the engine loop ended; loading the model again")
             self._schedule_apply(self._latest_state)
 
-    async def _rejoin(self) -> None:
+    async def _join_group(self) -> None:
         assert self._layer is not None
         await self._layer.group_add(keys.agents_group(self.pool), self.channel)
-        if self.engine is not None:
+        self._group_joined_at = time.monotonic()
+
+    async def _keep_group(self) -> None:
+        """Join the pool's group again before the channel layer's group expiry
+        (a day by default) drops the agent from it: a group message (a new
+        desired state) would no longer reach an agent that has run that long."""
+        assert self._layer is not None
+        expiry = float(getattr(self._layer, "group_expiry", 86400))
+        if time.monotonic() - self._group_joined_at >= expiry / 4:
+            await self._join_group()
+
+    async def _rejoin(self) -> None:
+        await self._join_group()
+        if self.engine is not None and self._metadata_stored:
             await self._store_metadata(self.engine)
         logger.info("agent %s registered again after losing Redis", self.name)
 

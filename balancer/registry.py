@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 import redis.asyncio as aioredis
 
@@ -172,6 +172,17 @@ class AgentChange(TypedDict):
     gone: bool
 
 
+class StatusWritten(NamedTuple):
+    """What Redis held of an agent when its report was written."""
+
+    # The agent was in the agents set: False when Redis forgot it (restarted
+    # empty) or a web process dropped it after its report lapsed; its group
+    # membership in the channel layer may be gone with it.
+    known: bool
+    # Its model metadata was there (its TTL renewed by this write).
+    metadata_held: bool
+
+
 async def publish_status(
     redis: aioredis.Redis,
     *,
@@ -179,14 +190,15 @@ async def publish_status(
     report: dict[str, Any],
     changed: bool,
     ttl_ms: int,
-) -> bool:
+) -> StatusWritten:
     """Write an agent's report (``report["seq"]`` numbers it) with its TTL,
     and tell the web processes: the whole report when it ``changed``, else
     only that the agent lives.
 
-    Returns whether Redis still held the agent's model metadata (its TTL
-    renewed here): an agent whose metadata Redis lost (it lapsed, or Redis
-    restarted empty behind a command the client retried) writes it again."""
+    Returns what Redis still held of the agent (``StatusWritten``): Redis can
+    lose it without a command failing (a key lapsed after a late heartbeat,
+    or Redis restarted empty behind a command the client retried), and the
+    agent then writes again what only it knows."""
     seq = int(report.get("seq", 0))
     change: AgentChange = {
         "id": agent_id,
@@ -202,17 +214,23 @@ async def publish_status(
             # Unchanged: only the TTLs move; the report is not sent again.
             pipe.pexpire(keys.agent_status(agent_id), ttl_ms)
             pipe.pexpire(keys.agent_slots(agent_id), ttl_ms)
-        metadata_renewed = len(pipe)  # the place of its answer
+        metadata_renewed = len(pipe)  # the places of their answers
         pipe.pexpire(keys.agent_metadata(agent_id), ttl_ms)
+        added = len(pipe)
         pipe.sadd(keys.agents_set(), agent_id)
         pipe.publish(keys.agent_changes(), json.dumps(change))
         results = await pipe.execute()
+    # SADD answers 1 for a member it did not have.
+    written = StatusWritten(
+        known=not results[added], metadata_held=bool(results[metadata_renewed])
+    )
     if not changed and not results[0]:
         # The report expired meanwhile (or Redis restarted empty): write it.
-        return await publish_status(
+        again = await publish_status(
             redis, agent_id=agent_id, report=report, changed=True, ttl_ms=ttl_ms
         )
-    return bool(results[metadata_renewed])
+        return written._replace(metadata_held=again.metadata_held)
+    return written
 
 
 def announce_gone(pipe: Any, agent_id: str) -> None:
