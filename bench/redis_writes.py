@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import time
-from typing import Any
 
 import django
 import redis.asyncio as aioredis
@@ -32,6 +31,7 @@ from balancer import redis_writes
 from bench.common import median, percentile, report
 from tests.support.processes import stop_process
 from tests.support.redis_server import start_redis
+from tests.support.tasks import tasks_counted
 
 SCRIPT = "return redis.call('INCR', KEYS[1])"
 
@@ -47,25 +47,16 @@ def use(way: str) -> None:
 async def idle_loop(port: int, commands: int) -> dict[str, float]:
     redis = aioredis.Redis(port=port, socket_timeout=30)
     await redis.ping()
-    loop = asyncio.get_running_loop()
-    made = 0
-
-    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        nonlocal made
-        made += 1
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop.set_task_factory(counting)
-    cpu, wall = time.process_time(), time.perf_counter()
-    for _ in range(commands):
-        await redis.eval(SCRIPT, 1, "counter")
-    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    loop.set_task_factory(None)
+    with tasks_counted() as tasks:
+        cpu, wall = time.process_time(), time.perf_counter()
+        for _ in range(commands):
+            await redis.eval(SCRIPT, 1, "counter")
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     await redis.aclose()
     return {
         "cpu_us": cpu / commands * 1e6,
         "wall_us": wall / commands * 1e6,
-        "tasks_per_command": made / commands,
+        "tasks_per_command": tasks.made / commands,
     }
 
 

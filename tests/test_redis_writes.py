@@ -18,6 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from balancer import redis_connection, redis_writes
 from tests.support.redis_server import RedisServer
+from tests.support.tasks import tasks_counted
 
 PING = b"*1\r\n$4\r\nPING\r\n"
 
@@ -45,26 +46,16 @@ def test_every_process_of_the_platform_writes_this_way() -> None:
 async def test_a_command_makes_no_task(own_redis: RedisServer) -> None:
     redis = client(own_redis.port)
     await redis.ping()  # connected: later commands take the direct path
-    loop = asyncio.get_running_loop()
-    made = 0
-    factory = loop.get_task_factory()
-
-    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-        nonlocal made
-        made += 1
-        return asyncio.Task(coro, loop=loop, **kwargs)
-
-    loop.set_task_factory(counting)
     try:
-        for n in range(20):
-            await redis.set("k", n)
-            assert await redis.get("k") == str(n).encode()
-        await redis.eval("return redis.call('INCR', KEYS[1])", 1, "counter")
+        with tasks_counted() as tasks:
+            for n in range(20):
+                await redis.set("k", n)
+                assert await redis.get("k") == str(n).encode()
+            await redis.eval("return redis.call('INCR', KEYS[1])", 1, "counter")
     finally:
-        loop.set_task_factory(factory)
         await redis.aclose()
     # redis-py's own path made one per command (asyncio.wait_for on 3.11).
-    assert made == 0
+    assert tasks.made == 0
 
 
 async def test_the_platforms_own_clients_and_the_channel_layer_still_work(
