@@ -18,7 +18,7 @@ from balancer import keys
 from tests.support.constants import GREEDY_PARAMETERS, MODEL_PATH
 from tests.support.fleet import Fleet, running_platform, start_agent
 from tests.support.processes import stop_process
-from tests.support.redis_server import RedisServer, start_redis
+from tests.support.redis_server import RedisServer, channel_layers, start_redis
 from tests.support.web import WebServer, start_web
 
 
@@ -154,12 +154,7 @@ def isolated_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """
     from django.test import override_settings
 
-    layers = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [redis_server.url], "prefix": "paddler:test:"},
-        }
-    }
+    layers = channel_layers(redis_server.url, "paddler:test:")
     with override_settings(REDIS_URL=redis_server.url, CHANNEL_LAYERS=layers):
         client = redis.Redis.from_url(redis_server.url)
         client.delete(keys.desired_state())

@@ -20,7 +20,7 @@ from channels_redis.core import RedisChannelLayer
 from django.test import override_settings
 
 from balancer.agent_channel import send_to_agent
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, channel_layers
 
 CAPACITY = 5
 EXPIRY_S = 60
@@ -28,17 +28,9 @@ EXPIRY_S = 60
 
 @pytest.fixture
 def layer(own_redis: RedisServer) -> Iterator[RedisChannelLayer]:
-    layers = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [own_redis.url],
-                "prefix": "paddler:layer:",
-                "capacity": CAPACITY,
-                "expiry": EXPIRY_S,
-            },
-        }
-    }
+    layers = channel_layers(
+        own_redis.url, "paddler:layer:", capacity=CAPACITY, expiry=EXPIRY_S
+    )
     with override_settings(CHANNEL_LAYERS=layers):
         channel_layer = get_channel_layer()
         assert isinstance(channel_layer, RedisChannelLayer)

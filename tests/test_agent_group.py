@@ -24,7 +24,7 @@ from django.test import override_settings
 from agents.worker import AgentWorker
 from balancer import keys
 from tests.support.constants import GREEDY_PARAMETERS
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, channel_layers
 
 # A short group expiry, so that the test outlives it (the layer's default is
 # a day).
@@ -34,16 +34,9 @@ WAIT_S = 10
 
 @pytest.fixture
 def layer_settings(own_redis: RedisServer) -> Iterator[redis.Redis]:
-    layers = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [own_redis.url],
-                "prefix": "paddler:group-test:",
-                "group_expiry": GROUP_EXPIRY_S,
-            },
-        }
-    }
+    layers = channel_layers(
+        own_redis.url, "paddler:group-test:", group_expiry=GROUP_EXPIRY_S
+    )
     with override_settings(REDIS_URL=own_redis.url, CHANNEL_LAYERS=layers):
         client = redis.Redis.from_url(own_redis.url)
         yield client

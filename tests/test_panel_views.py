@@ -22,7 +22,7 @@ from balancer.models import DesiredStateRevision
 from balancer.panel.forms import DesiredStateForm
 from balancer.request_log import RequestRecord
 from balancer.services import desired_state_current, desired_state_update, pool_create
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import RedisServer, channel_layers
 from tests.support.staff import grant_operator_permissions
 
 PAGES = ["/", "/model/", "/prompt/", "/requests/"]
@@ -30,12 +30,7 @@ PAGES = ["/", "/model/", "/prompt/", "/requests/"]
 
 @pytest.fixture
 def isolated_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    layers = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [redis_server.url], "prefix": "paddler:panel-test:"},
-        }
-    }
+    layers = channel_layers(redis_server.url, "paddler:panel-test:")
     with override_settings(REDIS_URL=redis_server.url, CHANNEL_LAYERS=layers):
         client = redis.Redis.from_url(redis_server.url)
         client.delete(keys.desired_state(), keys.request_log())

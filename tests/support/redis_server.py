@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -19,6 +20,17 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+
+def channel_layers(url: str, prefix: str, **config: Any) -> dict[str, Any]:
+    """``CHANNEL_LAYERS`` for a channel layer on the Redis at ``url``, its
+    keys under ``prefix``, with any other option of channels_redis's."""
+    return {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [url], "prefix": prefix, **config},
+        }
+    }
 
 
 def start_redis(port: int | None = None) -> RedisServer:
