@@ -18,7 +18,7 @@ from django.urls import path  # noqa: E402
 
 from balancer.sse import EndStreamsOnCancel  # noqa: E402
 from inference.consumers import InferenceSocketConsumer  # noqa: E402
-from paddler_project import eager_writes  # noqa: E402
+from paddler_project import eager_writes, websocket_frames  # noqa: E402
 from paddler_project.connections import GuardedConnections  # noqa: E402
 from paddler_project.handlers import ByPath, InferenceHandler  # noqa: E402
 from paddler_project.request_limits import install  # noqa: E402
@@ -32,6 +32,9 @@ install(
 # Responses and socket messages go to the kernel as they are written, not on
 # the event loop's next turn (eager_writes.py).
 eager_writes.install()
+# A WebSocket frame goes out without building a debug line nobody logs
+# (websocket_frames.py).
+websocket_frames.install()
 
 # Here, not in the settings: every manage.py command and agent reads those, and
 # only the web tier (daphne, runserver) signs sessions.
