@@ -12,7 +12,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "paddler_project.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
@@ -22,6 +21,7 @@ from paddler_project import eager_writes, websocket_frames  # noqa: E402
 from paddler_project.connections import GuardedConnections  # noqa: E402
 from paddler_project.handlers import ByPath, InferenceHandler  # noqa: E402
 from paddler_project.request_limits import install  # noqa: E402
+from paddler_project.socket_sessions import socket_session_stack  # noqa: E402
 
 # daphne reads a request whole before any of the application runs: the body
 # size and read time are bounded there, at 413 and 408 (request_limits.py).
@@ -62,7 +62,9 @@ application = GuardedConnections(
             # the management API's event streams end their responses instead
             # of being cut off (the inference endpoints have none).
             "http": ByPath(InferenceHandler(), EndStreamsOnCancel(django_asgi_app)),
-            "websocket": SessionMiddlewareStack(
+            # The session only admits a staff member at the handshake: the
+            # messages go out with the server's own send (socket_sessions.py).
+            "websocket": socket_session_stack(
                 URLRouter(
                     [path("api/v1/inference_socket", InferenceSocketConsumer.as_asgi())]
                 )
