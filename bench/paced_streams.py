@@ -34,7 +34,7 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 from bench.common import ROOT, median, report
-from bench.token_path import PARTS, Stack, checkouts, drive, start_stack
+from bench.token_path import PARTS, Stack, drive, start_stacks
 from tests.support.constants import GREEDY_PARAMETERS
 
 SURFACES = {"http_ndjson": "HTTP NDJSON", "websocket": "WebSocket"}
@@ -99,18 +99,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stacks: list[Stack] = []
         try:
-            for label, root in checkouts(Path(args.base)):
-                stacks.append(
-                    start_stack(
-                        label,
-                        root,
-                        Path(tmp),
-                        state,
-                        slots=args.streams,
-                        agent_args=("--backend", "synthetic"),
-                        agent_env={"PADDLER_SYNTHETIC_STEP_MS": str(args.step_ms)},
-                    )
-                )
+            stacks = start_stacks(
+                Path(args.base),
+                Path(tmp),
+                state,
+                slots=args.streams,
+                agent_args=("--backend", "synthetic"),
+                agent_env={"PADDLER_SYNTHETIC_STEP_MS": str(args.step_ms)},
+            )
             for stack in stacks:  # connections and code paths warm
                 block(stack, args.surface, args.streams, 40)
             for number in range(args.rounds):

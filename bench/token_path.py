@@ -224,6 +224,39 @@ def checkouts(base: Path) -> list[tuple[str, Path]]:
     return [("base", base.resolve()), ("this", ROOT)]
 
 
+def start_stacks(
+    base: Path,
+    tmp: Path,
+    state: dict[str, Any],
+    *,
+    slots: int,
+    suffix: str = "",
+    agent_args: tuple[str, ...] = (),
+    agent_env: dict[str, str] | None = None,
+) -> list[Stack]:
+    """One stack per checkout, base first, labelled by checkout and ``suffix``;
+    should one fail to start, those already up are stopped."""
+    stacks: list[Stack] = []
+    try:
+        for label, root in checkouts(base):
+            stacks.append(
+                start_stack(
+                    f"{label}{suffix}",
+                    root,
+                    tmp,
+                    state,
+                    slots=slots,
+                    agent_args=agent_args,
+                    agent_env=agent_env,
+                )
+            )
+    except BaseException:
+        for stack in stacks:
+            stack.stop()
+        raise
+    return stacks
+
+
 # ----------------------------------------------------------- model: per token
 async def surface_block(
     stack: Stack, surface: str, prompts: list[str], tokens: int, streams: int
@@ -341,17 +374,13 @@ def run_model(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stacks: list[Stack] = []
         try:
-            for label, root in checkouts(Path(args.base)):
-                stacks.append(
-                    start_stack(
-                        label,
-                        root,
-                        Path(tmp),
-                        state,
-                        slots=max(stream_counts),
-                        agent_args=("--threads", str(threads)),
-                    )
-                )
+            stacks = start_stacks(
+                Path(args.base),
+                Path(tmp),
+                state,
+                slots=max(stream_counts),
+                agent_args=("--threads", str(threads)),
+            )
             for number in range(args.rounds):
                 rounds.append(
                     model_round(
@@ -551,17 +580,14 @@ def run_synthetic(args: argparse.Namespace) -> None:
         for slots in slot_counts:
             stacks: list[Stack] = []
             try:
-                for label, root in checkouts(Path(args.base)):
-                    stacks.append(
-                        start_stack(
-                            f"{label}-{slots}",
-                            root,
-                            Path(tmp),
-                            state,
-                            slots=slots,
-                            agent_args=("--backend", "synthetic"),
-                        )
-                    )
+                stacks = start_stacks(
+                    Path(args.base),
+                    Path(tmp),
+                    state,
+                    slots=slots,
+                    suffix=f"-{slots}",
+                    agent_args=("--backend", "synthetic"),
+                )
                 for number in range(args.rounds):
                     order = stacks if number % 2 == 0 else stacks[::-1]
                     for tokens in token_counts:
@@ -793,18 +819,14 @@ def run_idle(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stacks: list[Stack] = []
         try:
-            for label, root in checkouts(Path(args.base)):
-                stacks.append(
-                    start_stack(
-                        label,
-                        root,
-                        Path(tmp),
-                        state,
-                        slots=8,
-                        agent_args=("--backend", "synthetic"),
-                        agent_env={"PADDLER_SYNTHETIC_STEP_MS": str(step_ms)},
-                    )
-                )
+            stacks = start_stacks(
+                Path(args.base),
+                Path(tmp),
+                state,
+                slots=8,
+                agent_args=("--backend", "synthetic"),
+                agent_env={"PADDLER_SYNTHETIC_STEP_MS": str(step_ms)},
+            )
             for stack in stacks:  # every background task started
                 synthetic_block(stack, 1, 16)
             for number in range(args.rounds):

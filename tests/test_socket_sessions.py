@@ -4,8 +4,6 @@ its messages with the server's own ``send`` (``paddler_project.socket_sessions``
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -13,8 +11,7 @@ from asgiref.sync import sync_to_async
 from django.contrib.sessions.backends.db import SessionStore
 
 from paddler_project.socket_sessions import socket_session_stack
-from tests.support.constants import ROOT
-from tests.support.processes import service_env
+from tests.support.processes import web_process_prints
 from tests.support.redis_server import RedisServer
 
 
@@ -59,13 +56,4 @@ def test_the_web_process_uses_it_for_the_inference_socket(
         "stack = application.app.application_mapping['websocket']; "
         "print(isinstance(stack.inner, SocketSessionMiddleware))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", check],
-        cwd=ROOT,
-        env=service_env(redis_server.url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.stdout.strip() == "True", done.stderr[-2000:]
+    assert web_process_prints(check, redis_server.url) == "True"

@@ -7,8 +7,6 @@ through a running daphne to the other surfaces, byte for byte."""
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -22,8 +20,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.python import failure
 
 from paddler_project import eager_writes, websocket_frames
-from tests.support.constants import ROOT
-from tests.support.processes import service_env
+from tests.support.processes import web_process_prints
 from tests.support.redis_server import RedisServer
 from tests.support.twisted_connections import server_connection
 
@@ -68,16 +65,7 @@ def test_the_web_process_sends_frames_this_way(redis_server: RedisServer) -> Non
         "import paddler_project.asgi; from paddler_project import websocket_frames; "
         "print(websocket_frames.installed())"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", check],
-        cwd=ROOT,
-        env=service_env(redis_server.url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.stdout.strip() == "True", done.stderr[-2000:]
+    assert web_process_prints(check, redis_server.url) == "True"
 
 
 def test_a_token_frame_goes_out_without_a_log_line(

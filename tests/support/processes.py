@@ -6,10 +6,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from typing import Any
 
-from tests.support.constants import MANAGEMENT_TOKEN
+from tests.support.constants import MANAGEMENT_TOKEN, ROOT
 
 
 def free_port() -> int:
@@ -55,3 +56,20 @@ def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+def web_process_prints(code: str, redis_url: str) -> str:
+    """What ``code`` prints in a Python process of its own, set up as a web
+    process of ours is (for checks that would change the test process, such
+    as loading the ASGI application)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=service_env(redis_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
