@@ -162,9 +162,6 @@ class AgentWorker:
         # layer drops a member older than its group expiry at the next group
         # message, so the heartbeat joins again well before (``_keep_group``).
         self._group_joined_at = 0.0
-        # Whether Redis has taken a report from this agent: from then on, a
-        # report that finds the agent unknown means Redis forgot it.
-        self._reported = False
         # Whether the running engine's model metadata is in Redis: the
         # heartbeat stores it again if Redis lost it (``publish_status``).
         self._metadata_stored = False
@@ -342,17 +339,20 @@ class AgentWorker:
             changed=changed,
             ttl_ms=settings.PADDLER_AGENT_TTL_MS,
         )
+        # A report before this one that Redis took: the agent is not new to
+        # it (after a failed heartbeat there is none, and the heartbeat loop
+        # rejoins anyway).
+        reported = self._last_report is not None
         # Only once Redis took it: a report lost with a failed write goes out
         # whole at the next heartbeat.
         self._last_report, self._report_seq = snapshot, seq
-        reported, self._reported = self._reported, True
         if reported and not written.known:
             # Redis forgot the agent without a command failing (it restarted
             # empty behind a command the client retried, or the report lapsed
             # after a late heartbeat): its group membership may be gone too,
-            # and with it the desired state's changes.
-            await self._rejoin()
-            self._lost_redis = False
+            # and with it the desired state's changes.  The heartbeat loop
+            # rejoins, as after a heartbeat that failed.
+            self._lost_redis = True
             return
         engine = self.engine
         if not written.metadata_held and engine is not None and self._metadata_stored:
@@ -370,7 +370,8 @@ class AgentWorker:
             try:
                 await self.publish_status()
                 if self._lost_redis:
-                    # Redis came back (maybe empty): join the group again.
+                    # Redis came back (maybe empty), or forgot this agent
+                    # (``publish_status``): join the group again.
                     await self._rejoin()
                     self._lost_redis = False
                 else:

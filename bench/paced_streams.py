@@ -27,14 +27,13 @@ import json
 import multiprocessing
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import connect
 
 from bench.common import ROOT, median, report
-from bench.token_path import PARTS, Stack, drive, start_stacks
+from bench.token_path import PARTS, Stack, drive, running_stacks
 from tests.support.constants import GREEDY_PARAMETERS
 
 SURFACES = {"http_ndjson": "HTTP NDJSON", "websocket": "WebSocket"}
@@ -96,31 +95,24 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     state = {"model": "None", "inference_parameters": dict(GREEDY_PARAMETERS)}
     rounds: dict[str, list[dict[str, float]]] = {"base": [], "this": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        stacks: list[Stack] = []
-        try:
-            stacks = start_stacks(
-                Path(args.base),
-                Path(tmp),
-                state,
-                slots=args.streams,
-                agent_args=("--backend", "synthetic"),
-                agent_env={"PADDLER_SYNTHETIC_STEP_MS": str(args.step_ms)},
-            )
-            for stack in stacks:  # connections and code paths warm
-                block(stack, args.surface, args.streams, 40)
-            for number in range(args.rounds):
-                for stack in stacks if number % 2 == 0 else stacks[::-1]:
-                    figures = block(stack, args.surface, args.streams, args.tokens)
-                    rounds[stack.label].append(figures)
-                    print(
-                        f"round {number + 1} {stack.label}: "
-                        + " ".join(f"{p} {figures[p]:.1f}" for p in PARTS),
-                        flush=True,
-                    )
-        finally:
-            for stack in stacks:
-                stack.stop()
+    with running_stacks(
+        Path(args.base),
+        state,
+        slots=args.streams,
+        agent_args=("--backend", "synthetic"),
+        agent_env={"PADDLER_SYNTHETIC_STEP_MS": str(args.step_ms)},
+    ) as stacks:
+        for stack in stacks:  # connections and code paths warm
+            block(stack, args.surface, args.streams, 40)
+        for number in range(args.rounds):
+            for stack in stacks if number % 2 == 0 else stacks[::-1]:
+                figures = block(stack, args.surface, args.streams, args.tokens)
+                rounds[stack.label].append(figures)
+                print(
+                    f"round {number + 1} {stack.label}: "
+                    + " ".join(f"{p} {figures[p]:.1f}" for p in PARTS),
+                    flush=True,
+                )
 
     def ours(figures: dict[str, float]) -> float:
         return figures["web"] + figures["agent_relay"] + figures["redis"]

@@ -49,6 +49,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,37 +226,38 @@ def checkouts(base: Path) -> list[tuple[str, Path]]:
     return [("base", base.resolve()), ("this", ROOT)]
 
 
-def start_stacks(
+@contextmanager
+def running_stacks(
     base: Path,
-    tmp: Path,
     state: dict[str, Any],
     *,
     slots: int,
     suffix: str = "",
     agent_args: tuple[str, ...] = (),
     agent_env: dict[str, str] | None = None,
-) -> list[Stack]:
-    """One stack per checkout, base first, labelled by checkout and ``suffix``;
-    should one fail to start, those already up are stopped."""
+) -> Iterator[list[Stack]]:
+    """One stack per checkout, base first, labelled by checkout and
+    ``suffix``, in a temporary directory of their own; all stopped at the
+    end, and those already up if one fails to start."""
     stacks: list[Stack] = []
-    try:
-        for label, root in checkouts(base):
-            stacks.append(
-                start_stack(
-                    f"{label}{suffix}",
-                    root,
-                    tmp,
-                    state,
-                    slots=slots,
-                    agent_args=agent_args,
-                    agent_env=agent_env,
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            for label, root in checkouts(base):
+                stacks.append(
+                    start_stack(
+                        f"{label}{suffix}",
+                        root,
+                        Path(tmp),
+                        state,
+                        slots=slots,
+                        agent_args=agent_args,
+                        agent_env=agent_env,
+                    )
                 )
-            )
-    except BaseException:
-        for stack in stacks:
-            stack.stop()
-        raise
-    return stacks
+            yield stacks
+        finally:
+            for stack in stacks:
+                stack.stop()
 
 
 # ----------------------------------------------------------- model: per token
@@ -371,30 +374,23 @@ def run_model(args: argparse.Namespace) -> None:
     direct = Direct(parameters, threads)
     prompts = equal_length_prompts(direct, max(args.requests, *stream_counts))
     rounds: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        stacks: list[Stack] = []
-        try:
-            stacks = start_stacks(
-                Path(args.base),
-                Path(tmp),
-                state,
-                slots=max(stream_counts),
-                agent_args=("--threads", str(threads)),
-            )
-            for number in range(args.rounds):
-                rounds.append(
-                    model_round(
-                        number,
-                        stacks,
-                        direct=direct,
-                        prompts=prompts[: args.requests],
-                        tokens=args.tokens,
-                        stream_counts=stream_counts,
-                    )
+    with running_stacks(
+        Path(args.base),
+        state,
+        slots=max(stream_counts),
+        agent_args=("--threads", str(threads)),
+    ) as stacks:
+        for number in range(args.rounds):
+            rounds.append(
+                model_round(
+                    number,
+                    stacks,
+                    direct=direct,
+                    prompts=prompts[: args.requests],
+                    tokens=args.tokens,
+                    stream_counts=stream_counts,
                 )
-        finally:
-            for stack in stacks:
-                stack.stop()
+            )
     direct.close()
     keys = [k for k in rounds[0] if k != "direct"]
 
@@ -576,40 +572,32 @@ def run_synthetic(args: argparse.Namespace) -> None:
     token_counts = [int(n) for n in args.tokens.split(",")]
     state = {"model": "None", "inference_parameters": dict(GREEDY_PARAMETERS)}
     results: dict[str, list[dict[str, Any]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for slots in slot_counts:
-            stacks: list[Stack] = []
-            try:
-                stacks = start_stacks(
-                    Path(args.base),
-                    Path(tmp),
-                    state,
-                    slots=slots,
-                    suffix=f"-{slots}",
-                    agent_args=("--backend", "synthetic"),
-                )
-                for number in range(args.rounds):
-                    order = stacks if number % 2 == 0 else stacks[::-1]
-                    for tokens in token_counts:
-                        for stack in order:
-                            label = stack.label.split("-")[0]
-                            entry = synthetic_block(stack, slots, tokens)
-                            key = f"{label}/{slots}/{tokens}"
-                            results.setdefault(key, []).append(entry)
-                            print(
-                                f"round {number + 1} {key}: "
-                                f"{entry['tokens_per_s']:,.0f} tok/s, "
-                                f"{entry['pushes_per_token']:.3f} pushes/token, "
-                                "us/token "
-                                + " ".join(
-                                    f"{p} {entry['cpu_us_per_token'][p]:.1f}"
-                                    for p in PARTS
-                                ),
-                                flush=True,
-                            )
-            finally:
-                for stack in stacks:
-                    stack.stop()
+    for slots in slot_counts:
+        with running_stacks(
+            Path(args.base),
+            state,
+            slots=slots,
+            suffix=f"-{slots}",
+            agent_args=("--backend", "synthetic"),
+        ) as stacks:
+            for number in range(args.rounds):
+                order = stacks if number % 2 == 0 else stacks[::-1]
+                for tokens in token_counts:
+                    for stack in order:
+                        label = stack.label.split("-")[0]
+                        entry = synthetic_block(stack, slots, tokens)
+                        key = f"{label}/{slots}/{tokens}"
+                        results.setdefault(key, []).append(entry)
+                        print(
+                            f"round {number + 1} {key}: "
+                            f"{entry['tokens_per_s']:,.0f} tok/s, "
+                            f"{entry['pushes_per_token']:.3f} pushes/token, "
+                            "us/token "
+                            + " ".join(
+                                f"{p} {entry['cpu_us_per_token'][p]:.1f}" for p in PARTS
+                            ),
+                            flush=True,
+                        )
     gil = run_gil(args) if args.step_ms else {}
 
     def med(key: str, field_: str, part: str | None = None) -> float:
@@ -816,42 +804,35 @@ def run_idle(args: argparse.Namespace) -> None:
     tokens = max(int(10_000 / step_ms), 100)  # about 10 s of one stream
     idle: dict[str, list[dict[str, float]]] = {}
     paced: dict[str, list[dict[str, Any]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        stacks: list[Stack] = []
-        try:
-            stacks = start_stacks(
-                Path(args.base),
-                Path(tmp),
-                state,
-                slots=8,
-                agent_args=("--backend", "synthetic"),
-                agent_env={"PADDLER_SYNTHETIC_STEP_MS": str(step_ms)},
-            )
-            for stack in stacks:  # every background task started
-                synthetic_block(stack, 1, 16)
-            for number in range(args.rounds):
-                time.sleep(2)  # past the warm-up's own tail
-                for label, figures in idle_block(stacks, args.idle_s).items():
-                    idle.setdefault(label, []).append(figures)
-                    print(
-                        f"round {number + 1} {label} idle us/s: "
-                        + " ".join(f"{p} {figures[p]:.0f}" for p in IDLE_PARTS),
-                        flush=True,
-                    )
-                order = stacks if number % 2 == 0 else stacks[::-1]
-                for stack in order:
-                    entry = synthetic_block(stack, 1, tokens)
-                    paced.setdefault(stack.label, []).append(entry)
-                    print(
-                        f"round {number + 1} {stack.label} one stream us/token: "
-                        + " ".join(
-                            f"{p} {entry['cpu_us_per_token'][p]:.0f}" for p in PARTS
-                        ),
-                        flush=True,
-                    )
-        finally:
-            for stack in stacks:
-                stack.stop()
+    with running_stacks(
+        Path(args.base),
+        state,
+        slots=8,
+        agent_args=("--backend", "synthetic"),
+        agent_env={"PADDLER_SYNTHETIC_STEP_MS": str(step_ms)},
+    ) as stacks:
+        for stack in stacks:  # every background task started
+            synthetic_block(stack, 1, 16)
+        for number in range(args.rounds):
+            time.sleep(2)  # past the warm-up's own tail
+            for label, figures in idle_block(stacks, args.idle_s).items():
+                idle.setdefault(label, []).append(figures)
+                print(
+                    f"round {number + 1} {label} idle us/s: "
+                    + " ".join(f"{p} {figures[p]:.0f}" for p in IDLE_PARTS),
+                    flush=True,
+                )
+            order = stacks if number % 2 == 0 else stacks[::-1]
+            for stack in order:
+                entry = synthetic_block(stack, 1, tokens)
+                paced.setdefault(stack.label, []).append(entry)
+                print(
+                    f"round {number + 1} {stack.label} one stream us/token: "
+                    + " ".join(
+                        f"{p} {entry['cpu_us_per_token'][p]:.0f}" for p in PARTS
+                    ),
+                    flush=True,
+                )
 
     def idle_median(label: str, part: str) -> float:
         return median([figures[part] for figures in idle[label]])
